@@ -1,0 +1,188 @@
+"""The ``aidist`` command: workers, submitting, inspecting jobs and models, migrations, the demo.
+
+Errors a user can cause print one line (what went wrong, what to do) and exit non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from aidist import demo as demo_module
+from aidist.config import Settings, redact_url
+from aidist.errors import AidistError, JobError, ServiceUnavailable
+from aidist.jobs import JobStatus
+from db import setup as db_setup
+from producers import Client
+from workers.launch import run_worker
+
+app = typer.Typer(help="aidist: AI inference and preprocessing as durable jobs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+jobs_app = typer.Typer(help="Inspect jobs recorded in Postgres.", no_args_is_help=True)
+db_app = typer.Typer(help="Database set-up.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="gpu (models, one process per device) or cpu (ops).")] = "gpu",
+    models: Annotated[str | None, typer.Option(help="Comma-separated names to serve (default: all of the pool).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Processes of a cpu pool (default: cores).")] = None,
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu, cuda:0 (default: AIDIST_DEVICE).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run a worker that consumes the queues of one pool."""
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    run_worker(_settings(), pool=pool, models=names, concurrency=concurrency, device=device,
+               dtype=dtype, hostname=hostname, loglevel=loglevel)
+
+
+@app.command()
+def submit(
+    target: Annotated[str, typer.Argument(help="Model or op name (see `aidist models`).")],
+    input: Annotated[str, typer.Argument(help="The input text, or - to read one input per line from stdin.")] = "-",
+    params: Annotated[str | None, typer.Option(help="Params as a JSON object.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 300.0,
+    wait: Annotated[bool, typer.Option(help="Wait for results (else print job ids).")] = True,
+) -> None:
+    """Submit jobs and print one JSON line per job: id, status, result or error."""
+    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if input == "-" else [input]
+    parsed = json.loads(params) if params else None
+    with Client(_settings()) as client:
+        jobs = client.submit_many(target, texts, parsed)
+        if wait:
+            _progress(client, jobs, timeout, target)
+        for job in jobs:
+            line: dict[str, Any] = {"id": job.id}
+            if wait:
+                try:
+                    line["result"] = _jsonable(client.results_of([job])[0])
+                    line["status"] = JobStatus.SUCCEEDED.value
+                except JobError as exc:
+                    line["status"] = job.status().value
+                    line["error"] = str(exc)
+            else:
+                line["status"] = job.status().value
+            out.print_json(json.dumps(line)) if out.is_terminal else print(json.dumps(line))
+
+
+def _progress(client: Client, jobs: list[Any], timeout: float, label: str) -> None:
+    with Progress(console=err) as bar:
+        task = bar.add_task(label, total=len(jobs))
+        for _ in client.as_completed(jobs, timeout=timeout):
+            bar.advance(task)
+
+
+@jobs_app.command("ls")
+def jobs_ls(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    status: Annotated[JobStatus | None, typer.Option(help="Only this status.")] = None,
+) -> None:
+    """List recent jobs."""
+    with Client(_settings()) as client:
+        records = client.store.list_jobs(limit=limit, status=status)
+        counts = client.store.count_by_status()
+    table = Table("id", "kind", "target", "status", "attempts", "cache", "created", "worker")
+    for r in records:
+        table.add_row(r.id, r.kind.value, r.target, r.status.value, str(r.attempts),
+                      "hit" if r.cache_hit else "", f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+                      r.worker or "")
+    out.print(table)
+    out.print("  ".join(f"{s.value}: {n}" for s, n in counts.items()))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Show one job's record (and its result, if it is still cached)."""
+    with Client(_settings()) as client:
+        record = client.store.get(job_id)
+        table = Table("field", "value", show_header=False)
+        for name in ("id", "kind", "target", "version", "status", "attempts", "cache_hit",
+                     "priority", "tenant", "deadline", "created_at", "started_at", "finished_at",
+                     "worker", "error", "params", "cache_key"):
+            value = getattr(record, name)
+            table.add_row(name, "" if value is None else str(getattr(value, "value", value)))
+        if record.status is JobStatus.SUCCEEDED:
+            try:
+                result = client.results_of([client.get(job_id)])[0]
+                text = json.dumps(_jsonable(result))
+                table.add_row("result", text if len(text) < 400 else text[:400] + " ...")
+            except AidistError as exc:
+                table.add_row("result", str(exc))
+    out.print(table)
+
+
+@app.command()
+def models() -> None:
+    """List registered models and ops."""
+    settings = _settings()
+    with Client(settings) as client:
+        infos = client.models()
+    table = Table("name", "kind", "pool", "device", "version", "max batch", "description")
+    for m in infos:
+        table.add_row(m.name, m.kind, m.pool, m.device, m.version, str(m.max_batch_size),
+                      m.description)
+    out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database if missing and run the migrations."""
+    settings = _settings()
+    created = db_setup.upgrade(settings.database_url, settings.connect_timeout_s)
+    verb = "created and migrated" if created else "migrated"
+    out.print(f"database {redact_url(settings.database_url)} {verb} to head")
+
+
+@app.command()
+def demo(
+    sentences: Annotated[int, typer.Option(help="Sentences to embed with minilm.")] = 2000,
+    preprocess: Annotated[int, typer.Option(help="Preprocessing jobs (tokenize/chunk/normalize).")] = 300,
+    seed: Annotated[int | None, typer.Option(help="Corpus seed (default: new each run).")] = None,
+) -> None:
+    """Start workers, run a real workload through RabbitMQ, show results, then the cache hits."""
+    demo_module.run(_settings(), sentences=sentences, preprocess=preprocess, seed=seed,
+                    console=out)
+
+
+def main() -> None:
+    """Entry point: run the Typer app, turning aidist errors into one line and exit code."""
+    try:
+        app()
+    except ServiceUnavailable as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(3)
+    except AidistError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Binary encoding of inputs and results: msgpack, with numpy arrays as typed binary. Never pickle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+
+_NDARRAY = 1
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        array = np.ascontiguousarray(obj)
+        header = msgpack.packb([array.dtype.str, list(array.shape)])
+        return msgpack.ExtType(_NDARRAY, header + array.tobytes())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}; use str, numbers, lists, maps or arrays")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _NDARRAY:
+        return msgpack.ExtType(code, data)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    dtype, shape = next(unpacker)
+    offset = unpacker.tell()
+    return np.frombuffer(data, dtype=np.dtype(dtype), offset=offset).reshape(shape)
+
+
+def encode(value: Any) -> bytes:
+    """Encode a result or input to bytes (msgpack; ndarray as an extension type)."""
+    return msgpack.packb(value, default=_default, use_bin_type=True)
+
+
+def decode(data: bytes) -> Any:
+    """Inverse of :func:`encode`; arrays come back read-only numpy arrays."""
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)

@@ -1,0 +1,62 @@
+"""Settings: one typed object, read once from the environment (``AIDIST_*``) or a ``.env`` file.
+
+Callers build ``Settings()`` once at the edge (CLI, ``Client()``) and pass it down; nothing below
+reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with defaults that work on a single machine."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIDIST_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/aidist"
+
+    namespace: str = Field(
+        default="aidist",
+        pattern=r"^[a-z][a-z0-9_-]{0,40}$",
+        description="Prefix of queue names and Redis keys; lets several deployments share servers.",
+    )
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules imported at start-up that register models with models.register.",
+    )
+
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    pack_size: int = Field(default=128, ge=1, le=10_000, description="Jobs per message when packing.")
+    max_input_chars: int = Field(default=100_000, gt=0)
+    max_jobs_per_call: int = Field(default=100_000, gt=0)
+
+    prefetch_multiplier: int = Field(default=2, ge=1, le=64)
+    device: str = Field(default="cpu", description="Default torch device of gpu-pool workers.")
+    torch_threads: int = Field(default=0, ge=0, description="0 = one per CPU core.")
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -1,0 +1,107 @@
+"""The one exception tree of aidist.
+
+Every failure a user can cause or meet is an ``AidistError`` subclass whose message says what to do.
+Driver errors (kombu/pika, redis, SQLAlchemy) are wrapped, never leaked, with ``__cause__`` kept so
+the original traceback is one ``raise ... from`` away.
+"""
+
+from __future__ import annotations
+
+
+class AidistError(Exception):
+    """Root of every error aidist raises on purpose."""
+
+
+class ConfigError(AidistError):
+    """Settings are missing or inconsistent."""
+
+
+class InvalidInput(AidistError, ValueError):
+    """The input or params of a submission are not acceptable; nothing was written or sent."""
+
+
+class UnknownModel(AidistError, LookupError):
+    """The model or preprocessing op is not registered; nothing was written or sent."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown model or op {name!r}; registered: {', '.join(self.known) or '(none)'}. "
+            "Register it with models.register or list them with `aidist models`."
+        )
+
+
+class UnknownJob(AidistError, LookupError):
+    """No job with this id exists in the job store."""
+
+
+class ServiceUnavailable(AidistError, ConnectionError):
+    """A backing service (RabbitMQ, Redis, PostgreSQL) cannot be reached."""
+
+    def __init__(self, service: str, url: str, reason: str) -> None:
+        self.service = service
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            f"{service} is unavailable at {url}: {reason}. "
+            f"Start {service} or point the setting at a running one (see `aidist --help`)."
+        )
+
+
+class JobError(AidistError):
+    """Base of errors about one job's outcome; carries the job id."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class JobFailed(JobError):
+    """The job ran and failed; ``error`` holds the worker's error text."""
+
+    def __init__(self, job_id: str, error: str) -> None:
+        self.error = error
+        super().__init__(job_id, f"job {job_id} failed: {error}")
+
+
+class JobCancelled(JobError):
+    """The job was cancelled before it produced a result."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"job {job_id} was cancelled")
+
+
+class JobExpired(JobError):
+    """The job's deadline passed before a worker ran it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"job {job_id} expired: its deadline passed before it ran")
+
+
+class JobTimeout(JobError, TimeoutError):
+    """Waiting for the job's result took longer than the caller allowed; the job goes on."""
+
+    def __init__(self, job_id: str, timeout: float, status: str) -> None:
+        self.timeout = timeout
+        self.status = status
+        super().__init__(
+            job_id,
+            f"job {job_id} not finished after {timeout:g}s (status: {status}); it keeps going: "
+            "call result() again with a longer timeout, or cancel() it",
+        )
+
+
+class ResultUnavailable(JobError):
+    """The job succeeded but its result is no longer in the result cache."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            job_id,
+            f"job {job_id} succeeded but its result has left the cache (TTL or eviction); "
+            "submit the same input again to recompute it",
+        )
+
+
+class ModelLoadError(AidistError):
+    """A registered model could not be loaded in this worker."""

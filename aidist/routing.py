@@ -1,0 +1,55 @@
+"""Where jobs travel: queue names and their declarations, shared by producers and workers.
+
+One durable queue per model or op, so a worker pool consumes only what it can run. Producers and
+workers declare queues with exactly the same arguments (RabbitMQ refuses a mismatch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from aidist.jobs import JobKind
+
+
+def queue_name(namespace: str, kind: JobKind, target: str) -> str:
+    """One durable queue per model or op, so a pool consumes only what it can run."""
+    return f"{namespace}.{kind.value}.{target}"
+
+
+def dead_letter_exchange(namespace: str) -> str:
+    """Exchange that rejected messages are routed to (declared with every queue)."""
+    return f"{namespace}.dlx"
+
+
+def dead_letter_queue(namespace: str) -> str:
+    """Queue holding dead-lettered messages for inspection."""
+    return f"{namespace}.dead"
+
+
+def queue_arguments(namespace: str) -> dict[str, Any]:
+    """Arguments every job queue is declared with; producers and workers must agree exactly."""
+    return {"x-max-priority": 10, "x-dead-letter-exchange": dead_letter_exchange(namespace)}
+
+
+def jobs_exchange(namespace: str) -> Exchange:
+    """The durable direct exchange every job message is published to (routing key = queue)."""
+    return Exchange(f"{namespace}.jobs", type="direct", durable=True)
+
+
+def job_queue(namespace: str, name: str) -> Queue:
+    """The kombu declaration of a job queue, bound to the jobs exchange under its own name."""
+    return Queue(
+        name,
+        jobs_exchange(namespace),
+        routing_key=name,
+        durable=True,
+        queue_arguments=queue_arguments(namespace),
+    )
+
+
+def dead_letter_declarations(namespace: str) -> tuple[Exchange, Queue]:
+    """The dead-letter exchange (fanout) and the queue that keeps what reaches it."""
+    exchange = Exchange(dead_letter_exchange(namespace), type="fanout", durable=True)
+    return exchange, Queue(dead_letter_queue(namespace), exchange, durable=True)

@@ -1,0 +1,141 @@
+"""The Redis side: results under content keys (binary, with a TTL) and completion notices.
+
+A worker stores a batch's results in one pipeline, and after the state commit pushes one notice per
+job onto the submitting client's reply list, so a client waiting on thousands of jobs reads their
+completions in bulk instead of polling Postgres for each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import msgpack
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aidist.config import redact_url
+from aidist.errors import AidistError, ServiceUnavailable
+
+SERVICE = "Redis"
+REPLY_TTL_S = 3600
+
+
+class CacheError(AidistError):
+    """A Redis command failed for a reason other than an unreachable server."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A job finished: its id, final status and error text (if failed)."""
+
+    job_id: str
+    status: str
+    error: str | None = None
+
+
+class ResultCache:
+    """Results by content key, and reply lists. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, client: redis.Redis, namespace: str, url: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self._url = redact_url(url)
+
+    @classmethod
+    def connect(cls, redis_url: str, namespace: str, connect_timeout_s: float = 5.0) -> ResultCache:
+        """Build from a URL; connections open lazily."""
+        client = redis.Redis.from_url(
+            redis_url,
+            socket_connect_timeout=connect_timeout_s,
+            health_check_interval=30,
+        )
+        return cls(client, namespace, redis_url)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise ServiceUnavailable(SERVICE, self._url, str(exc) or type(exc).__name__) from exc
+        except RedisError as exc:
+            raise CacheError(f"Redis command failed: {exc}") from exc
+
+    def result_key(self, cache_key: str) -> str:
+        """Redis key of a result."""
+        return f"{self.namespace}:result:{cache_key}"
+
+    def reply_key(self, client_id: str) -> str:
+        """Redis list a client reads its completion notices from."""
+        return f"{self.namespace}:reply:{client_id}"
+
+    def ping(self) -> None:
+        """Raise ``ServiceUnavailable`` unless Redis answers."""
+        with self._guard():
+            self.client.ping()
+
+    def get_many(self, cache_keys: Sequence[str]) -> list[bytes | None]:
+        """Results for the keys, ``None`` where absent; one round trip."""
+        if not cache_keys:
+            return []
+        with self._guard():
+            return list(self.client.mget([self.result_key(k) for k in cache_keys]))
+
+    def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
+        """Store results with a TTL in one pipeline."""
+        if not results:
+            return
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in results.items():
+                pipe.set(self.result_key(key), value, ex=ttl_s)
+            pipe.execute()
+
+    def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None:
+        """Push notices onto each reply list (key -> notices), one pipeline for all."""
+        if not notices:
+            return
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for reply_to, items in notices.items():
+                packed = [msgpack.packb([n.job_id, n.status, n.error]) for n in items]
+                pipe.rpush(reply_to, *packed)
+                pipe.expire(reply_to, REPLY_TTL_S)
+            pipe.execute()
+
+    def wait_notices(self, reply_to: str, timeout_s: float, limit: int = 1000) -> list[Notice]:
+        """Block up to ``timeout_s`` for the first notice, then take what else is there."""
+        with self._guard():
+            first = self.client.blpop([reply_to], timeout=max(timeout_s, 0.01))
+            if first is None:
+                return []
+            raw = [first[1]]
+            more = self.client.lpop(reply_to, limit)
+            if more:
+                raw.extend(more)
+        notices = []
+        for item in raw:
+            job_id, status, error = msgpack.unpackb(item, raw=False)
+            notices.append(Notice(job_id, status, error))
+        return notices
+
+    def delete_namespace(self) -> int:
+        """Delete every key of this namespace (tests and `aidist` resets); returns how many."""
+        deleted = 0
+        with self._guard():
+            batch = []
+            for key in self.client.scan_iter(match=f"{self.namespace}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += self.client.delete(*batch)
+                    batch = []
+            if batch:
+                deleted += self.client.delete(*batch)
+        return deleted
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.client.close()

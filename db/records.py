@@ -1,0 +1,71 @@
+"""Rows as frozen dataclasses: what the store hands out and takes in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aidist.jobs import JobKind, JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be inserted."""
+
+    id: str
+    kind: JobKind
+    target: str
+    version: str
+    cache_key: str
+    payload: bytes | None
+    status: JobStatus = JobStatus.QUEUED
+    params: dict[str, Any] = field(default_factory=dict)
+    cache_hit: bool = False
+    priority: int = 0
+    tenant: str | None = None
+    idempotency_key: str | None = None
+    deadline: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as stored."""
+
+    id: str
+    kind: JobKind
+    target: str
+    version: str
+    cache_key: str
+    status: JobStatus
+    attempts: int
+    cache_hit: bool
+    priority: int
+    params: dict[str, Any]
+    tenant: str | None
+    idempotency_key: str | None
+    deadline: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Result of claiming a job for a run: ``status`` is running (go), or expired (skip)."""
+
+    id: str
+    status: JobStatus
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run of a job ended, written back in one statement per batch."""
+
+    id: str
+    attempt: int
+    status: JobStatus
+    error: str | None = None

@@ -1,0 +1,283 @@
+"""The job store: every SQL statement aidist runs lives here. Rows leave as frozen dataclasses.
+
+Hot-path writes are one statement per batch: ``insert_jobs`` (multi-row INSERT), ``claim`` and
+``finish`` (``UPDATE ... FROM unnest(...)``). ``claim`` and ``finish`` fence on the attempt number so
+a stale run can never overwrite a newer one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping, create_engine, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError, SQLAlchemyError
+
+from aidist.config import redact_url
+from aidist.errors import AidistError, ConfigError, ServiceUnavailable, UnknownJob
+from aidist.jobs import JobKind, JobStatus
+from db.records import Claim, JobRecord, NewJob, Outcome
+from db.schema import jobs_table
+
+SERVICE = "PostgreSQL"
+
+
+class StoreError(AidistError):
+    """A job-store statement failed for a reason other than an unreachable server."""
+
+
+def create_store_engine(database_url: str, connect_timeout_s: float = 5.0) -> Engine:
+    """An engine with a short connect timeout and pre-ping, so a dead server fails fast."""
+    return create_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"connect_timeout": max(1, int(connect_timeout_s))},
+    )
+
+
+def _record(row: RowMapping) -> JobRecord:
+    return JobRecord(
+        id=str(row["id"]),
+        kind=JobKind(row["kind"]),
+        target=row["target"],
+        version=row["version"],
+        cache_key=row["cache_key"],
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        cache_hit=row["cache_hit"],
+        priority=row["priority"],
+        params=row["params"],
+        tenant=row["tenant"],
+        idempotency_key=row["idempotency_key"],
+        deadline=row["deadline"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        worker=row["worker"],
+        error=row["error"],
+    )
+
+
+_RECORD_COLUMNS = [c for c in jobs_table.c if c.name != "payload"]
+
+_CLAIM = text(
+    """
+    UPDATE jobs SET
+        status = CASE WHEN deadline IS NOT NULL AND deadline < now()
+                      THEN 'expired' ELSE 'running' END,
+        attempts = attempts + 1,
+        started_at = now(),
+        finished_at = CASE WHEN deadline IS NOT NULL AND deadline < now()
+                           THEN now() ELSE NULL END,
+        worker = :worker
+    WHERE id = ANY(:ids) AND status IN ('queued', 'running')
+    RETURNING id, status, attempts
+    """
+)
+
+_FINISH = text(
+    """
+    UPDATE jobs SET status = u.status, error = u.error, finished_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
+                CAST(:statuses AS text[]), CAST(:errors AS text[]))
+         AS u(id, attempt, status, error)
+    WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
+    """
+)
+
+
+class JobStore:
+    """Reads and writes job rows. Thread-safe (one pooled connection per call)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._url = redact_url(engine.url.render_as_string(hide_password=False))
+
+    @classmethod
+    def connect(cls, database_url: str, connect_timeout_s: float = 5.0) -> JobStore:
+        """Build a store from a URL (no connection is opened until the first call)."""
+        return cls(create_store_engine(database_url, connect_timeout_s))
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except AidistError:
+            raise
+        except OperationalError as exc:
+            raise ServiceUnavailable(SERVICE, self._url, _first_line(exc)) from exc
+        except ProgrammingError as exc:
+            if "jobs" in str(exc.orig) and "does not exist" in str(exc.orig):
+                raise ConfigError(
+                    f"the jobs table is missing in {self._url}; run `aidist db upgrade`"
+                ) from exc
+            raise StoreError(f"job store statement failed: {_first_line(exc)}") from exc
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise StoreError(f"job store statement failed: {_first_line(exc)}") from exc
+
+    def ping(self) -> None:
+        """Raise ``ServiceUnavailable`` unless the database answers."""
+        with self._begin() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def insert_jobs(self, jobs: Sequence[NewJob]) -> None:
+        """Insert all rows in one multi-row INSERT (SQLAlchemy pages very large ones)."""
+        if not jobs:
+            return
+        rows = [_new_row(job) for job in jobs]
+        with self._begin() as connection:
+            connection.execute(insert(jobs_table), rows)
+
+    def insert_idempotent(self, job: NewJob) -> JobRecord | None:
+        """Insert unless a job with the same (tenant, idempotency key) exists; return that one."""
+        statement = (
+            pg_insert(jobs_table)
+            .values(**_new_row(job))
+            .on_conflict_do_nothing(
+                index_elements=[text("coalesce(tenant, '')"), jobs_table.c.idempotency_key],
+                index_where=text("idempotency_key IS NOT NULL"),
+            )
+            .returning(jobs_table.c.id)
+        )
+        with self._begin() as connection:
+            if connection.execute(statement).first() is not None:
+                return None
+            existing = connection.execute(
+                select(*_RECORD_COLUMNS).where(
+                    func.coalesce(jobs_table.c.tenant, "") == (job.tenant or ""),
+                    jobs_table.c.idempotency_key == job.idempotency_key,
+                )
+            ).mappings().one()
+            return _record(existing)
+
+    def get(self, job_id: str) -> JobRecord:
+        """One job; ``UnknownJob`` if there is none with this id."""
+        found = self.get_many([job_id])
+        if job_id not in found:
+            raise UnknownJob(f"no job with id {job_id}; check the id (`aidist jobs ls`)")
+        return found[job_id]
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """Jobs by id; ids that do not exist (or are not UUIDs) are absent from the result."""
+        ids = _uuids(job_ids)
+        if not ids:
+            return {}
+        with self._begin() as connection:
+            rows = connection.execute(
+                select(*_RECORD_COLUMNS).where(jobs_table.c.id.in_(ids))
+            ).mappings()
+            return {str(row["id"]): _record(row) for row in rows}
+
+    def payloads(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        """Stored input bytes by job id (for republishing or recomputing)."""
+        with self._begin() as connection:
+            rows = connection.execute(
+                select(jobs_table.c.id, jobs_table.c.payload).where(
+                    jobs_table.c.id.in_(_uuids(job_ids))
+                )
+            )
+            return {str(row.id): row.payload for row in rows if row.payload is not None}
+
+    def list_jobs(self, limit: int = 20, status: JobStatus | None = None) -> list[JobRecord]:
+        """The newest jobs first."""
+        query = select(*_RECORD_COLUMNS).order_by(jobs_table.c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(jobs_table.c.status == status.value)
+        with self._begin() as connection:
+            return [_record(row) for row in connection.execute(query).mappings()]
+
+    def count_by_status(self, job_ids: Sequence[str] | None = None) -> dict[JobStatus, int]:
+        """How many jobs are in each status (of ``job_ids`` if given, else all)."""
+        query = select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
+        if job_ids is not None:
+            query = query.where(jobs_table.c.id.in_(_uuids(job_ids)))
+        with self._begin() as connection:
+            counts = {JobStatus(status): n for status, n in connection.execute(query)}
+        return {status: counts.get(status, 0) for status in JobStatus}
+
+    def claim(self, job_ids: Sequence[str], worker: str) -> list[Claim]:
+        """Start a run of each job still queued (or running, after a lost worker) in one UPDATE.
+        Jobs past their deadline come back expired; finished or cancelled ones do not come back."""
+        if not job_ids:
+            return []
+        with self._begin() as connection:
+            rows = connection.execute(_CLAIM, {"ids": _uuids(job_ids), "worker": worker})
+            return [Claim(str(r.id), JobStatus(r.status), r.attempts) for r in rows]
+
+    def finish(self, outcomes: Sequence[Outcome]) -> int:
+        """Record how each run ended, in one statement; returns how many rows changed. A row whose
+        attempt moved on, or that was cancelled meanwhile, is left alone."""
+        if not outcomes:
+            return 0
+        params: dict[str, Any] = {
+            "ids": [o.id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "statuses": [o.status.value for o in outcomes],
+            "errors": [o.error for o in outcomes],
+        }
+        with self._begin() as connection:
+            return connection.execute(_FINISH, params).rowcount
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a queued job; returns the job's status afterwards (unchanged if not queued)."""
+        with self._begin() as connection:
+            row = connection.execute(
+                text(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = now() "
+                    "WHERE id = :id AND status = 'queued' RETURNING status"
+                ),
+                {"id": _uuid(job_id)},
+            ).first()
+        return JobStatus(row.status) if row is not None else self.get(job_id).status
+
+    def fail_unsent(self, job_ids: Sequence[str], error: str) -> None:
+        """Mark queued jobs failed when their message could not be published."""
+        with self._begin() as connection:
+            connection.execute(
+                text(
+                    "UPDATE jobs SET status = 'failed', error = :error, finished_at = now() "
+                    "WHERE id = ANY(:ids) AND status = 'queued'"
+                ),
+                {"ids": _uuids(job_ids), "error": error},
+            )
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+
+def _new_row(job: NewJob) -> dict[str, Any]:
+    row = asdict(job)
+    row["id"] = _uuid(job.id)
+    row["finished_at"] = datetime.now(UTC) if job.status.terminal else None
+    return row
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise UnknownJob(f"{value!r} is not a job id (a UUID)") from exc
+
+
+def _uuids(values: Sequence[str]) -> list[uuid.UUID]:
+    out = []
+    for value in values:
+        try:
+            out.append(uuid.UUID(str(value)))
+        except ValueError:
+            continue
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    source = getattr(exc, "orig", None) or exc
+    return (str(source).strip().splitlines() or [type(source).__name__])[0]

@@ -1,0 +1,47 @@
+"""all-MiniLM-L6-v2 sentence embeddings: mean pooling over the last hidden state, L2-normalised.
+
+The same computation as sentence-transformers' pipeline for this model, without its import cost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel
+
+from models.ops import load_tokenizer
+from models.registry import LoadContext, Runner
+from models.torch_runtime import prepare, to_device
+from models.weights import minilm_dir
+
+DIMENSION = 384
+
+
+def load(context: LoadContext) -> Runner:
+    """Load weights from the bundled package onto the context's device."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device, dtype = prepare(context)
+    model = AutoModel.from_pretrained(str(minilm_dir()), dtype=dtype).to(device).eval()
+    tokenizer = load_tokenizer()
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    @torch.inference_mode()
+    def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+        encodings = tokenizer.encode_batch(list(inputs))
+        batch = {
+            "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
+            "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
+            "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long),
+        }
+        batch = to_device(batch, device)
+        hidden = model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
+        return [np.asarray(row, dtype=np.float32) for row in vectors]
+
+    return run

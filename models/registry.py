@@ -1,0 +1,176 @@
+"""The model registry: what can run, how to validate its input, and how a worker loads it.
+
+The registry never imports torch: a client validates submissions against it and stays light. A spec
+names its loader as ``"module:function"``; only a worker that runs the model imports that module.
+Users extend it with plugin modules (``AIDIST_PLUGINS``) that define ``register_models(registry)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aidist.errors import ConfigError, InvalidInput, ModelLoadError, UnknownModel
+from aidist.jobs import JobKind
+
+
+class Runner(Protocol):
+    """A loaded model or op: turns a batch of inputs into one output per input, in order."""
+
+    def __call__(self, inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    """What a loader needs to place the model: device, threads, dtype."""
+
+    device: str = "cpu"
+    torch_threads: int = 0
+    dtype: str = "float32"
+
+
+Loader = Callable[[LoadContext], Runner]
+ParamsValidator = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A registered model or preprocessing op."""
+
+    name: str
+    kind: JobKind
+    loader: str | Loader
+    version: str | Callable[[], str]
+    pool: str = "gpu"
+    max_batch_size: int = 64
+    max_input_chars: int | None = None
+    description: str = ""
+    validate_params: ParamsValidator | None = None
+    warmup_inputs: tuple[Any, ...] = field(default_factory=tuple)
+
+    def load(self, context: LoadContext) -> Runner:
+        """Import and call the loader; any failure becomes ``ModelLoadError``."""
+        try:
+            loader = resolve_callable(self.loader) if isinstance(self.loader, str) else self.loader
+            return loader(context)
+        except Exception as exc:
+            raise ModelLoadError(f"model {self.name!r} failed to load: {exc}") from exc
+
+
+def resolve_callable(path: str) -> Any:
+    """Resolve ``"package.module:attribute"`` to the object it names."""
+    module_name, _, attribute = path.partition(":")
+    if not attribute:
+        raise ConfigError(f"loader {path!r} must look like 'package.module:function'")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What ``client.models()`` and ``aidist models`` show."""
+
+    name: str
+    version: str
+    kind: str
+    pool: str
+    device: str
+    max_batch_size: int
+    description: str
+
+
+class Registry:
+    """Specs by name, with input validation and lazily computed versions."""
+
+    def __init__(self, *, max_input_chars: int = 100_000) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        self._versions: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.max_input_chars = max_input_chars
+
+    def register(self, spec: ModelSpec) -> ModelSpec:
+        """Add a spec; a name can be registered once."""
+        if spec.name in self._specs:
+            raise ConfigError(f"model or op {spec.name!r} is already registered")
+        self._specs[spec.name] = spec
+        return spec
+
+    def get(self, name: str, kind: JobKind | None = None) -> ModelSpec:
+        """The spec for ``name``; ``UnknownModel`` (listing the known names) if absent."""
+        spec = self._specs.get(name) if isinstance(name, str) else None
+        if spec is None or (kind is not None and spec.kind is not kind):
+            known = [s.name for s in self._specs.values() if kind is None or s.kind is kind]
+            raise UnknownModel(str(name), known)
+        return spec
+
+    def specs(self, kind: JobKind | None = None) -> list[ModelSpec]:
+        """All specs (of one kind if given), by name."""
+        return sorted(
+            (s for s in self._specs.values() if kind is None or s.kind is kind),
+            key=lambda s: s.name,
+        )
+
+    def version(self, name: str) -> str:
+        """The version (weights digest) of ``name``, computed once per process."""
+        with self._lock:
+            cached = self._versions.get(name)
+            if cached is None:
+                spec = self.get(name)
+                cached = spec.version if isinstance(spec.version, str) else spec.version()
+                self._versions[name] = cached
+            return cached
+
+    def validate(self, spec: ModelSpec, value: Any, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Check one input and the params; returns the params to use. Raises ``InvalidInput``."""
+        limit = spec.max_input_chars or self.max_input_chars
+        if not isinstance(value, str):
+            raise InvalidInput(
+                f"{spec.name} takes text (str), got {type(value).__name__}; "
+                "decode bytes first and pass one string per job"
+            )
+        if not value.strip():
+            raise InvalidInput(f"{spec.name} got an empty input; pass non-blank text")
+        if len(value) > limit:
+            raise InvalidInput(
+                f"{spec.name} input has {len(value)} characters, the limit is {limit}; "
+                "split it (the 'chunk' op does this) or raise AIDIST_MAX_INPUT_CHARS"
+            )
+        if params is not None and not isinstance(params, dict):
+            raise InvalidInput(f"params must be a dict, got {type(params).__name__}")
+        checked = dict(params or {})
+        if spec.validate_params is not None:
+            checked = spec.validate_params(checked)
+        elif checked:
+            raise InvalidInput(f"{spec.name} takes no params, got {sorted(checked)}")
+        return checked
+
+    def info(self, default_device: str) -> list[ModelInfo]:
+        """One ``ModelInfo`` per spec."""
+        return [
+            ModelInfo(
+                name=spec.name,
+                version=self.version(spec.name),
+                kind=spec.kind.value,
+                pool=spec.pool,
+                device=default_device if spec.pool == "gpu" else "cpu",
+                max_batch_size=spec.max_batch_size,
+                description=spec.description,
+            )
+            for spec in self.specs()
+        ]
+
+    def load_plugins(self, modules: Sequence[str]) -> None:
+        """Import each plugin module and call its ``register_models(registry)``."""
+        for module_name in modules:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ConfigError(f"plugin module {module_name!r} cannot be imported: {exc}") from exc
+            hook = getattr(module, "register_models", None)
+            if not callable(hook):
+                raise ConfigError(
+                    f"plugin module {module_name!r} has no register_models(registry) function"
+                )
+            hook(self)

@@ -1,0 +1,128 @@
+"""AsyncClient: the same calls as Client, awaitable.
+
+Each call runs the synchronous client's method on a worker thread (``asyncio.to_thread``): the
+drivers underneath (kombu with confirms, psycopg, redis-py) are blocking, and one implementation of
+the submit path is worth more than two that drift apart. The event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from aidist.config import Settings
+from aidist.jobs import JobStatus
+from models import ModelInfo, Registry
+from producers.client import Client, Deadline
+from producers.job import Job
+
+
+class AsyncJob:
+    """Awaitable mirror of ``Job``."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    @property
+    def id(self) -> str:
+        """The job id (UUID string)."""
+        return self.job.id
+
+    def __repr__(self) -> str:
+        return f"AsyncJob(id={self.id!r}, target={self.job.target!r})"
+
+    async def status(self) -> JobStatus:
+        """Current status."""
+        return await asyncio.to_thread(self.job.status)
+
+    async def done(self) -> bool:
+        """True once terminal."""
+        return await asyncio.to_thread(self.job.done)
+
+    async def result(self, timeout: float | None = 30.0) -> Any:
+        """The output; raises like ``Job.result``."""
+        return await asyncio.to_thread(self.job.result, timeout)
+
+    async def cancel(self) -> bool:
+        """Cancel if not started."""
+        return await asyncio.to_thread(self.job.cancel)
+
+
+class AsyncClient:
+    """``Client`` with ``await``: ``async with AsyncClient() as client: job = await client.infer(...)``."""
+
+    def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None):
+        self.client = Client(settings, registry=registry)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close connections."""
+        await asyncio.to_thread(self.client.close)
+
+    async def infer(self, model: str, input: Any, params: dict[str, Any] | None = None, *,
+                    priority: int = 0, deadline: Deadline = None,
+                    idempotency_key: str | None = None, tenant: str | None = None) -> AsyncJob:
+        """See ``Client.infer``."""
+        job = await asyncio.to_thread(self.client.infer, model, input, params, priority=priority,
+                                      deadline=deadline, idempotency_key=idempotency_key,
+                                      tenant=tenant)
+        return AsyncJob(job)
+
+    async def preprocess(self, op: str, input: Any, params: dict[str, Any] | None = None, *,
+                         priority: int = 0, deadline: Deadline = None,
+                         idempotency_key: str | None = None,
+                         tenant: str | None = None) -> AsyncJob:
+        """See ``Client.preprocess``."""
+        job = await asyncio.to_thread(self.client.preprocess, op, input, params,
+                                      priority=priority, deadline=deadline,
+                                      idempotency_key=idempotency_key, tenant=tenant)
+        return AsyncJob(job)
+
+    async def infer_many(self, model: str, inputs: Iterable[Any],
+                         params: dict[str, Any] | None = None, **options: Any) -> list[AsyncJob]:
+        """See ``Client.infer_many``."""
+        jobs = await asyncio.to_thread(self.client.infer_many, model, list(inputs), params,
+                                       **options)
+        return [AsyncJob(job) for job in jobs]
+
+    async def preprocess_many(self, op: str, inputs: Iterable[Any],
+                              params: dict[str, Any] | None = None,
+                              **options: Any) -> list[AsyncJob]:
+        """See ``Client.preprocess_many``."""
+        jobs = await asyncio.to_thread(self.client.preprocess_many, op, list(inputs), params,
+                                       **options)
+        return [AsyncJob(job) for job in jobs]
+
+    async def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None,
+                  **options: Any) -> list[Any]:
+        """See ``Client.map``."""
+        return await asyncio.to_thread(self.client.map, target, list(inputs), params, **options)
+
+    async def get(self, job_id: str) -> AsyncJob:
+        """See ``Client.get``."""
+        return AsyncJob(await asyncio.to_thread(self.client.get, job_id))
+
+    async def as_completed(self, jobs: Sequence[AsyncJob],
+                           timeout: float | None = None) -> AsyncIterator[AsyncJob]:
+        """Async iterator over jobs as they finish; ``JobTimeout`` past ``timeout``."""
+        by_id = {job.id: job for job in jobs}
+        iterator = self.client.as_completed([job.job for job in jobs], timeout)
+        sentinel = object()
+        while True:
+            finished = await asyncio.to_thread(next, iterator, sentinel)
+            if finished is sentinel:
+                return
+            assert isinstance(finished, Job)
+            yield by_id[finished.id]
+
+    async def models(self) -> list[ModelInfo]:
+        """See ``Client.models``."""
+        return self.client.models()

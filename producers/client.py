@@ -1,0 +1,259 @@
+"""The synchronous client: validate, consult the cache, record, publish packed, wait, read results."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from aidist import codec
+from aidist.config import Settings
+from aidist.errors import InvalidInput, JobTimeout, ResultUnavailable
+from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
+from aidist.routing import queue_name
+from db import JobStore, NewJob, ResultCache
+from models import ModelInfo, Registry, build_registry
+from producers.job import Job, raise_for_status
+from producers.publisher import Publisher
+from producers.waiting import CompletionTracker
+
+Deadline = float | datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOptions:
+    """Per-submission options shared by every job of one call."""
+
+    priority: int = 0
+    deadline: datetime | None = None
+    idempotency_key: str | None = None
+    tenant: str | None = None
+
+
+def _options(priority: int, deadline: Deadline, idempotency_key: str | None,
+             tenant: str | None) -> SubmitOptions:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise InvalidInput(f"priority must be an integer from 0 to 9, got {priority!r}")
+    when: datetime | None
+    if deadline is None:
+        when = None
+    elif isinstance(deadline, datetime):
+        if deadline.tzinfo is None:
+            raise InvalidInput("deadline datetime must be timezone-aware (e.g. datetime.now(UTC))")
+        when = deadline
+    elif isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0:
+        when = datetime.now(UTC) + timedelta(seconds=float(deadline))
+    else:
+        raise InvalidInput(f"deadline must be seconds (> 0) or an aware datetime, got {deadline!r}")
+    return SubmitOptions(priority, when, idempotency_key, tenant)
+
+
+class Client:
+    """Submit inference and preprocessing jobs and get their results.
+
+    ``Client()`` reads settings from ``AIDIST_*`` variables or ``.env``; connections open on first
+    use, and a service that cannot be reached raises ``ServiceUnavailable`` within the connect timeout.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None):
+        self.settings = settings or Settings()
+        self.registry = registry or build_registry(
+            self.settings.plugins, max_input_chars=self.settings.max_input_chars
+        )
+        timeout = self.settings.connect_timeout_s
+        self.store = JobStore.connect(self.settings.database_url, timeout)
+        self.cache = ResultCache.connect(self.settings.redis_url, self.settings.namespace, timeout)
+        self.publisher = Publisher(self.settings.broker_url, self.settings.namespace, timeout)
+        self.client_id = uuid.uuid4().hex
+        self.tracker = CompletionTracker(self.cache, self.store, self.cache.reply_key(self.client_id))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close connections to RabbitMQ, Redis and Postgres."""
+        self.publisher.close()
+        self.cache.close()
+        self.store.close()
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def infer(self, model: str, input: Any, params: dict[str, Any] | None = None, *,
+              priority: int = 0, deadline: Deadline = None, idempotency_key: str | None = None,
+              tenant: str | None = None) -> Job:
+        """Run ``model`` on one input."""
+        options = _options(priority, deadline, idempotency_key, tenant)
+        return self._submit(JobKind.INFER, model, [input], params, options)[0]
+
+    def preprocess(self, op: str, input: Any, params: dict[str, Any] | None = None, *,
+                   priority: int = 0, deadline: Deadline = None,
+                   idempotency_key: str | None = None, tenant: str | None = None) -> Job:
+        """Run preprocessing ``op`` on one input."""
+        options = _options(priority, deadline, idempotency_key, tenant)
+        return self._submit(JobKind.PREPROCESS, op, [input], params, options)[0]
+
+    def infer_many(self, model: str, inputs: Iterable[Any], params: dict[str, Any] | None = None,
+                   *, priority: int = 0, deadline: Deadline = None,
+                   tenant: str | None = None) -> list[Job]:
+        """One job per input, in input order; inserted in one statement, published packed."""
+        options = _options(priority, deadline, None, tenant)
+        return self._submit(JobKind.INFER, model, list(inputs), params, options)
+
+    def preprocess_many(self, op: str, inputs: Iterable[Any], params: dict[str, Any] | None = None,
+                        *, priority: int = 0, deadline: Deadline = None,
+                        tenant: str | None = None) -> list[Job]:
+        """``infer_many`` for a preprocessing op."""
+        options = _options(priority, deadline, None, tenant)
+        return self._submit(JobKind.PREPROCESS, op, list(inputs), params, options)
+
+    def submit_many(self, target: str, inputs: Iterable[Any],
+                    params: dict[str, Any] | None = None, *, priority: int = 0,
+                    deadline: Deadline = None, tenant: str | None = None) -> list[Job]:
+        """``infer_many`` or ``preprocess_many``, whichever ``target`` is registered as."""
+        kind = self.registry.get(target).kind
+        options = _options(priority, deadline, None, tenant)
+        return self._submit(kind, target, list(inputs), params, options)
+
+    def _submit(self, kind: JobKind, target: str, inputs: list[Any],
+                params: dict[str, Any] | None, options: SubmitOptions) -> list[Job]:
+        spec = self.registry.get(target, kind)
+        if not inputs:
+            raise InvalidInput("no inputs given; pass at least one")
+        if len(inputs) > self.settings.max_jobs_per_call:
+            raise InvalidInput(
+                f"{len(inputs)} inputs in one call, the limit is {self.settings.max_jobs_per_call}; "
+                "submit in slices or raise AIDIST_MAX_JOBS_PER_CALL"
+            )
+        checked = {}
+        for input_value in inputs:
+            checked = self.registry.validate(spec, input_value, params)
+        version = self.registry.version(target)
+        payloads = [codec.encode(value) for value in inputs]
+        keys = [cache_key(kind, target, version, checked, payload) for payload in payloads]
+
+        self.publisher.connect()  # a down broker fails here, before anything is written
+        cached = self.cache.get_many(keys)
+        rows = [
+            NewJob(
+                id=str(uuid.uuid4()),
+                kind=kind,
+                target=target,
+                version=version,
+                cache_key=key,
+                payload=payload,
+                status=JobStatus.QUEUED if hit is None else JobStatus.SUCCEEDED,
+                params=checked,
+                cache_hit=hit is not None,
+                priority=options.priority,
+                tenant=options.tenant,
+                idempotency_key=options.idempotency_key,
+                deadline=options.deadline,
+            )
+            for payload, key, hit in zip(payloads, keys, cached, strict=True)
+        ]
+        if options.idempotency_key is not None:
+            existing = self.store.insert_idempotent(rows[0])
+            if existing is not None:
+                return [Job(self, existing.id, existing.kind, existing.target, existing.cache_key)]
+        else:
+            self.store.insert_jobs(rows)
+
+        queued = []
+        for row, value in zip(rows, inputs, strict=True):
+            if row.cache_hit:
+                self.tracker.record(row.id, JobStatus.SUCCEEDED)
+            else:
+                queued.append(JobEntry(row.id, kind, target, version, value, row.cache_key,
+                                       checked, self.tracker.reply_to).to_wire())
+        self._publish(queue_name(self.settings.namespace, kind, target), queued, options.priority)
+        return [Job(self, row.id, kind, target, row.cache_key) for row in rows]
+
+    def _publish(self, queue: str, entries: list[dict[str, Any]], priority: int) -> None:
+        pack = self.settings.pack_size
+        for start in range(0, len(entries), pack):
+            chunk = entries[start : start + pack]
+            try:
+                self.publisher.publish(queue, chunk, priority)
+            except Exception as exc:
+                unsent = [entry["id"] for entry in entries[start:]]
+                self.store.fail_unsent(unsent, f"not published: {exc}")
+                raise
+
+    # -- waiting and results ----------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """A handle on an existing job (``UnknownJob`` if there is none)."""
+        record = self.store.get(job_id)
+        if record.status.terminal:
+            self.tracker.record(record.id, record.status, record.error)
+        return Job(self, record.id, record.kind, record.target, record.cache_key)
+
+    def as_completed(self, jobs: Sequence[Job], timeout: float | None = None) -> Iterator[Job]:
+        """Yield jobs as they finish (any terminal status). ``JobTimeout`` if some are still
+        unfinished after ``timeout`` seconds."""
+        by_id = {job.id: job for job in jobs}
+        seen = 0
+        for finished in self.tracker.iter_finished(list(by_id), timeout):
+            seen += 1
+            yield by_id[finished.job_id]
+        if seen < len(by_id):
+            late = next(j for j in jobs if self.tracker.known(j.id) is None)
+            raise JobTimeout(late.id, timeout or 0.0, late.status().value)
+
+    def results_of(self, jobs: Sequence[Job]) -> list[Any]:
+        """Results of finished jobs, in order, read in one round trip; raises for the first job
+        that failed, was cancelled or expired, or whose result left the cache."""
+        statuses = []
+        for job in jobs:
+            finished = self.tracker.known(job.id)
+            if finished is None:
+                record = self.store.get(job.id)
+                statuses.append((record.status, record.error))
+            else:
+                statuses.append((finished.status, finished.error))
+        for job, (status, error) in zip(jobs, statuses, strict=True):
+            raise_for_status(job.id, status, error)
+        raw = self.cache.get_many([job.cache_key for job in jobs])
+        out = []
+        for job, data in zip(jobs, raw, strict=True):
+            if data is None:
+                raise ResultUnavailable(job.id)
+            out.append(codec.decode(data))
+        return out
+
+    def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None, *,
+            progress: bool = False, timeout: float | None = None, priority: int = 0,
+            tenant: str | None = None) -> list[Any]:
+        """Submit one job per input and return the outputs in input order, with an optional Rich
+        progress bar. Raises the first job's error if any failed."""
+        items = list(inputs)
+        jobs = self.submit_many(target, items, params, priority=priority, tenant=tenant)
+        if progress:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TimeRemainingColumn())
+            with Progress(*columns) as bar:
+                task = bar.add_task(f"{target}", total=len(jobs))
+                for _ in self.as_completed(jobs, timeout=timeout):
+                    bar.advance(task)
+        else:
+            for _ in self.as_completed(jobs, timeout=timeout):
+                pass
+        return self.results_of(jobs)
+
+    def models(self) -> list[ModelInfo]:
+        """What is registered: name, version, kind, pool and device."""
+        return self.registry.info(self.settings.device)

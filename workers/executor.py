@@ -1,0 +1,175 @@
+"""Running a packed message of jobs: claim, run in batches, store results, record state, notify.
+
+Order matters for durability: results go to Redis, then the batch's state to Postgres in one
+statement, then notices to the clients; only after this function returns does Celery ack the message
+(acks_late). A crash anywhere before leaves the message unacked, so it is delivered again, and the
+claim step skips jobs that already finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aidist import codec
+from aidist.errors import AidistError
+from aidist.jobs import JobEntry, JobStatus, canonical_params
+from db import Notice, Outcome
+from models import Runner
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger("aidist.worker")
+MAX_ERROR_CHARS = 2000
+
+
+class PoisonMessage(AidistError):
+    """The message as a whole cannot be understood; it is dead-lettered, not retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one message's run did, for logs and tests."""
+
+    received: int
+    ran: int
+    succeeded: int
+    failed: int
+    skipped: int
+    expired: int
+
+
+def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
+    """Entries of a message, plus (job id -> error) for malformed entries that still name a job,
+    so those jobs are failed rather than left queued. A message with nothing usable is poison."""
+    if not isinstance(raw, list) or not raw:
+        raise PoisonMessage(f"non-empty job list expected, got {type(raw).__name__}")
+    entries: list[JobEntry] = []
+    problems: dict[str, str] = {}
+    for item in raw:
+        try:
+            entries.append(JobEntry.from_wire(item))
+        except ValueError as exc:
+            job_id = item.get("id") if isinstance(item, dict) else None
+            if isinstance(job_id, str):
+                problems[job_id] = f"malformed job entry: {exc}"
+    if not entries and not problems:
+        raise PoisonMessage("no job entry in the message can be read")
+    return entries, problems
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_CHARS]
+
+
+def _run_batch(runner: Runner, entries: Sequence[JobEntry], params: dict[str, Any]
+               ) -> list[tuple[Any, str | None]]:
+    """Outputs (or error texts) for a batch; if the batch call fails, each item runs alone so one
+    bad input fails only its own job."""
+    try:
+        outputs = runner([e.input for e in entries], params)
+        if len(outputs) != len(entries):
+            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(entries)} inputs")
+        return [(output, None) for output in outputs]
+    except Exception as batch_error:
+        if len(entries) == 1:
+            log.info("job %s failed: %s", entries[0].id, batch_error)
+            return [(None, _error_text(batch_error))]
+    results: list[tuple[Any, str | None]] = []
+    for entry in entries:
+        try:
+            (output,) = runner([entry.input], params)
+            results.append((output, None))
+        except Exception as exc:
+            log.info("job %s failed: %s", entry.id, exc)
+            results.append((None, _error_text(exc)))
+    return results
+
+
+def execute(runtime: WorkerRuntime, raw_entries: Any) -> BatchReport:
+    """Run every job of one message. Raises ``PoisonMessage`` for a message that is unusable."""
+    entries, problems = parse_entries(raw_entries)
+    ids = [e.id for e in entries] + list(problems)
+    claims = {c.id: c for c in runtime.store.claim(ids, runtime.name)}
+    notices: dict[str, list[Notice]] = defaultdict(list)
+    outcomes: list[Outcome] = []
+    for job_id, problem in problems.items():
+        log.warning("job %s: %s", job_id, problem)
+        if job_id in claims:
+            outcomes.append(Outcome(job_id, claims[job_id].attempt, JobStatus.FAILED, problem))
+    groups: dict[tuple[str, str, str], list[JobEntry]] = defaultdict(list)
+    expired = 0
+    for entry in entries:
+        claim = claims.get(entry.id)
+        if claim is None:
+            continue
+        if claim.status is JobStatus.EXPIRED:
+            expired += 1
+            if entry.reply_to:
+                notices[entry.reply_to].append(Notice(entry.id, JobStatus.EXPIRED.value))
+            continue
+        groups[(entry.target, entry.version, canonical_params(entry.params))].append(entry)
+
+    results: dict[str, bytes] = {}
+    for (target, version, _), group in groups.items():
+        for entry, output, run_error in _run_group(runtime, target, version, group):
+            claim = claims[entry.id]
+            error = run_error
+            if error is None:
+                try:
+                    results[entry.cache_key] = codec.encode(output)
+                except (TypeError, ValueError) as exc:
+                    error = f"output cannot be encoded: {exc}"
+            if error is None:
+                outcomes.append(Outcome(entry.id, claim.attempt, JobStatus.SUCCEEDED))
+            else:
+                outcomes.append(Outcome(entry.id, claim.attempt, JobStatus.FAILED, error))
+            if entry.reply_to:
+                status = JobStatus.SUCCEEDED if error is None else JobStatus.FAILED
+                notices[entry.reply_to].append(Notice(entry.id, status.value, error))
+
+    runtime.cache.put_many(results, runtime.settings.result_ttl_s)
+    runtime.store.finish(outcomes)
+    runtime.cache.notify(notices)
+    failed = sum(1 for o in outcomes if o.status is JobStatus.FAILED)
+    return BatchReport(
+        received=len(entries) + len(problems),
+        ran=len(outcomes),
+        succeeded=len(outcomes) - failed,
+        failed=failed,
+        skipped=len(ids) - len(claims),
+        expired=expired,
+    )
+
+
+def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[JobEntry]
+               ) -> list[tuple[JobEntry, Any, str | None]]:
+    """Run jobs that share model, version and params, in batches of the model's size."""
+    try:
+        spec = runtime.registry.get(target)
+        have = runtime.registry.version(target)
+        if have != version:
+            raise AidistError(
+                f"model {target!r} version mismatch: job wants {version}, this worker has {have}; "
+                "run workers and clients from the same release"
+            )
+        runner = runtime.runner(target)
+    except AidistError as exc:
+        return [(entry, None, str(exc)) for entry in group]
+    params = group[0].params
+    out: list[tuple[JobEntry, Any, str | None]] = []
+    size = max(spec.max_batch_size, 1)
+    for start in range(0, len(group), size):
+        batch = group[start : start + size]
+        try:
+            pairs = _run_batch(runner, batch, params)
+        except Exception:  # a runner bug outside any one input: fail the batch, keep the worker
+            text = traceback.format_exc(limit=3)[-MAX_ERROR_CHARS:]
+            pairs = [(None, text) for _ in batch]
+        out.extend((entry, output, error) for entry, (output, error) in zip(batch, pairs,
+                                                                            strict=True))
+    return out

@@ -1,0 +1,66 @@
+"""Starting a worker the way ``aidist worker`` does: pick the queues of a pool, declare the
+dead-letter topology, build the app, hand over to Celery's worker main loop."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from kombu import Connection
+
+from aidist.config import Settings, redact_url
+from aidist.errors import ConfigError, ServiceUnavailable
+from aidist.routing import dead_letter_declarations
+from models import build_registry
+from workers.app import create_app, pool_targets, queues_for
+from workers.runtime import RuntimeHolder
+
+POOLS = ("gpu", "cpu")
+
+
+def declare_dead_letters(settings: Settings) -> None:
+    """Declare the dead-letter exchange and queue; also proves the broker is reachable."""
+    exchange, queue = dead_letter_declarations(settings.namespace)
+    try:
+        with Connection(settings.broker_url, connect_timeout=settings.connect_timeout_s) as conn:
+            conn.connect()
+            channel = conn.channel()
+            exchange(channel).declare()
+            queue(channel).declare()
+    except Exception as exc:
+        raise ServiceUnavailable("RabbitMQ", redact_url(settings.broker_url), str(exc)) from exc
+
+
+def worker_argv(pool: str, queues: list[str], concurrency: int, hostname: str,
+                loglevel: str) -> list[str]:
+    """Celery worker arguments: the GPU pool is one solo process (no fork, so CUDA is initialised
+    only in the process that uses it); the CPU pool forks ``concurrency`` children."""
+    argv = ["worker", "-Q", ",".join(queues), "-n", hostname, "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle"]
+    if pool == "gpu":
+        argv += ["-P", "solo"]
+    else:
+        argv += ["-P", "prefork", "-c", str(concurrency)]
+    return argv
+
+
+def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None,
+               concurrency: int | None = None, device: str | None = None,
+               dtype: str = "float32", hostname: str | None = None,
+               loglevel: str = "info") -> None:
+    """Run a worker in this process until it is told to stop (SIGTERM: warm shutdown)."""
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}")
+    if pool == "gpu" and concurrency not in (None, 1):
+        raise ConfigError("a gpu pool worker is one process per device: start one per --device")
+    registry = build_registry(settings.plugins, max_input_chars=settings.max_input_chars)
+    targets = pool_targets(registry, pool, models)
+    if not targets:
+        raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
+    declare_dead_letters(settings)
+    holder = RuntimeHolder(settings, device=device or settings.device, dtype=dtype)
+    app = create_app(settings, registry, holder, warm_targets=targets)
+    name = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
+    workers = concurrency or os.cpu_count() or 1
+    app.worker_main(worker_argv(pool, queues_for(settings, registry, targets), workers, name,
+                                loglevel))
