@@ -1,0 +1,221 @@
+"""Shared fixtures: every test session gets its own Postgres database, queue/Redis namespace.
+
+The services are the real ones on this machine (RabbitMQ, Redis, PostgreSQL); nothing is mocked.
+A service that is down makes the tests that need it fail (never skip): `.ci/run` starts them first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import pytest
+from sqlalchemy import make_url
+
+from aidist.config import Settings
+from aidist.routing import dead_letter_exchange, dead_letter_queue, jobs_exchange, queue_name
+from db import setup as db_setup
+from db.cache import ResultCache
+from db.store import JobStore
+from models import build_registry
+from producers import Client
+
+BASE = Settings()
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings for an isolated namespace and database, based on the environment's URLs."""
+    return Settings(**{**BASE.model_dump(), **overrides})
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    """A migrated database and a namespace of its own for this test session."""
+    name = _unique("aidist_test_")
+    database_url = make_url(BASE.database_url).set(database=name).render_as_string(
+        hide_password=False
+    )
+    isolated = make_settings(database_url=database_url, namespace=_unique("t"),
+                             plugins=["tests.plugins"])
+    db_setup.upgrade(isolated.database_url)
+    yield isolated
+    cache = ResultCache.connect(isolated.redis_url, isolated.namespace)
+    cache.delete_namespace()
+    cache.close()
+    delete_queues(isolated)
+    db_setup.drop_database(isolated.database_url)
+
+
+@pytest.fixture(scope="session")
+def store(settings: Settings) -> Iterator[JobStore]:
+    """The session's job store."""
+    job_store = JobStore.connect(settings.database_url)
+    yield job_store
+    job_store.close()
+
+
+@pytest.fixture(scope="session")
+def cache(settings: Settings) -> Iterator[ResultCache]:
+    """The session's result cache."""
+    result_cache = ResultCache.connect(settings.redis_url, settings.namespace)
+    yield result_cache
+    result_cache.close()
+
+
+def pika_connection(settings: Settings) -> pika.BlockingConnection:
+    """A pika connection to the test broker (for probes and raw publishes)."""
+    url = settings.broker_url
+    if url.endswith("//"):
+        url = url[:-1] + "%2F"
+    return pika.BlockingConnection(pika.URLParameters(url))
+
+
+def delete_queues(settings: Settings) -> None:
+    """Delete every queue and exchange of the namespace (known names only)."""
+    registry = build_registry(settings.plugins)
+    connection = pika_connection(settings)
+    channel = connection.channel()
+    for spec in registry.specs():
+        channel.queue_delete(queue_name(settings.namespace, spec.kind, spec.name))
+    channel.queue_delete(dead_letter_queue(settings.namespace))
+    channel.exchange_delete(dead_letter_exchange(settings.namespace))
+    channel.exchange_delete(jobs_exchange(settings.namespace).name)
+    connection.close()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.05,
+             message: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes an ``aidist`` process use these settings."""
+    return {
+        **os.environ,
+        "AIDIST_BROKER_URL": settings.broker_url,
+        "AIDIST_REDIS_URL": settings.redis_url,
+        "AIDIST_DATABASE_URL": settings.database_url,
+        "AIDIST_NAMESPACE": settings.namespace,
+        "AIDIST_PLUGINS": ",".join(settings.plugins),
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def aidist_command() -> str:
+    """The ``aidist`` console script of the running interpreter's environment."""
+    return str(Path(sys.executable).parent / "aidist")
+
+
+def consumer_count(settings: Settings, queue: str) -> int:
+    """Consumers on ``queue`` right now (0 if it does not exist yet), read over AMQP with pika."""
+    connection = pika_connection(settings)
+    try:
+        frame = connection.channel().queue_declare(queue, passive=True)
+        return int(frame.method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        connection.close()
+
+
+def queue_depth(settings: Settings, queue: str) -> int:
+    """Ready messages in ``queue`` (0 if it does not exist)."""
+    connection = pika_connection(settings)
+    try:
+        frame = connection.channel().queue_declare(queue, passive=True)
+        return int(frame.method.message_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        connection.close()
+
+
+@dataclass
+class WorkerProcess:
+    """A running ``aidist worker`` and its log file."""
+
+    pool: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Warm shutdown (SIGTERM), as an operator would; SIGKILL if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_worker(settings: Settings, pool: str, log_dir: Path, *extra: str) -> WorkerProcess:
+    """Start ``aidist worker --pool POOL`` and wait until it consumes every queue of its pool."""
+    log_path = log_dir / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log"
+    handle = log_path.open("wb")
+    process = subprocess.Popen(
+        [aidist_command(), "worker", "--pool", pool, *extra],
+        env=settings_env(settings), cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+    )
+    worker = WorkerProcess(pool, process, log_path)
+    registry = build_registry(settings.plugins)
+    queues = [queue_name(settings.namespace, s.kind, s.name) for s in registry.specs()
+              if s.pool == pool]
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"worker exited with {process.returncode}:\n{worker.log()[-3000:]}")
+        return all(consumer_count(settings, q) > 0 for q in queues)
+
+    wait_for(ready, timeout=180, interval=0.25, message=f"{pool} worker to consume")
+    return worker
+
+
+@pytest.fixture(scope="session")
+def workers(settings: Settings, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, WorkerProcess]]:
+    """One gpu-pool worker (models, on the CPU here) and one cpu-pool worker, for the session."""
+    log_dir = tmp_path_factory.mktemp("workers")
+    started = {
+        "gpu": start_worker(settings, "gpu", log_dir),
+        "cpu": start_worker(settings, "cpu", log_dir, "--concurrency", "2"),
+    }
+    yield started
+    for worker in started.values():
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> Iterator[Client]:
+    """A client bound to the session's isolated settings."""
+    with Client(settings) as session_client:
+        yield session_client

@@ -1,0 +1,48 @@
+"""Test-only models, registered through the plugin hook (AIDIST_PLUGINS=tests.plugins).
+
+They need no torch: ``flaky`` fails on inputs containing "boom" (to prove one bad input fails only its
+own job), ``sleepy`` holds the worker for as many seconds as its input says (a workload, so tests can
+observe queued and running states), and ``unloadable`` never loads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aidist.jobs import JobKind
+from models.registry import LoadContext, ModelSpec, Registry, Runner
+
+
+def load_flaky(context: LoadContext) -> Runner:
+    def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+        for text in inputs:
+            if "boom" in text:
+                raise ValueError(f"flaky model refuses {text!r}")
+        return [len(text) for text in inputs]
+
+    return run
+
+
+def load_sleepy(context: LoadContext) -> Runner:
+    def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+        for text in inputs:
+            time.sleep(float(text))
+        return [float(text) for text in inputs]
+
+    return run
+
+
+def load_unloadable(context: LoadContext) -> Runner:
+    raise RuntimeError("weights file is corrupt (on purpose)")
+
+
+def register_models(registry: Registry) -> None:
+    """Plugin hook: add the test models."""
+    registry.register(ModelSpec(name="flaky", kind=JobKind.INFER, loader=load_flaky,
+                                version="flaky-1", pool="gpu", max_batch_size=16))
+    registry.register(ModelSpec(name="sleepy", kind=JobKind.INFER, loader=load_sleepy,
+                                version="sleepy-1", pool="gpu", max_batch_size=1))
+    registry.register(ModelSpec(name="unloadable", kind=JobKind.INFER, loader=load_unloadable,
+                                version="unloadable-1", pool="gpu"))
