@@ -1,0 +1,48 @@
+# aidist: `make demo` runs the main job, `make test` runs the tests. Both set everything up:
+# the venv with pinned dependencies (torch==2.13.0 CPU first, so no CUDA build is pulled), the
+# services that are down, and the database migrations.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv services db demo test test-unit test-integration test-e2e lint bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+services:
+	bash scripts/services.sh
+
+db: venv services
+	$(BIN)/aidist db upgrade
+
+demo: db
+	$(BIN)/aidist demo
+
+test: db
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: db
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: db
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,76 @@
+"""db.setup against the real PostgreSQL: creating, migrating and dropping a database of its own."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, make_url, text
+
+from db import setup as db_setup
+
+pytestmark = pytest.mark.integration
+
+DESIGN_COLUMNS = {
+    "id", "kind", "target", "status", "attempts", "cache_hit", "created_at", "started_at",
+    "finished_at", "worker", "error",
+}
+
+
+def _database_exists(database_url: str) -> bool:
+    server = make_url(database_url).set(database="postgres")
+    engine = create_engine(server)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": make_url(database_url).database},
+            ).first()
+            return row is not None
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_database_once_and_is_idempotent(scratch_database_url: str) -> None:
+    assert not _database_exists(scratch_database_url)
+    assert db_setup.upgrade(scratch_database_url) is True
+    assert _database_exists(scratch_database_url)
+    assert db_setup.upgrade(scratch_database_url) is False
+    assert _database_exists(scratch_database_url)
+
+
+def test_upgraded_jobs_table_has_the_design_columns(scratch_database_url: str) -> None:
+    db_setup.upgrade(scratch_database_url)
+    engine = create_engine(scratch_database_url)
+    try:
+        inspector = inspect(engine)
+        assert "jobs" in inspector.get_table_names()
+        columns = {column["name"]: column for column in inspector.get_columns("jobs")}
+        assert DESIGN_COLUMNS <= set(columns)
+        assert inspector.get_pk_constraint("jobs")["constrained_columns"] == ["id"]
+        for required in ("kind", "target", "status", "attempts", "cache_hit", "created_at"):
+            assert columns[required]["nullable"] is False, required
+        for optional in ("started_at", "finished_at", "worker", "error"):
+            assert columns[optional]["nullable"] is True, optional
+        with engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert revision == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_create_database_without_migrations_has_no_jobs_table(scratch_database_url: str) -> None:
+    assert db_setup.create_database(scratch_database_url) is True
+    assert db_setup.create_database(scratch_database_url) is False
+    engine = create_engine(scratch_database_url)
+    try:
+        assert "jobs" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_drop_database_removes_it_and_tolerates_a_missing_one(scratch_database_url: str) -> None:
+    db_setup.upgrade(scratch_database_url)
+    assert _database_exists(scratch_database_url)
+    db_setup.drop_database(scratch_database_url)
+    assert not _database_exists(scratch_database_url)
+    db_setup.drop_database(scratch_database_url)  # IF EXISTS: a second drop is harmless
+    assert not _database_exists(scratch_database_url)
