@@ -1,0 +1,302 @@
+"""db.store.JobStore against the real PostgreSQL: inserts, claims, fenced finishes, cancels, errors.
+
+All tests share the session's database; each counts only the job ids it created itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from aidist.errors import AidistError, ConfigError, ServiceUnavailable, UnknownJob
+from aidist.jobs import JobKind, JobStatus
+from db import setup as db_setup
+from db.records import Claim, Outcome
+from db.store import JobStore
+from tests.integration.conftest import NewJobFactory
+
+pytestmark = pytest.mark.integration
+
+
+def test_insert_many_rows_then_count_shows_them_queued(store: JobStore,
+                                                      new_job: NewJobFactory) -> None:
+    rows = [new_job() for _ in range(1000)]
+    store.insert_jobs(rows)
+    ids = [row.id for row in rows]
+    counts = store.count_by_status(ids)
+    assert counts[JobStatus.QUEUED] == 1000
+    assert sum(counts.values()) == 1000
+    assert set(counts) == set(JobStatus)
+
+
+def test_insert_nothing_is_a_no_op(store: JobStore) -> None:
+    before = sum(store.count_by_status().values())
+    store.insert_jobs([])
+    assert sum(store.count_by_status().values()) == before
+
+
+def test_get_and_get_many_return_the_stored_fields(store: JobStore,
+                                                   new_job: NewJobFactory) -> None:
+    first = new_job(kind=JobKind.PREPROCESS, target="chunk", params={"size": 8, "overlap": 2},
+                    priority=7, tenant="acme")
+    second = new_job()
+    store.insert_jobs([first, second])
+
+    record = store.get(first.id)
+    assert record.id == first.id
+    assert record.kind is JobKind.PREPROCESS
+    assert record.target == "chunk"
+    assert record.version == first.version
+    assert record.cache_key == first.cache_key
+    assert record.params == {"size": 8, "overlap": 2}
+    assert record.priority == 7
+    assert record.tenant == "acme"
+    assert record.status is JobStatus.QUEUED
+    assert record.attempts == 0
+    assert record.cache_hit is False
+    assert record.created_at.tzinfo is not None
+    assert (record.started_at, record.finished_at, record.worker, record.error) == (
+        None, None, None, None)
+
+    missing = str(uuid.uuid4())
+    found = store.get_many([first.id, second.id, missing, "not-a-uuid"])
+    assert set(found) == {first.id, second.id}
+    assert found[second.id].target == "toy-classifier"
+    assert store.payloads([first.id]) == {first.id: first.payload}
+
+
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", ""])
+def test_get_of_unknown_id_raises_unknown_job(store: JobStore, job_id: str) -> None:
+    with pytest.raises(UnknownJob) as raised:
+        store.get(job_id)
+    assert isinstance(raised.value, AidistError)
+    assert isinstance(raised.value, LookupError)
+
+
+def test_claim_moves_queued_to_running(store: JobStore, new_job: NewJobFactory) -> None:
+    row = new_job()
+    store.insert_jobs([row])
+    claims = store.claim([row.id], "worker-a")
+    assert claims == [Claim(row.id, JobStatus.RUNNING, 1)]
+    record = store.get(row.id)
+    assert record.status is JobStatus.RUNNING
+    assert record.attempts == 1
+    assert record.worker == "worker-a"
+    assert record.started_at is not None
+    assert record.finished_at is None
+
+    # a lost worker's job can be claimed again: a new attempt by another worker
+    assert store.claim([row.id], "worker-b") == [Claim(row.id, JobStatus.RUNNING, 2)]
+    again = store.get(row.id)
+    assert (again.attempts, again.worker) == (2, "worker-b")
+
+
+def test_claim_of_a_job_past_its_deadline_expires_it(store: JobStore,
+                                                     new_job: NewJobFactory) -> None:
+    late = new_job(deadline=datetime.now(UTC) - timedelta(minutes=1))
+    timely = new_job(deadline=datetime.now(UTC) + timedelta(hours=1))
+    store.insert_jobs([late, timely])
+    claims = {claim.id: claim for claim in store.claim([late.id, timely.id], "worker-a")}
+    assert claims[late.id].status is JobStatus.EXPIRED
+    assert claims[timely.id].status is JobStatus.RUNNING
+    record = store.get(late.id)
+    assert record.status is JobStatus.EXPIRED
+    assert record.finished_at is not None
+    assert store.get(timely.id).finished_at is None
+    # expired is terminal: it is never claimed again
+    assert store.claim([late.id], "worker-b") == []
+
+
+@pytest.mark.parametrize(
+    "status", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED]
+)
+def test_claim_skips_finished_jobs(store: JobStore, new_job: NewJobFactory,
+                                   status: JobStatus) -> None:
+    finished = new_job(status=status)
+    queued = new_job()
+    store.insert_jobs([finished, queued])
+    claims = store.claim([finished.id, queued.id, "not-a-uuid"], "worker-a")
+    assert claims == [Claim(queued.id, JobStatus.RUNNING, 1)]
+    record = store.get(finished.id)
+    assert record.status is status
+    assert record.attempts == 0
+    assert record.worker is None
+    assert record.finished_at is not None
+
+
+def test_claim_of_nothing_returns_nothing(store: JobStore) -> None:
+    assert store.claim([], "worker-a") == []
+    assert store.claim([str(uuid.uuid4())], "worker-a") == []
+
+
+def test_finish_with_a_stale_attempt_changes_nothing(store: JobStore,
+                                                     new_job: NewJobFactory) -> None:
+    row = new_job()
+    store.insert_jobs([row])
+    store.claim([row.id], "worker-a")
+    store.claim([row.id], "worker-b")  # attempt 2 took over
+    assert store.finish([Outcome(row.id, 1, JobStatus.FAILED, "stale run")]) == 0
+    record = store.get(row.id)
+    assert record.status is JobStatus.RUNNING
+    assert record.error is None
+    assert record.finished_at is None
+
+    assert store.finish([Outcome(row.id, 2, JobStatus.SUCCEEDED)]) == 1
+    done = store.get(row.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.finished_at is not None
+    # a redelivered run of the same attempt cannot overwrite the finished row either
+    assert store.finish([Outcome(row.id, 2, JobStatus.FAILED, "late duplicate")]) == 0
+    assert store.get(row.id).status is JobStatus.SUCCEEDED
+
+
+def test_finish_leaves_a_job_cancelled_meanwhile_cancelled(store: JobStore,
+                                                          new_job: NewJobFactory) -> None:
+    queued, running = new_job(), new_job()
+    store.insert_jobs([queued, running])
+    assert store.cancel(queued.id) is JobStatus.CANCELLED
+    store.claim([running.id], "worker-a")
+    with store.engine.begin() as connection:  # cancelled while it ran (an operator's UPDATE)
+        connection.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :id"),
+                           {"id": uuid.UUID(running.id)})
+    changed = store.finish([Outcome(queued.id, 0, JobStatus.SUCCEEDED),
+                            Outcome(running.id, 1, JobStatus.SUCCEEDED)])
+    assert changed == 0
+    assert store.get(queued.id).status is JobStatus.CANCELLED
+    assert store.get(running.id).status is JobStatus.CANCELLED
+
+
+def test_finish_writes_error_text_per_job_in_one_call(store: JobStore,
+                                                      new_job: NewJobFactory) -> None:
+    good, bad = new_job(), new_job()
+    store.insert_jobs([good, bad])
+    store.claim([good.id, bad.id], "worker-a")
+    error = "ValueError: flaky model refuses 'boom' — ünïcode kept"
+    changed = store.finish([Outcome(good.id, 1, JobStatus.SUCCEEDED),
+                            Outcome(bad.id, 1, JobStatus.FAILED, error)])
+    assert changed == 2
+    failed = store.get(bad.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error == error
+    assert failed.finished_at is not None
+    succeeded = store.get(good.id)
+    assert succeeded.status is JobStatus.SUCCEEDED
+    assert succeeded.error is None
+    assert store.finish([]) == 0
+
+
+def test_cancel_queued_cancels_and_leaves_others_unchanged(store: JobStore,
+                                                          new_job: NewJobFactory) -> None:
+    queued, running, succeeded = new_job(), new_job(), new_job(status=JobStatus.SUCCEEDED)
+    store.insert_jobs([queued, running, succeeded])
+    store.claim([running.id], "worker-a")
+
+    assert store.cancel(queued.id) is JobStatus.CANCELLED
+    record = store.get(queued.id)
+    assert record.status is JobStatus.CANCELLED
+    assert record.finished_at is not None
+    assert store.claim([queued.id], "worker-a") == []  # a cancelled job never runs
+
+    assert store.cancel(running.id) is JobStatus.RUNNING
+    assert store.get(running.id).status is JobStatus.RUNNING
+    assert store.cancel(succeeded.id) is JobStatus.SUCCEEDED
+    assert store.get(succeeded.id).status is JobStatus.SUCCEEDED
+    assert store.cancel(queued.id) is JobStatus.CANCELLED  # cancelling twice is harmless
+
+
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid"])
+def test_cancel_of_unknown_job_raises_unknown_job(store: JobStore, job_id: str) -> None:
+    with pytest.raises(UnknownJob):
+        store.cancel(job_id)
+
+
+def test_insert_idempotent_returns_the_first_jobs_record(store: JobStore,
+                                                         new_job: NewJobFactory) -> None:
+    key = uuid.uuid4().hex
+    first = new_job(idempotency_key=key, tenant="tenant-a")
+    assert store.insert_idempotent(first) is None
+    duplicate = new_job(idempotency_key=key, tenant="tenant-a", target="other")
+    existing = store.insert_idempotent(duplicate)
+    assert existing is not None
+    assert existing.id == first.id
+    assert existing.target == first.target
+    assert existing.idempotency_key == key
+    with pytest.raises(UnknownJob):
+        store.get(duplicate.id)
+
+    other_tenant = new_job(idempotency_key=key, tenant="tenant-b")
+    assert store.insert_idempotent(other_tenant) is None
+    assert store.get(other_tenant.id).tenant == "tenant-b"
+
+    no_tenant = new_job(idempotency_key=key)
+    assert store.insert_idempotent(no_tenant) is None
+    again = store.insert_idempotent(new_job(idempotency_key=key))
+    assert again is not None
+    assert again.id == no_tenant.id
+    assert sum(store.count_by_status([first.id, duplicate.id, other_tenant.id,
+                                      no_tenant.id]).values()) == 3
+
+
+def test_fail_unsent_marks_only_queued_jobs_failed(store: JobStore,
+                                                   new_job: NewJobFactory) -> None:
+    queued, running, cancelled = new_job(), new_job(), new_job(status=JobStatus.CANCELLED)
+    store.insert_jobs([queued, running, cancelled])
+    store.claim([running.id], "worker-a")
+    store.fail_unsent([queued.id, running.id, cancelled.id], "not published: broker gone")
+    failed = store.get(queued.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error == "not published: broker gone"
+    assert failed.finished_at is not None
+    assert store.get(running.id).status is JobStatus.RUNNING
+    assert store.get(running.id).error is None
+    assert store.get(cancelled.id).status is JobStatus.CANCELLED
+    assert store.get(cancelled.id).error is None
+
+
+def test_list_jobs_newest_first_and_filtered_by_status(store: JobStore,
+                                                       new_job: NewJobFactory) -> None:
+    rows = [new_job() for _ in range(3)]
+    for row in rows:  # separate transactions: distinct created_at
+        store.insert_jobs([row])
+    newest = store.list_jobs(limit=3)
+    assert [record.id for record in newest] == [row.id for row in reversed(rows)]
+    created = [record.created_at for record in newest]
+    assert created == sorted(created, reverse=True)
+
+    store.cancel(rows[1].id)
+    cancelled = store.list_jobs(limit=1000, status=JobStatus.CANCELLED)
+    assert all(record.status is JobStatus.CANCELLED for record in cancelled)
+    ids = {record.id for record in cancelled}
+    assert rows[1].id in ids
+    assert rows[0].id not in ids and rows[2].id not in ids
+    assert len(store.list_jobs(limit=2)) == 2
+
+
+def test_store_on_a_missing_database_raises_service_unavailable(scratch_database_url: str
+                                                                ) -> None:
+    missing = JobStore.connect(scratch_database_url, connect_timeout_s=2)
+    try:
+        with pytest.raises(ServiceUnavailable) as raised:
+            missing.get(str(uuid.uuid4()))
+    finally:
+        missing.close()
+    assert raised.value.service == "PostgreSQL"
+    assert "PostgreSQL" in str(raised.value)
+    assert raised.value.__cause__ is not None
+
+
+def test_store_on_a_database_without_the_jobs_table_raises_config_error(
+        scratch_database_url: str) -> None:
+    assert db_setup.create_database(scratch_database_url) is True
+    empty = JobStore.connect(scratch_database_url)
+    try:
+        with pytest.raises(ConfigError, match="aidist db upgrade"):
+            empty.count_by_status()
+        with pytest.raises(ConfigError, match="aidist db upgrade"):
+            empty.get(str(uuid.uuid4()))
+        empty.ping()  # the server itself answers
+    finally:
+        empty.close()
