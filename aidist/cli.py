@@ -12,8 +12,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from rich.table import Column, Table
 
 from aidist import demo as demo_module
 from aidist.config import Settings, redact_url
@@ -21,6 +20,7 @@ from aidist.errors import AidistError, JobError, ServiceUnavailable
 from aidist.jobs import JobStatus
 from db import setup as db_setup
 from producers import Client
+from producers.progress import job_progress
 from workers.launch import run_worker
 
 app = typer.Typer(help="aidist: AI inference and preprocessing as durable jobs.",
@@ -30,7 +30,8 @@ db_app = typer.Typer(help="Database set-up.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 
-out = Console()
+# Piped output gets wide lines rather than Rich's 80-column default, so ids are never wrapped.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
@@ -94,7 +95,7 @@ def submit(
 
 
 def _progress(client: Client, jobs: list[Any], timeout: float, label: str) -> None:
-    with Progress(console=err) as bar:
+    with job_progress(err) as bar:
         task = bar.add_task(label, total=len(jobs))
         for _ in client.as_completed(jobs, timeout=timeout):
             bar.advance(task)
@@ -109,7 +110,8 @@ def jobs_ls(
     with Client(_settings()) as client:
         records = client.store.list_jobs(limit=limit, status=status)
         counts = client.store.count_by_status()
-    table = Table("id", "kind", "target", "status", "attempts", "cache", "created", "worker")
+    table = Table(Column("id", no_wrap=True), "kind", "target", "status", "attempts", "cache",
+                  "created", "worker")
     for r in records:
         table.add_row(r.id, r.kind.value, r.target, r.status.value, str(r.attempts),
                       "hit" if r.cache_hit else "", f"{r.created_at:%Y-%m-%d %H:%M:%S}",

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aidist.config import Settings
@@ -28,6 +27,7 @@ from aidist.jobs import JobStatus
 from aidist.routing import queue_name
 from db import setup as db_setup
 from producers import Client, Job
+from producers.progress import job_progress
 from workers.broker import queue_stats
 
 READY_TIMEOUT_S = 180.0
@@ -117,13 +117,11 @@ def _wait_with_progress(client: Client, groups: dict[str, Sequence[Job]],
                         console: Console) -> dict[str, float]:
     """One progress bar per group, advanced as jobs finish; seconds until each group was done."""
     started = time.perf_counter()
-    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
     label_of = {job.id: label for label, jobs in groups.items() for job in jobs}
     left = {label: len(jobs) for label, jobs in groups.items()}
     done_after: dict[str, float] = {}
     everything = [job for jobs in groups.values() for job in jobs]
-    with Progress(*columns, console=console) as bar:
+    with job_progress(console) as bar:
         tasks = {label: bar.add_task(label, total=len(jobs)) for label, jobs in groups.items()}
         for job in client.as_completed(everything, timeout=600):
             label = label_of[job.id]

@@ -8,14 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from aidist import codec
 from aidist.config import Settings
@@ -25,6 +17,7 @@ from aidist.routing import queue_name
 from db import JobStore, NewJob, ResultCache
 from models import ModelInfo, Registry, build_registry
 from producers.job import Job, raise_for_status
+from producers.progress import job_progress
 from producers.publisher import Publisher
 from producers.waiting import CompletionTracker
 
@@ -243,9 +236,7 @@ class Client:
         items = list(inputs)
         jobs = self.submit_many(target, items, params, priority=priority, tenant=tenant)
         if progress:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn())
-            with Progress(*columns) as bar:
+            with job_progress() as bar:
                 task = bar.add_task(f"{target}", total=len(jobs))
                 for _ in self.as_completed(jobs, timeout=timeout):
                     bar.advance(task)

@@ -27,6 +27,7 @@ from db.cache import ResultCache
 from db.store import JobStore
 from models import build_registry
 from producers import Client
+from workers.broker import queue_stats
 
 BASE = Settings()
 
@@ -133,26 +134,12 @@ def aidist_command() -> str:
 
 def consumer_count(settings: Settings, queue: str) -> int:
     """Consumers on ``queue`` right now (0 if it does not exist yet), read over AMQP with pika."""
-    connection = pika_connection(settings)
-    try:
-        frame = connection.channel().queue_declare(queue, passive=True)
-        return int(frame.method.consumer_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        connection.close()
+    return queue_stats(settings.broker_url, [queue])[0].consumers
 
 
 def queue_depth(settings: Settings, queue: str) -> int:
     """Ready messages in ``queue`` (0 if it does not exist)."""
-    connection = pika_connection(settings)
-    try:
-        frame = connection.channel().queue_declare(queue, passive=True)
-        return int(frame.method.message_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        connection.close()
+    return queue_stats(settings.broker_url, [queue])[0].messages
 
 
 @dataclass
@@ -194,7 +181,7 @@ def start_worker(settings: Settings, pool: str, log_dir: Path, *extra: str) -> W
     def ready() -> bool:
         if process.poll() is not None:
             pytest.fail(f"worker exited with {process.returncode}:\n{worker.log()[-3000:]}")
-        return all(consumer_count(settings, q) > 0 for q in queues)
+        return all(s.consumers > 0 for s in queue_stats(settings.broker_url, queues))
 
     wait_for(ready, timeout=180, interval=0.25, message=f"{pool} worker to consume")
     return worker

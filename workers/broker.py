@@ -5,6 +5,7 @@ Used to tell when workers are consuming (the demo, tests) and, later, to scale o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,9 @@ import pika.exceptions
 
 from aidist.config import redact_url
 from aidist.errors import ServiceUnavailable
+
+# A passive declare of a queue that does not exist yet is an expected answer here, not a warning.
+logging.getLogger("pika.channel").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True, slots=True)

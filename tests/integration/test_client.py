@@ -8,13 +8,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
 import numpy as np
-import pika
-import pika.exceptions
 import pytest
 from sqlalchemy import func, select
 
@@ -67,6 +66,8 @@ def _drain(settings: Settings, queue: str) -> list[tuple[Any, list[dict[str, Any
 # -- validation: nothing written, nothing sent --------------------------------------------------
 
 Submit = Callable[[Client], object]
+NAIVE_DEADLINE = datetime(2999, 1, 1, 12, 0)  # no tzinfo: ambiguous, so refused
+NOT_A_DICT: Any = ["lowercase"]
 
 INVALID_SUBMISSIONS: dict[str, Submit] = {
     "none": lambda c: c.infer(TOY, None),
@@ -80,9 +81,9 @@ INVALID_SUBMISSIONS: dict[str, Submit] = {
     "priority-bool": lambda c: c.infer(TOY, "x", priority=True),
     "deadline-negative": lambda c: c.infer(TOY, "x", deadline=-5),
     "deadline-zero": lambda c: c.infer(TOY, "x", deadline=0),
-    "deadline-naive": lambda c: c.infer(TOY, "x", deadline=datetime.now() + timedelta(hours=1)),  # noqa: DTZ005
+    "deadline-naive": lambda c: c.infer(TOY, "x", deadline=NAIVE_DEADLINE),
     "params-for-paramless-model": lambda c: c.infer(TOY, "x", params={"temperature": 2}),
-    "params-not-a-dict": lambda c: c.preprocess("normalize", "x", params=["lowercase"]),  # type: ignore[arg-type]
+    "params-not-a-dict": lambda c: c.preprocess("normalize", "x", params=NOT_A_DICT),
     "bad-param-value": lambda c: c.preprocess("normalize", "x", params={"lowercase": "yes"}),
     "unknown-param": lambda c: c.preprocess("chunk", "x", params={"width": 3}),
     "no-inputs": lambda c: c.infer_many(TOY, []),
@@ -455,26 +456,37 @@ def test_models_lists_the_builtins(client: Client) -> None:
 
 # -- dead services ------------------------------------------------------------------------------
 
-DEAD_SERVICES = [
-    ("broker_url", "amqp://guest:guest@127.0.0.1:1//", "RabbitMQ",
-     "amqp://guest:***@127.0.0.1:1//", "guest:guest"),
-    ("redis_url", "redis://127.0.0.1:1/0", "Redis", "redis://127.0.0.1:1/0", None),
-    ("redis_url", "redis://:hunter2@127.0.0.1:1/0", "Redis", "redis://:***@127.0.0.1:1/0",
-     "hunter2"),
-    ("database_url", "postgresql+psycopg://postgres@127.0.0.1:1/x", "PostgreSQL",
-     "postgresql+psycopg://postgres@127.0.0.1:1/x", None),
-    ("database_url", "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/x", "PostgreSQL",
-     "postgresql+psycopg://postgres:***@127.0.0.1:1/x", "hunter2"),
-]
+@dataclass(frozen=True)
+class DeadService:
+    """A setting pointing at a port nothing listens on, and what the error must show."""
+
+    setting: str
+    url: str
+    service: str
+    shown: str
+    secret: str | None = None
 
 
-@pytest.mark.parametrize(("setting", "url", "service", "shown", "secret"), DEAD_SERVICES,
-                         ids=["broker", "redis", "redis-password", "postgres",
-                              "postgres-password"])
-def test_dead_service_raises_service_unavailable_fast(
-        settings: Settings, store: JobStore, setting: str, url: str, service: str, shown: str,
-        secret: str | None) -> None:
-    dead = isolated_settings(settings, **{setting: url})
+DEAD_SERVICES = {
+    "broker": DeadService("broker_url", "amqp://guest:guest@127.0.0.1:1//", "RabbitMQ",
+                          "amqp://guest:***@127.0.0.1:1//", "guest:guest"),
+    "redis": DeadService("redis_url", "redis://127.0.0.1:1/0", "Redis", "redis://127.0.0.1:1/0"),
+    "redis-password": DeadService("redis_url", "redis://:hunter2@127.0.0.1:1/0", "Redis",
+                                  "redis://:***@127.0.0.1:1/0", "hunter2"),
+    "postgres": DeadService("database_url", "postgresql+psycopg://postgres@127.0.0.1:1/x",
+                            "PostgreSQL", "postgresql+psycopg://postgres@127.0.0.1:1/x"),
+    "postgres-password": DeadService(
+        "database_url", "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/x", "PostgreSQL",
+        "postgresql+psycopg://postgres:***@127.0.0.1:1/x", "hunter2"),
+}
+
+
+@pytest.mark.parametrize("dead_service", list(DEAD_SERVICES.values()), ids=list(DEAD_SERVICES))
+def test_dead_service_raises_service_unavailable_fast(settings: Settings, store: JobStore,
+                                                      dead_service: DeadService) -> None:
+    setting, service, shown, secret = (dead_service.setting, dead_service.service,
+                                       dead_service.shown, dead_service.secret)
+    dead = isolated_settings(settings, **{setting: dead_service.url})
     before = total_jobs(store)
     try:
         with Client(dead) as dead_client:

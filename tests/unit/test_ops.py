@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from models.ops import (
@@ -82,7 +84,7 @@ def test_chunk_windows_cover_every_word_with_the_asked_overlap(size: int) -> Non
             assert all(len(chunk) <= size for chunk in chunks), label
             assert all(len(chunk) == size for chunk in chunks[:-1]), label
             rebuilt = list(chunks[0])
-            for previous, current in zip(chunks, chunks[1:], strict=False):
+            for previous, current in itertools.pairwise(chunks):
                 assert previous[len(previous) - overlap:] == current[:overlap], label
                 assert len(current) > overlap, f"{label}: a window adds no new word"
                 rebuilt.extend(current[overlap:])

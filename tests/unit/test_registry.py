@@ -269,7 +269,7 @@ def test_load_of_an_unresolvable_loader_path(loader: str) -> None:
 
 def test_resolve_callable() -> None:
     assert resolve_callable("models.ops:normalize_text") is ops_module.normalize_text
-    with pytest.raises(ConfigError, match="package.module:function"):
+    with pytest.raises(ConfigError, match=r"package\.module:function"):
         resolve_callable("models.ops.normalize_text")
 
 

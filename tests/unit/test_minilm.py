@@ -1,0 +1,75 @@
+"""models.minilm against sentence-transformers, both on the bundled all-MiniLM-L6-v2 weights.
+
+The only unit module that loads the real model (a few seconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from models import build_registry
+from models.minilm import DIMENSION
+from models.registry import LoadContext, Runner
+from models.weights import minilm_dir
+
+SENTENCES = [
+    "hi",
+    "A worker takes messages, forms batches and writes results to Redis.",
+    "Ünïcödé text, emoji 🙂 and punctuation!?",
+    "Durable jobs: producers publish to RabbitMQ, Celery workers consume them, results are "
+    "cached in Redis under a content key, and every job's state lives in Postgres. " * 3,
+    "token " * 400,  # longer than the 256-token window: truncated the same way by both
+]
+
+
+@pytest.fixture(scope="module")
+def runner() -> Runner:
+    return build_registry().get("minilm").load(LoadContext(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def ours(runner: Runner) -> np.ndarray:
+    return np.stack(runner(SENTENCES, {}))
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    model = SentenceTransformer(str(minilm_dir()), device="cpu")
+    return np.asarray(model.encode(SENTENCES, normalize_embeddings=True))
+
+
+def test_outputs_are_384_float32(runner: Runner) -> None:
+    outputs = runner(SENTENCES[:2], {})
+    assert len(outputs) == 2
+    for row in outputs:
+        assert isinstance(row, np.ndarray)
+        assert row.dtype == np.float32
+        assert row.shape == (DIMENSION,) == (384,)
+
+
+def test_outputs_are_unit_length(ours: np.ndarray) -> None:
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_matches_sentence_transformers(ours: np.ndarray, reference: np.ndarray) -> None:
+    assert reference.shape == ours.shape
+    cosines = np.sum(ours * reference, axis=1) / (
+        np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    assert np.all(cosines > 0.999), cosines
+
+
+def test_padding_does_not_change_results(runner: Runner, ours: np.ndarray) -> None:
+    singles = np.stack([runner([sentence], {})[0] for sentence in SENTENCES])
+    cosines = np.sum(singles * ours, axis=1)
+    assert np.all(cosines > 0.9999), cosines
+    np.testing.assert_allclose(singles, ours, atol=1e-4)
+
+
+def test_embeddings_carry_meaning(runner: Runner) -> None:
+    cat, kitten, database = runner(
+        ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Postgres stores rows."], {}
+    )
+    assert float(cat @ kitten) > float(cat @ database) + 0.2
