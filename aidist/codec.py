@@ -12,7 +12,9 @@ _NDARRAY = 1
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        array = np.ascontiguousarray(obj)
+        if obj.dtype.hasobject or obj.dtype.fields is not None:
+            raise TypeError(f"cannot encode an array of dtype {obj.dtype}; use a numeric dtype")
+        array = obj if obj.flags.c_contiguous else obj.copy(order="C")
         header = msgpack.packb([array.dtype.str, list(array.shape)])
         return msgpack.ExtType(_NDARRAY, header + array.tobytes())
     if isinstance(obj, np.generic):

@@ -14,7 +14,21 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, create_engine, func, insert, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    RowMapping,
+    Uuid,
+    any_,
+    bindparam,
+    create_engine,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError, SQLAlchemyError
 
@@ -172,7 +186,7 @@ class JobStore:
             return {}
         with self._begin() as connection:
             rows = connection.execute(
-                select(*_RECORD_COLUMNS).where(jobs_table.c.id.in_(ids))
+                select(*_RECORD_COLUMNS).where(_id_in(ids))
             ).mappings()
             return {str(row["id"]): _record(row) for row in rows}
 
@@ -180,9 +194,7 @@ class JobStore:
         """Stored input bytes by job id (for republishing or recomputing)."""
         with self._begin() as connection:
             rows = connection.execute(
-                select(jobs_table.c.id, jobs_table.c.payload).where(
-                    jobs_table.c.id.in_(_uuids(job_ids))
-                )
+                select(jobs_table.c.id, jobs_table.c.payload).where(_id_in(_uuids(job_ids)))
             )
             return {str(row.id): row.payload for row in rows if row.payload is not None}
 
@@ -198,7 +210,7 @@ class JobStore:
         """How many jobs are in each status (of ``job_ids`` if given, else all)."""
         query = select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
         if job_ids is not None:
-            query = query.where(jobs_table.c.id.in_(_uuids(job_ids)))
+            query = query.where(_id_in(_uuids(job_ids)))
         with self._begin() as connection:
             counts = {JobStatus(status): n for status, n in connection.execute(query)}
         return {status: counts.get(status, 0) for status in JobStatus}
@@ -259,6 +271,11 @@ def _new_row(job: NewJob) -> dict[str, Any]:
     row["id"] = _uuid(job.id)
     row["finished_at"] = datetime.now(UTC) if job.status.terminal else None
     return row
+
+
+def _id_in(ids: list[uuid.UUID]) -> ColumnElement[bool]:
+    # One array parameter (= ANY), not one parameter per id: Postgres caps a statement at 65,535.
+    return jobs_table.c.id == any_(bindparam(None, ids, type_=ARRAY(Uuid())))
 
 
 def _uuid(value: str) -> uuid.UUID:

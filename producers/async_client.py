@@ -125,4 +125,4 @@ class AsyncClient:
 
     async def models(self) -> list[ModelInfo]:
         """See ``Client.models``."""
-        return self.client.models()
+        return await asyncio.to_thread(self.client.models)

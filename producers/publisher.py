@@ -20,7 +20,7 @@ from kombu import Connection, Producer
 from kombu.exceptions import KombuError
 
 from aidist.config import redact_url
-from aidist.errors import ServiceUnavailable
+from aidist.errors import ConfigError, ServiceUnavailable
 from aidist.jobs import RUN_JOBS_TASK
 from aidist.routing import job_queue, jobs_exchange
 
@@ -121,9 +121,16 @@ class Publisher:
                         delivery_mode=2,
                         priority=priority,
                         correlation_id=task_id,
+                        mandatory=True,  # a queue deleted meanwhile: returned, so retried
                         retry=False,
                     )
                     return task_id
+                except amqp.exceptions.PreconditionFailed as exc:
+                    self._reset()
+                    raise ConfigError(
+                        f"queue {queue_name} exists with other arguments than aidist declares "
+                        f"({exc}); delete it or use another AIDIST_NAMESPACE"
+                    ) from exc
                 except _BROKER_ERRORS as exc:
                     self._reset()
                     if attempt == 2:

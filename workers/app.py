@@ -43,7 +43,9 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
+        # An unexpected task error rejects the message to the dead-letter queue instead of acking
+        # it away: nothing is lost, an operator can inspect and replay it.
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=settings.prefetch_multiplier,
         worker_send_task_events=True,
         worker_hijack_root_logger=True,

@@ -160,6 +160,8 @@ def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Jo
         runner = runtime.runner(target)
     except AidistError as exc:
         return [(entry, None, str(exc)) for entry in group]
+    except Exception as exc:  # a plugin's version function or registry bug: fail, do not crash
+        return [(entry, None, _error_text(exc)) for entry in group]
     params = group[0].params
     out: list[tuple[JobEntry, Any, str | None]] = []
     size = max(spec.max_batch_size, 1)

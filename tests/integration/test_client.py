@@ -51,7 +51,7 @@ def _toy_queue(settings: Settings) -> str:
 def _drain(settings: Settings, queue: str) -> list[tuple[Any, list[dict[str, Any]]]]:
     """Take every ready message off ``queue``: (properties, job entries) each."""
     connection = pika_connection(settings)
-    messages = []
+    messages: list[tuple[Any, list[dict[str, Any]]]] = []
     try:
         channel = connection.channel()
         while True:

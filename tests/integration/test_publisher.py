@@ -153,9 +153,6 @@ def test_publish_to_a_dead_broker_raises_service_unavailable(ns_settings: Settin
     assert "guest:***@127.0.0.1:1" in str(raised.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: publisher caches queue declarations and publishes "
-                   "without mandatory=True, so a message to a queue deleted meanwhile is "
-                   "confirmed by the broker and silently dropped (the job stays queued forever)")
 def test_publish_after_the_queue_was_deleted_is_not_silently_lost(
         ns_settings: Settings, publisher: Publisher) -> None:
     queue = _queue(ns_settings)

@@ -302,10 +302,6 @@ def test_store_on_a_database_without_the_jobs_table_raises_config_error(
         empty.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AidistError,
-                   reason="bug: get_many/count_by_status/payloads bind one parameter per id "
-                   "(IN (...)), so more than 65,535 ids fail (reported as 'PostgreSQL is "
-                   "unavailable') although a client may submit up to 100,000 jobs per call")
 def test_get_many_and_count_accept_more_ids_than_bind_parameters(
         store: JobStore, new_job: NewJobFactory) -> None:
     rows = [new_job(), new_job()]

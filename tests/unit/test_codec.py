@@ -98,10 +98,6 @@ def test_decoded_arrays_are_read_only() -> None:
         decoded[0] = 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: codec._default uses np.ascontiguousarray, which turns a 0-d array into shape (1,)",
-)
 def test_zero_dimensional_array_keeps_its_shape() -> None:
     scalar_array = np.array(3.5, dtype=np.float32)
     decoded = codec.decode(codec.encode(scalar_array))
@@ -137,10 +133,6 @@ def test_unsupported_values_raise_type_error(value: Any) -> None:
         codec.encode(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: object-dtype arrays are encoded as raw memory (pointer bytes) instead of raising",
-)
 def test_object_dtype_array_is_refused() -> None:
     with pytest.raises(TypeError):
         codec.encode(np.array(["text", 1], dtype=object))

@@ -411,11 +411,6 @@ def test_an_unencodable_output_fails_only_its_job(harness: Harness) -> None:
     assert harness.result(normal) == "normal"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: codec encodes object-dtype arrays as raw pointers, so the job 'succeeds' with an "
-           "undecodable result",
-)
 def test_an_object_array_output_is_not_reported_as_success(harness: Harness) -> None:
     _register_returning(harness, "objects", np.array(["a", 1], dtype=object))
     odd = harness.entry("objects", "odd")

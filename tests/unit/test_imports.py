@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "workers", "celery")
 
@@ -39,21 +37,12 @@ def test_client_does_not_import_workers_or_celery() -> None:
     assert "celery" not in loaded
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: models.builtin imports models.toy for VERSION/CLASSES, and models.toy imports "
-           "torch at module level, so `import models` (and every client) loads torch",
-)
 def test_models_registry_does_not_import_torch() -> None:
     # DESIGN: "The registry never imports torch: a client validates submissions against it".
     # Importing models.registry runs models/__init__, which imports models.builtin.
     assert "torch" not in _imported_after("import models.registry")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: producers -> models -> models.builtin -> models.toy -> torch (see above)",
-)
 def test_client_import_is_light() -> None:
     command = (
         "import sys, aidist, producers; from aidist import Client; "
