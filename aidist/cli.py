@@ -1,6 +1,7 @@
 """The ``aidist`` command: workers, submitting, inspecting jobs and models, migrations, the demo.
 
-Errors a user can cause print one line (what went wrong, what to do) and exit non-zero; no traceback.
+Errors a user can cause print one line (what went wrong, what to do) and exit non-zero; no
+traceback.
 """
 
 from __future__ import annotations
@@ -51,10 +52,20 @@ def _jsonable(value: Any) -> Any:
 
 @app.command()
 def worker(
-    pool: Annotated[str, typer.Option(help="gpu (models, one process per device) or cpu (ops).")] = "gpu",
-    models: Annotated[str | None, typer.Option(help="Comma-separated names to serve (default: all of the pool).")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Processes of a cpu pool (default: cores).")] = None,
-    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu, cuda:0 (default: AIDIST_DEVICE).")] = None,
+    *,
+    pool: Annotated[
+        str, typer.Option(help="gpu (models, one process per device) or cpu (ops).")
+    ] = "gpu",
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated names to serve (default: all of the pool).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Processes of a cpu pool (default: cores).")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Torch device, e.g. cpu, cuda:0 (default: AIDIST_DEVICE)."),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
@@ -68,7 +79,10 @@ def worker(
 @app.command()
 def submit(
     target: Annotated[str, typer.Argument(help="Model or op name (see `aidist models`).")],
-    input: Annotated[str, typer.Argument(help="The input text, or - to read one input per line from stdin.")] = "-",
+    input: Annotated[
+        str,
+        typer.Argument(help="The input text, or - to read one input per line from stdin."),
+    ] = "-",
     params: Annotated[str | None, typer.Option(help="Params as a JSON object.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 300.0,
     wait: Annotated[bool, typer.Option(help="Wait for results (else print job ids).")] = True,
@@ -166,7 +180,9 @@ def db_upgrade() -> None:
 @app.command()
 def demo(
     sentences: Annotated[int, typer.Option(help="Sentences to embed with minilm.")] = 2000,
-    preprocess: Annotated[int, typer.Option(help="Preprocessing jobs (tokenize/chunk/normalize).")] = 300,
+    preprocess: Annotated[
+        int, typer.Option(help="Preprocessing jobs (tokenize/chunk/normalize).")
+    ] = 300,
     seed: Annotated[int | None, typer.Option(help="Corpus seed (default: new each run).")] = None,
 ) -> None:
     """Start workers, run a real workload through RabbitMQ, show results, then the cache hits."""

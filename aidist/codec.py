@@ -1,4 +1,5 @@
-"""Binary encoding of inputs and results: msgpack, with numpy arrays as typed binary. Never pickle."""
+"""Binary encoding of inputs and results: msgpack, with numpy arrays as typed binary. Never
+pickle."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def encode(value: Any) -> bytes:
     """Encode a result or input to bytes (msgpack; ndarray as an extension type)."""
-    return msgpack.packb(value, default=_default, use_bin_type=True)
+    packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True)
+    return packed
 
 
 def decode(data: bytes) -> Any:

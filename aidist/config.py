@@ -46,7 +46,9 @@ class Settings(BaseSettings):
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
-    pack_size: int = Field(default=128, ge=1, le=10_000, description="Jobs per message when packing.")
+    pack_size: int = Field(
+        default=128, ge=1, le=10_000, description="Jobs per message when packing."
+    )
     max_input_chars: int = Field(default=100_000, gt=0)
     max_jobs_per_call: int = Field(default=100_000, gt=0)
 

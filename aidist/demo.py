@@ -1,9 +1,10 @@
 """``aidist demo``: the whole path on this machine, end to end, with real services and real workers.
 
-It starts a gpu-pool worker (minilm, toy-classifier; on the CPU where there is no GPU) and a cpu-pool
-worker (tokenize, chunk, normalize) as ``aidist worker`` processes, embeds a corpus through RabbitMQ,
-runs preprocessing jobs, shows results and the job counts Postgres holds, then submits everything
-again to show the cache answering without a worker. It stops its workers with SIGTERM at the end.
+It starts a gpu-pool worker (minilm, toy-classifier; on the CPU where there is no GPU) and a
+cpu-pool worker (tokenize, chunk, normalize) as ``aidist worker`` processes, embeds a corpus through
+RabbitMQ, runs preprocessing jobs, shows results and the job counts Postgres holds, then submits
+everything again to show the cache answering without a worker. It stops its workers with SIGTERM at
+the end.
 """
 
 from __future__ import annotations
@@ -195,9 +196,10 @@ def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300,
                 f"submitted {len(embed_jobs) + len(prep_jobs)} jobs in {submit_s:.2f}s; "
                 f"embedded {len(vectors)} sentences in {embed_s:.2f}s = "
                 f"[bold]{len(vectors) / embed_s:.0f} sentences/s[/] end to end; "
-                f"{len(prep_jobs)} preprocessing jobs done after {submit_s + done['preprocess']:.2f}s"
+                f"{len(prep_jobs)} preprocessing jobs done after "
+                f"{submit_s + done['preprocess']:.2f}s"
             )
-            _show_samples(client, corpus, vectors, prep, prep_jobs, console)
+            _show_samples(client, corpus, vectors, prep, prep_jobs, console=console)
             counts1 = _status_counts(client, [j.id for j in embed_jobs + prep_jobs])
 
             console.rule("pass 2: the same inputs again")
@@ -213,7 +215,8 @@ def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300,
 
 
 def _show_samples(client: Client, corpus: list[str], vectors: list[np.ndarray],
-                  prep: dict[str, list[str]], prep_jobs: list[Job], console: Console) -> None:
+                  prep: dict[str, list[str]], prep_jobs: list[Job], *,
+                  console: Console) -> None:
     table = Table(title="a few results")
     table.add_column("job")
     table.add_column("input", max_width=48)

@@ -1,4 +1,5 @@
-"""Job contracts shared by producers, workers and the store: lifecycle, wire format, cache keys, queues.
+"""Job contracts shared by producers, workers and the store: lifecycle, wire format, cache keys,
+queues.
 
 A job travels as a plain dict inside a standard Celery task message (task ``aidist.run_jobs``, one
 positional argument: a list of job entries). Many jobs submitted together share one message.
@@ -26,7 +27,8 @@ class JobKind(enum.StrEnum):
 
 
 class JobStatus(enum.StrEnum):
-    """Lifecycle of a job. queued -> running -> succeeded | failed; queued -> cancelled | expired."""
+    """Lifecycle of a job. queued -> running -> succeeded | failed; queued -> cancelled |
+    expired."""
 
     QUEUED = "queued"
     RUNNING = "running"

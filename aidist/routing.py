@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from aidist.jobs import JobKind
 
@@ -35,12 +35,12 @@ def queue_arguments(namespace: str) -> dict[str, Any]:
 
 def jobs_exchange(namespace: str) -> Exchange:
     """The durable direct exchange every job message is published to (routing key = queue)."""
-    return Exchange(f"{namespace}.jobs", type="direct", durable=True)
+    return Exchange(f"{namespace}.jobs", type="direct", durable=True)  # type: ignore[no-untyped-call]
 
 
 def job_queue(namespace: str, name: str) -> Queue:
     """The kombu declaration of a job queue, bound to the jobs exchange under its own name."""
-    return Queue(
+    return Queue(  # type: ignore[no-untyped-call]
         name,
         jobs_exchange(namespace),
         routing_key=name,
@@ -51,5 +51,8 @@ def job_queue(namespace: str, name: str) -> Queue:
 
 def dead_letter_declarations(namespace: str) -> tuple[Exchange, Queue]:
     """The dead-letter exchange (fanout) and the queue that keeps what reaches it."""
-    exchange = Exchange(dead_letter_exchange(namespace), type="fanout", durable=True)
-    return exchange, Queue(dead_letter_queue(namespace), exchange, durable=True)
+    exchange = Exchange(  # type: ignore[no-untyped-call]
+        dead_letter_exchange(namespace), type="fanout", durable=True
+    )
+    queue = Queue(dead_letter_queue(namespace), exchange, durable=True)  # type: ignore[no-untyped-call]
+    return exchange, queue

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import msgpack
 import redis
@@ -82,7 +83,9 @@ class ResultCache:
         if not cache_keys:
             return []
         with self._guard():
-            return list(self.client.mget([self.result_key(k) for k in cache_keys]))
+            # The client does not decode responses, so values are bytes (or None if absent).
+            values = self.client.mget([self.result_key(k) for k in cache_keys])
+            return list(cast("list[bytes | None]", values))
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
         """Store results with a TTL in one pipeline."""
@@ -113,7 +116,8 @@ class ResultCache:
             if first is None:
                 return []
             raw = [first[1]]
-            more = self.client.lpop(reply_to, limit)
+            # With a count, LPOP answers a list (or None when the list is empty).
+            more = cast("list[bytes] | None", self.client.lpop(reply_to, limit))
             if more:
                 raw.extend(more)
         notices = []

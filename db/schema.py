@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     SmallInteger,
     String,
+    Table,
     Text,
     Uuid,
     func,
@@ -80,4 +81,5 @@ class JobRow(Base):
     )
 
 
-jobs_table = JobRow.__table__
+# The declarative __table__ is typed as FromClause; for a mapped class it is always a Table.
+jobs_table = cast(Table, JobRow.__table__)

@@ -38,7 +38,9 @@ def create_database(database_url: str, connect_timeout_s: float = 5.0) -> bool:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
             return True
     except OperationalError as exc:
-        raise ServiceUnavailable("PostgreSQL", redact_url(database_url), str(exc.orig).strip()) from exc
+        raise ServiceUnavailable(
+            "PostgreSQL", redact_url(database_url), str(exc.orig).strip()
+        ) from exc
     finally:
         engine.dispose()
 
@@ -68,5 +70,7 @@ def upgrade(database_url: str, connect_timeout_s: float = 5.0) -> bool:
     try:
         command.upgrade(alembic_config(database_url), "head")
     except OperationalError as exc:
-        raise ServiceUnavailable("PostgreSQL", redact_url(database_url), str(exc.orig).strip()) from exc
+        raise ServiceUnavailable(
+            "PostgreSQL", redact_url(database_url), str(exc.orig).strip()
+        ) from exc
     return created

@@ -1,8 +1,8 @@
 """The job store: every SQL statement aidist runs lives here. Rows leave as frozen dataclasses.
 
 Hot-path writes are one statement per batch: ``insert_jobs`` (multi-row INSERT), ``claim`` and
-``finish`` (``UPDATE ... FROM unnest(...)``). ``claim`` and ``finish`` fence on the attempt number so
-a stale run can never overwrite a newer one.
+``finish`` (``UPDATE ... FROM unnest(...)``). ``claim`` and ``finish`` fence on the attempt number
+so a stale run can never overwrite a newer one.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def validate_normalize_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def chunk_text(text: str, *, size: int, overlap: int) -> list[str]:
-    """Split ``text`` into windows of ``size`` words, each sharing ``overlap`` words with the last."""
+    """Split ``text`` into windows of ``size`` words, each sharing ``overlap`` words with the
+    last."""
     words = text.split()
     step = size - overlap
     chunks = []

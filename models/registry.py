@@ -122,7 +122,9 @@ class Registry:
                 self._versions[name] = cached
             return cached
 
-    def validate(self, spec: ModelSpec, value: Any, params: dict[str, Any] | None) -> dict[str, Any]:
+    def validate(
+        self, spec: ModelSpec, value: Any, params: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """Check one input and the params; returns the params to use. Raises ``InvalidInput``."""
         limit = spec.max_input_chars or self.max_input_chars
         if not isinstance(value, str):
@@ -167,7 +169,9 @@ class Registry:
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
-                raise ConfigError(f"plugin module {module_name!r} cannot be imported: {exc}") from exc
+                raise ConfigError(
+                    f"plugin module {module_name!r} cannot be imported: {exc}"
+                ) from exc
             hook = getattr(module, "register_models", None)
             if not callable(hook):
                 raise ConfigError(

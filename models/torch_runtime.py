@@ -1,4 +1,5 @@
-"""Torch set-up shared by the torch models: threads, device checks, dtype. Imported only by loaders."""
+"""Torch set-up shared by the torch models: threads, device checks, dtype. Imported only by
+loaders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""toy-classifier: a tiny seeded torch model for fast tests. Same input, same probabilities, anywhere."""
+"""toy-classifier: a tiny seeded torch model for fast tests. Same input, same probabilities,
+anywhere."""
 
 from __future__ import annotations
 

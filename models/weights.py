@@ -17,8 +17,9 @@ def minilm_dir() -> Path:
 
 
 def files_digest(directory: Path) -> str:
-    """A cheap, stable digest of a weights directory: every file's name and size, and the first and
-    last 64 KiB of each. Changes whenever the weights change; costs milliseconds, not a full hash."""
+    """A cheap, stable digest of a weights directory: every file's name and size, and the first
+    and last 64 KiB of each. Changes whenever the weights change; costs milliseconds, not a full
+    hash."""
     digest = hashlib.blake2b(digest_size=8)
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         size = path.stat().st_size

@@ -52,7 +52,8 @@ class AsyncJob:
 
 
 class AsyncClient:
-    """``Client`` with ``await``: ``async with AsyncClient() as client: job = await client.infer(...)``."""
+    """``Client`` with ``await``:
+    ``async with AsyncClient() as client: job = await client.infer(...)``."""
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None):
         self.client = Client(settings, registry=registry)

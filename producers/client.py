@@ -1,4 +1,5 @@
-"""The synchronous client: validate, consult the cache, record, publish packed, wait, read results."""
+"""The synchronous client: validate, consult the cache, record, publish packed, wait, read
+results."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
 
 from aidist import codec
 from aidist.config import Settings
@@ -56,7 +56,8 @@ class Client:
     """Submit inference and preprocessing jobs and get their results.
 
     ``Client()`` reads settings from ``AIDIST_*`` variables or ``.env``; connections open on first
-    use, and a service that cannot be reached raises ``ServiceUnavailable`` within the connect timeout.
+    use, and a service that cannot be reached raises ``ServiceUnavailable`` within the connect
+    timeout.
     """
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None):
@@ -69,7 +70,9 @@ class Client:
         self.cache = ResultCache.connect(self.settings.redis_url, self.settings.namespace, timeout)
         self.publisher = Publisher(self.settings.broker_url, self.settings.namespace, timeout)
         self.client_id = uuid.uuid4().hex
-        self.tracker = CompletionTracker(self.cache, self.store, self.cache.reply_key(self.client_id))
+        self.tracker = CompletionTracker(
+            self.cache, self.store, self.cache.reply_key(self.client_id)
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -128,7 +131,8 @@ class Client:
             raise InvalidInput("no inputs given; pass at least one")
         if len(inputs) > self.settings.max_jobs_per_call:
             raise InvalidInput(
-                f"{len(inputs)} inputs in one call, the limit is {self.settings.max_jobs_per_call}; "
+                f"{len(inputs)} inputs in one call, "
+                f"the limit is {self.settings.max_jobs_per_call}; "
                 "submit in slices or raise AIDIST_MAX_JOBS_PER_CALL"
             )
         checked = {}

@@ -1,9 +1,9 @@
 """Publishing job messages to RabbitMQ: standard Celery protocol-2 task messages, msgpack bodies,
 durable queues, persistent delivery and publisher confirms.
 
-The client builds the message itself with kombu rather than through a Celery app, so a client process
-never imports the worker side. The format is Celery's documented task protocol v2, which is what lets
-Flower and ``celery inspect`` show aidist jobs as ordinary ``aidist.run_jobs`` tasks.
+The client builds the message itself with kombu rather than through a Celery app, so a client
+process never imports the worker side. The format is Celery's documented task protocol v2, which is
+what lets Flower and ``celery inspect`` show aidist jobs as ordinary ``aidist.run_jobs`` tasks.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import amqp.exceptions
-from kombu import Connection, Producer
+from kombu.connection import Connection
 from kombu.exceptions import KombuError
+from kombu.messaging import Producer
 
 from aidist.config import redact_url
 from aidist.errors import ConfigError, ServiceUnavailable
@@ -28,7 +29,9 @@ SERVICE = "RabbitMQ"
 _BROKER_ERRORS = (OSError, KombuError, amqp.exceptions.AMQPError)
 
 
-def task_message(entries: Sequence[dict[str, Any]], origin: str) -> tuple[Any, dict[str, Any], str]:
+def task_message(
+    entries: Sequence[dict[str, Any]], origin: str
+) -> tuple[Any, dict[str, Any], str]:
     """Body and headers of a Celery protocol-2 ``aidist.run_jobs`` message carrying ``entries``."""
     task_id = str(uuid.uuid4())
     headers = {
@@ -48,7 +51,11 @@ def task_message(entries: Sequence[dict[str, Any]], origin: str) -> tuple[Any, d
         "origin": origin,
         "ignore_result": True,
     }
-    body = ([list(entries)], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+    body: tuple[list[list[dict[str, Any]]], dict[str, Any], dict[str, None]] = (
+        [list(entries)],
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    )
     return body, headers, task_id
 
 
@@ -76,25 +83,24 @@ class Publisher:
 
     def _reset(self) -> None:
         if self._connection is not None:
-            try:
-                self._connection.release()
-            except _BROKER_ERRORS:
-                pass
+            with suppress(*_BROKER_ERRORS):
+                self._connection.release()  # type: ignore[no-untyped-call]
         self._connection = None
         self._producer = None
         self._declared.clear()
 
     def _ensure(self) -> Producer:
         if self._producer is None:
-            connection = Connection(
+            connection = Connection(  # type: ignore[no-untyped-call]
                 self.broker_url,
                 connect_timeout=self.connect_timeout_s,
                 transport_options={"confirm_publish": True},
                 heartbeat=0,
             )
-            connection.connect()
+            connection.connect()  # type: ignore[no-untyped-call]
             self._connection = connection
-            self._producer = Producer(connection.channel(), serializer="msgpack")
+            channel = connection.channel()  # type: ignore[no-untyped-call]
+            self._producer = Producer(channel, serializer="msgpack")  # type: ignore[no-untyped-call]
         return self._producer
 
     def connect(self) -> None:
@@ -111,9 +117,10 @@ class Publisher:
                 try:
                     producer = self._ensure()
                     if queue_name not in self._declared:
-                        job_queue(self.namespace, queue_name)(producer.channel).declare()
+                        queue = job_queue(self.namespace, queue_name)(producer.channel)
+                        queue.declare()  # type: ignore[no-untyped-call]
                         self._declared.add(queue_name)
-                    producer.publish(
+                    producer.publish(  # type: ignore[no-untyped-call]
                         body,
                         exchange=jobs_exchange(self.namespace),
                         routing_key=queue_name,

@@ -1,8 +1,10 @@
-"""Learning that jobs finished: completion notices from Redis first, Postgres polling as the fallback.
+"""Learning that jobs finished: completion notices from Redis first, Postgres polling as the
+fallback.
 
 Workers push a notice per job onto the submitting client's reply list after the state commit. A job
-handle from ``client.get(id)`` (someone else's job) has no notices, so its waits poll Postgres with a
-backoff; so does every wait now and then, which covers jobs cancelled or expired without a worker.
+handle from ``client.get(id)`` (someone else's job) has no notices, so its waits poll Postgres with
+a backoff; so does every wait now and then, which covers jobs cancelled or expired without a
+worker.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Test-only models, registered through the plugin hook (AIDIST_PLUGINS=tests.plugins).
 
-They need no torch: ``flaky`` fails on inputs containing "boom" (to prove one bad input fails only its
-own job), ``sleepy`` holds the worker for as many seconds as its input says (a workload, so tests can
-observe queued and running states), and ``unloadable`` never loads.
+They need no torch: ``flaky`` fails on inputs containing "boom" (to prove one bad input fails only
+its own job), ``sleepy`` holds the worker for as many seconds as its input says (a workload, so
+tests can observe queued and running states), and ``unloadable`` never loads.
 """
 
 from __future__ import annotations

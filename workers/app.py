@@ -1,4 +1,5 @@
-"""The Celery app factory: configuration, queues, the one task, and model warm-up at process start."""
+"""The Celery app factory: configuration, queues, the one task, and model warm-up at process
+start."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Broker probes over AMQP with pika: queue depth and consumer counts, without the management plugin.
+"""Broker probes over AMQP with pika: queue depth and consumer counts, without the management
+plugin.
 
 Used to tell when workers are consuming (the demo, tests) and, later, to scale on backlog.
 """

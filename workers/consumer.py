@@ -1,9 +1,9 @@
 """Celery's consumer with one change: an undecodable message is dead-lettered, not dropped.
 
-Stock Celery acks a message it cannot decode (to avoid a redelivery loop), which silently loses it.
-Rejecting without requeue routes it through the queue's dead-letter exchange to ``{namespace}.dead``,
-where an operator can look at it. Celery selects this class through ``worker_consumer``; overriding
-the one callback is the hook Celery offers for this.
+Stock Celery acks a message it cannot decode (to avoid a redelivery loop), which silently loses
+it. Rejecting without requeue routes it through the queue's dead-letter exchange to
+``{namespace}.dead``, where an operator can look at it. Celery selects this class through
+``worker_consumer``; overriding the one callback is the hook Celery offers for this.
 """
 
 from __future__ import annotations

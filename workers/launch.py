@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
-from kombu import Connection
+from kombu.connection import Connection
 
 from aidist.config import Settings, redact_url
 from aidist.errors import ConfigError, ServiceUnavailable
@@ -22,11 +22,13 @@ def declare_dead_letters(settings: Settings) -> None:
     """Declare the dead-letter exchange and queue; also proves the broker is reachable."""
     exchange, queue = dead_letter_declarations(settings.namespace)
     try:
-        with Connection(settings.broker_url, connect_timeout=settings.connect_timeout_s) as conn:
+        with Connection(  # type: ignore[no-untyped-call]
+            settings.broker_url, connect_timeout=settings.connect_timeout_s
+        ) as conn:
             conn.connect()
             channel = conn.channel()
-            exchange(channel).declare()
-            queue(channel).declare()
+            exchange(channel).declare()  # type: ignore[no-untyped-call]
+            queue(channel).declare()  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise ServiceUnavailable("RabbitMQ", redact_url(settings.broker_url), str(exc)) from exc
 

@@ -1,8 +1,8 @@
 """What a worker process holds: its connections and the models it has loaded.
 
-Built lazily in the process that runs jobs, never in a parent that forks: a prefork child gets its own
-connections and its own model copy, and a GPU worker (solo pool) initialises CUDA in the one process
-that uses it.
+Built lazily in the process that runs jobs, never in a parent that forks: a prefork child gets its
+own connections and its own model copy, and a GPU worker (solo pool) initialises CUDA in the one
+process that uses it.
 """
 
 from __future__ import annotations

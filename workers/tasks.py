@@ -24,7 +24,8 @@ SERVICE_RETRY_S = 30.0
 
 def run_jobs(holder: RuntimeHolder, entries: Any) -> dict[str, int]:
     """Run one message's jobs. A poison message is rejected without requeue (to the dead-letter
-    queue); if a service stays down past ``SERVICE_RETRY_S`` the message is requeued, never acked."""
+    queue); if a service stays down past ``SERVICE_RETRY_S`` the message is requeued, never
+    acked."""
     runtime = holder.get()
     retrying = Retrying(
         retry=retry_if_exception_type(ServiceUnavailable),

@@ -1,4 +1,5 @@
-"""End to end: real worker processes consume real RabbitMQ queues, state in Postgres, results in Redis."""
+"""End to end: real worker processes consume real RabbitMQ queues, state in Postgres, results in
+Redis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Lifecycle through real workers: cancel, timeout, deadline, cache hits, load failures, preprocessing."""
+"""Lifecycle through real workers: cancel, timeout, deadline, cache hits, load failures,
+preprocessing."""
 
 from __future__ import annotations
 

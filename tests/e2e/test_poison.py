@@ -1,4 +1,5 @@
-"""Poison messages published straight into a queue with pika: dead-lettered, the worker carries on."""
+"""Poison messages published straight into a queue with pika: dead-lettered, the worker carries
+on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pika
 import pytest
 
 from aidist.config import Settings
-from aidist.jobs import JobKind, RUN_JOBS_TASK
+from aidist.jobs import RUN_JOBS_TASK, JobKind
 from aidist.routing import dead_letter_queue, jobs_exchange, queue_name
 from producers import Client
 from tests.conftest import pika_connection, queue_depth, wait_for
