@@ -77,14 +77,16 @@ class DemoWorkers:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, client: Client, console: Console) -> None:
+        queues = [queue_name(self.settings.namespace, spec.kind, spec.name)
+                  for spec in client.registry.specs() if spec.pool in ("gpu", "cpu")]
+        # Other workers may already serve these queues: wait for ours to add their consumers.
+        before = {s.name: s.consumers for s in queue_stats(self.settings.broker_url, queues)}
         for pool in ("gpu", "cpu"):
             log = (self.log_dir / f"worker-{pool}.log").open("wb")
             self.processes[pool] = subprocess.Popen(
                 [*_aidist_command(), "worker", "--pool", pool], stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        queues = [queue_name(self.settings.namespace, spec.kind, spec.name)
-                  for spec in client.registry.specs() if spec.pool in self.processes]
         deadline = time.monotonic() + READY_TIMEOUT_S
         with console.status("starting workers (the gpu pool loads and warms up its models)"):
             while True:
@@ -93,12 +95,14 @@ class DemoWorkers:
                         log_text = (self.log_dir / f"worker-{pool}.log").read_text()
                         raise RuntimeError(f"{pool} worker exited:\n{log_text[-2000:]}")
                 stats = queue_stats(self.settings.broker_url, queues)
-                if all(s.consumers > 0 for s in stats):
+                if all(s.consumers > before[s.name] for s in stats):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"workers not consuming after {READY_TIMEOUT_S:.0f}s")
                 time.sleep(0.25)
         pids = ", ".join(f"{pool} pid {p.pid}" for pool, p in self.processes.items())
+        if any(before.values()):
+            console.print("[yellow]note:[/] other workers also consume these queues")
         console.print(f"workers ready ({pids}); logs in {self.log_dir}")
 
     def stop(self, console: Console) -> None:

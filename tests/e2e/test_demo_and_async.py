@@ -11,16 +11,20 @@ import pytest
 from aidist import JobStatus
 from aidist.config import Settings
 from aidist.errors import JobFailed
+from db.cache import ResultCache
 from producers import AsyncClient
-from tests.conftest import aidist_command, settings_env
+from tests.conftest import aidist_command, delete_queues, make_settings, settings_env
 
 pytestmark = pytest.mark.e2e
 
 
 def test_demo_runs_end_to_end_and_second_pass_is_all_cache_hits(settings: Settings) -> None:
+    # its own namespace, so only the demo's own workers serve its jobs
+    demo_settings = make_settings(**{**settings.model_dump(),
+                                     "namespace": f"{settings.namespace}d"})
     done = subprocess.run(
         [aidist_command(), "demo", "--sentences", "200", "--preprocess", "30", "--seed", "7"],
-        capture_output=True, text=True, env={**settings_env(settings), "COLUMNS": "120"},
+        capture_output=True, text=True, env={**settings_env(demo_settings), "COLUMNS": "120"},
         timeout=600, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -34,6 +38,9 @@ def test_demo_runs_end_to_end_and_second_pass_is_all_cache_hits(settings: Settin
     assert rows["ran on a worker"] == (230, 0)
     assert "results identical to pass 1: True" in text
     assert text.count("worker stopped (exit code 0)") == 2
+    assert "other workers also consume" not in text
+    delete_queues(demo_settings)
+    ResultCache.connect(demo_settings.redis_url, demo_settings.namespace).delete_namespace()
 
 
 def test_async_client_mirrors_the_sync_calls(workers: object, settings: Settings) -> None:
