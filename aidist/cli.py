@@ -66,7 +66,8 @@ def worker(
         str | None,
         typer.Option(help="Torch device, e.g. cpu, cuda:0 (default: AIDIST_DEVICE)."),
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    dtype: Annotated[str | None, typer.Option(
+        help="float32, float16 or bfloat16 for every model (default: each model's own).")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:

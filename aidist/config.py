@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     max_jobs_per_call: int = Field(default=100_000, gt=0)
 
     prefetch_multiplier: int = Field(default=2, ge=1, le=64)
+    batch_max_delay_ms: float = Field(
+        default=10.0, ge=0, le=10_000,
+        description="gpu pool: longest a job waits for others to share its batch.")
+    batch_idle_ms: float = Field(
+        default=2.0, ge=0, le=10_000,
+        description="gpu pool: flush early once no message has arrived for this long.")
+    batch_max_chars: int = Field(
+        default=200_000, gt=0, description="gpu pool: flush once inputs total this many chars.")
+    batch_prefetch: int = Field(
+        default=256, ge=1, le=65_535,
+        description="gpu pool: unacked messages in flight (bounded, never unlimited).")
     device: str = Field(default="cpu", description="Default torch device of gpu-pool workers.")
     torch_threads: int = Field(default=0, ge=0, description="0 = one per CPU core.")
 

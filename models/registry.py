@@ -50,6 +50,8 @@ class ModelSpec:
     description: str = ""
     validate_params: ParamsValidator | None = None
     warmup_inputs: tuple[Any, ...] = field(default_factory=tuple)
+    max_delay_ms: float | None = None
+    dtype: str = "float32"
 
     def load(self, context: LoadContext) -> Runner:
         """Import and call the loader; any failure becomes ``ModelLoadError``."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 import amqp.exceptions
@@ -59,8 +59,26 @@ def task_message(
     return body, headers, task_id
 
 
+class _Link:
+    """One thread's confirmed connection, producer, and the queues it has declared."""
+
+    def __init__(self) -> None:
+        self.connection: Connection | None = None
+        self.producer: Producer | None = None
+        self.declared: set[str] = set()
+
+    def reset(self) -> None:
+        if self.connection is not None:
+            with suppress(*_BROKER_ERRORS):
+                self.connection.release()  # type: ignore[no-untyped-call]
+        self.connection = None
+        self.producer = None
+        self.declared.clear()
+
+
 class Publisher:
-    """One confirmed AMQP connection per client, shared by its threads under a lock."""
+    """Confirmed publishing, one AMQP connection per calling thread: a confirm round trip in one
+    thread never holds up another (kombu connections are not thread-safe to share anyway)."""
 
     def __init__(self, broker_url: str, namespace: str, connect_timeout_s: float = 5.0) -> None:
         self.broker_url = broker_url
@@ -68,29 +86,21 @@ class Publisher:
         self.connect_timeout_s = connect_timeout_s
         self._url = redact_url(broker_url)
         self._origin = f"aidist-client@{socket.gethostname()}"
-        self._lock = threading.Lock()
-        self._connection: Connection | None = None
-        self._producer: Producer | None = None
-        self._declared: set[str] = set()
+        self._local = threading.local()
+        self._links: list[_Link] = []
+        self._links_lock = threading.Lock()
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except _BROKER_ERRORS as exc:
-            self._reset()
-            raise ServiceUnavailable(SERVICE, self._url, str(exc) or type(exc).__name__) from exc
+    def _link(self) -> _Link:
+        link: _Link | None = getattr(self._local, "link", None)
+        if link is None:
+            link = _Link()
+            self._local.link = link
+            with self._links_lock:
+                self._links.append(link)
+        return link
 
-    def _reset(self) -> None:
-        if self._connection is not None:
-            with suppress(*_BROKER_ERRORS):
-                self._connection.release()  # type: ignore[no-untyped-call]
-        self._connection = None
-        self._producer = None
-        self._declared.clear()
-
-    def _ensure(self) -> Producer:
-        if self._producer is None:
+    def _ensure(self, link: _Link) -> Producer:
+        if link.producer is None:
             connection = Connection(  # type: ignore[no-untyped-call]
                 self.broker_url,
                 connect_timeout=self.connect_timeout_s,
@@ -98,55 +108,60 @@ class Publisher:
                 heartbeat=0,
             )
             connection.connect()  # type: ignore[no-untyped-call]
-            self._connection = connection
+            link.connection = connection
             channel = connection.channel()  # type: ignore[no-untyped-call]
-            self._producer = Producer(channel, serializer="msgpack")  # type: ignore[no-untyped-call]
-        return self._producer
+            link.producer = Producer(channel, serializer="msgpack")  # type: ignore[no-untyped-call]
+        return link.producer
 
     def connect(self) -> None:
-        """Open the connection now, so a down broker fails before anything is written."""
-        with self._lock, self._guard():
-            self._ensure()
+        """Open this thread's connection now, so a down broker fails before anything is written."""
+        link = self._link()
+        try:
+            self._ensure(link)
+        except _BROKER_ERRORS as exc:
+            link.reset()
+            raise ServiceUnavailable(SERVICE, self._url, str(exc) or type(exc).__name__) from exc
 
     def publish(self, queue_name: str, entries: Sequence[dict[str, Any]], priority: int = 0) -> str:
         """Publish one message carrying ``entries`` to ``queue_name``; returns once the broker has
         confirmed it. Retries once on a fresh connection if the old one had died."""
         body, headers, task_id = task_message(entries, self._origin)
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    producer = self._ensure()
-                    if queue_name not in self._declared:
-                        queue = job_queue(self.namespace, queue_name)(producer.channel)
-                        queue.declare()  # type: ignore[no-untyped-call]
-                        self._declared.add(queue_name)
-                    producer.publish(  # type: ignore[no-untyped-call]
-                        body,
-                        exchange=jobs_exchange(self.namespace),
-                        routing_key=queue_name,
-                        headers=headers,
-                        delivery_mode=2,
-                        priority=priority,
-                        correlation_id=task_id,
-                        mandatory=True,  # a queue deleted meanwhile: returned, so retried
-                        retry=False,
-                    )
-                    return task_id
-                except amqp.exceptions.PreconditionFailed as exc:
-                    self._reset()
-                    raise ConfigError(
-                        f"queue {queue_name} exists with other arguments than aidist declares "
-                        f"({exc}); delete it or use another AIDIST_NAMESPACE"
+        link = self._link()
+        for attempt in (1, 2):
+            try:
+                producer = self._ensure(link)
+                if queue_name not in link.declared:
+                    queue = job_queue(self.namespace, queue_name)(producer.channel)
+                    queue.declare()  # type: ignore[no-untyped-call]
+                    link.declared.add(queue_name)
+                producer.publish(  # type: ignore[no-untyped-call]
+                    body,
+                    exchange=jobs_exchange(self.namespace),
+                    routing_key=queue_name,
+                    headers=headers,
+                    delivery_mode=2,
+                    priority=priority,
+                    correlation_id=task_id,
+                    mandatory=True,  # a queue deleted meanwhile: returned, so retried
+                    retry=False,
+                )
+                return task_id
+            except amqp.exceptions.PreconditionFailed as exc:
+                link.reset()
+                raise ConfigError(
+                    f"queue {queue_name} exists with other arguments than aidist declares "
+                    f"({exc}); delete it or use another AIDIST_NAMESPACE"
+                ) from exc
+            except _BROKER_ERRORS as exc:
+                link.reset()
+                if attempt == 2:
+                    raise ServiceUnavailable(
+                        SERVICE, self._url, str(exc) or type(exc).__name__
                     ) from exc
-                except _BROKER_ERRORS as exc:
-                    self._reset()
-                    if attempt == 2:
-                        raise ServiceUnavailable(
-                            SERVICE, self._url, str(exc) or type(exc).__name__
-                        ) from exc
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._reset()
+        """Close every thread's connection."""
+        with self._links_lock:
+            for link in self._links:
+                link.reset()

@@ -13,6 +13,7 @@ from aidist.jobs import RUN_JOBS_TASK
 from aidist.routing import job_queue, jobs_exchange, queue_name
 from models import Registry
 from workers import tasks
+from workers.batching import BatchingStrategy, BatchPolicy
 from workers.runtime import RuntimeHolder
 
 
@@ -31,10 +32,26 @@ def queues_for(settings: Settings, registry: Registry, targets: list[str]) -> li
     return [queue_name(settings.namespace, registry.get(t).kind, t) for t in targets]
 
 
+def batch_policy(settings: Settings, registry: Registry, targets: list[str]) -> BatchPolicy:
+    """The gpu pool's flush rules: the largest batch any served model takes, the shortest delay
+    any of them allows."""
+    specs = [registry.get(target) for target in targets]
+    delays = [s.max_delay_ms if s.max_delay_ms is not None else settings.batch_max_delay_ms
+              for s in specs]
+    return BatchPolicy(
+        max_jobs=max((s.max_batch_size for s in specs), default=1),
+        max_chars=settings.batch_max_chars,
+        max_delay_s=min(delays, default=settings.batch_max_delay_ms) / 1000.0,
+        idle_s=settings.batch_idle_ms / 1000.0,
+    )
+
+
 def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
-               warm_targets: list[str] | None = None) -> Celery:
+               warm_targets: list[str] | None = None,
+               batching: BatchPolicy | None = None) -> Celery:
     """A Celery app wired to aidist: msgpack/JSON only, acks after the work is stored, a bounded
-    prefetch, no result backend, durable per-target queues, and the ``aidist.run_jobs`` task."""
+    prefetch, no result backend, durable per-target queues, and the ``aidist.run_jobs`` task.
+    With ``batching`` (the gpu pool), jobs of many messages run together as one batch."""
     app = Celery("aidist", broker=settings.broker_url, set_as_current=False)
     all_queues = queues_for(settings, registry, [spec.name for spec in registry.specs()])
     app.conf.update(
@@ -47,7 +64,8 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         # An unexpected task error rejects the message to the dead-letter queue instead of acking
         # it away: nothing is lost, an operator can inspect and replay it.
         task_acks_on_failure_or_timeout=False,
-        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        worker_prefetch_multiplier=(
+            settings.batch_prefetch if batching else settings.prefetch_multiplier),
         worker_send_task_events=True,
         worker_hijack_root_logger=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -64,7 +82,10 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
     def run_jobs(entries: Any) -> dict[str, int]:
         return tasks.run_jobs(holder, entries)
 
-    app.task(name=RUN_JOBS_TASK, ignore_result=True)(run_jobs)
+    options: dict[str, Any] = {}
+    if batching is not None:
+        options["Strategy"] = BatchingStrategy(holder.get, batching)
+    app.task(name=RUN_JOBS_TASK, ignore_result=True, **options)(run_jobs)
 
     if warm_targets:
         def warm(**_: Any) -> None:

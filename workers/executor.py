@@ -15,8 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
 from aidist import codec
-from aidist.errors import AidistError
+from aidist.errors import AidistError, ServiceUnavailable
 from aidist.jobs import JobEntry, JobStatus, canonical_params
 from db import Notice, Outcome
 from models import Runner
@@ -90,10 +98,52 @@ def _run_batch(runner: Runner, entries: Sequence[JobEntry], params: dict[str, An
     return results
 
 
+class ServicesDown(AidistError):
+    """A service stayed unreachable for the whole retry budget: the messages go back to the
+    queue."""
+
+
+SERVICE_RETRY_S = 30.0
+
+
+def run_retrying(runtime: WorkerRuntime, entries: Sequence[JobEntry],
+                 problems: dict[str, str] | None = None,
+                 budget_s: float | None = None) -> BatchReport:
+    """``run_entries``, retried with exponential backoff and jitter while Postgres or Redis is
+    unreachable; ``ServicesDown`` once ``budget_s`` (default ``SERVICE_RETRY_S``) has passed.
+    Retrying is safe: claims are fenced and a finished job is never claimed again."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(ServiceUnavailable),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+        stop=stop_after_delay(SERVICE_RETRY_S if budget_s is None else budget_s),
+        reraise=False,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                report = run_entries(runtime, entries, problems)
+    except RetryError as exc:
+        raise ServicesDown(str(exc.last_attempt.exception())) from exc.last_attempt.exception()
+    return report
+
+
 def execute(runtime: WorkerRuntime, raw_entries: Any) -> BatchReport:
     """Run every job of one message. Raises ``PoisonMessage`` for a message that is unusable."""
     entries, problems = parse_entries(raw_entries)
-    ids = [e.id for e in entries] + list(problems)
+    return run_retrying(runtime, entries, problems)
+
+
+def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
+                problems: dict[str, str] | None = None) -> BatchReport:
+    """Run parsed entries, possibly gathered from several messages: one claim, grouped batches,
+    one results pipeline, one state statement, one notice pipeline. An id present twice (the same
+    job delivered twice) runs once."""
+    problems = problems or {}
+    unique: dict[str, JobEntry] = {}
+    for entry in entries:
+        unique.setdefault(entry.id, entry)
+    entries = list(unique.values())
+    ids = [e.id for e in entries] + [i for i in problems if i not in unique]
     claims = {c.id: c for c in runtime.store.claim(ids, runtime.name)}
     notices: dict[str, list[Notice]] = defaultdict(list)
     outcomes: list[Outcome] = []
@@ -137,7 +187,7 @@ def execute(runtime: WorkerRuntime, raw_entries: Any) -> BatchReport:
     runtime.cache.notify(notices)
     failed = sum(1 for o in outcomes if o.status is JobStatus.FAILED)
     return BatchReport(
-        received=len(entries) + len(problems),
+        received=len(ids),
         ran=len(outcomes),
         succeeded=len(outcomes) - failed,
         failed=failed,

@@ -12,7 +12,7 @@ from aidist.config import Settings, redact_url
 from aidist.errors import ConfigError, ServiceUnavailable
 from aidist.routing import dead_letter_declarations
 from models import build_registry
-from workers.app import create_app, pool_targets, queues_for
+from workers.app import batch_policy, create_app, pool_targets, queues_for
 from workers.runtime import RuntimeHolder
 
 POOLS = ("gpu", "cpu")
@@ -48,7 +48,7 @@ def worker_argv(pool: str, queues: list[str], concurrency: int, hostname: str,
 
 def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None,
                concurrency: int | None = None, device: str | None = None,
-               dtype: str = "float32", hostname: str | None = None,
+               dtype: str | None = None, hostname: str | None = None,
                loglevel: str = "info") -> None:
     """Run a worker in this process until it is told to stop (SIGTERM: warm shutdown)."""
     if pool not in POOLS:
@@ -61,7 +61,8 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
         raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
     declare_dead_letters(settings)
     holder = RuntimeHolder(settings, device=device or settings.device, dtype=dtype)
-    app = create_app(settings, registry, holder, warm_targets=targets)
+    batching = batch_policy(settings, registry, targets) if pool == "gpu" else None
+    app = create_app(settings, registry, holder, warm_targets=targets, batching=batching)
     name = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
     workers = concurrency or os.cpu_count() or 1
     app.worker_main(worker_argv(pool, queues_for(settings, registry, targets), workers, name,

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aidist.config import Settings
 from aidist.errors import AidistError, ModelLoadError
@@ -33,6 +33,7 @@ class WorkerRuntime:
     name: str
     runners: dict[str, Runner] = field(default_factory=dict)
     load_errors: dict[str, str] = field(default_factory=dict)
+    dtype_override: str | None = None
 
     def runner(self, target: str) -> Runner:
         """The loaded runner of ``target``, loading it on first use; ``ModelLoadError`` if it
@@ -44,7 +45,8 @@ class WorkerRuntime:
             raise ModelLoadError(self.load_errors[target])
         spec = self.registry.get(target)
         try:
-            runner = spec.load(self.context)
+            context = replace(self.context, dtype=self.dtype_override or spec.dtype)
+            runner = spec.load(context)
             if spec.warmup_inputs:
                 runner(list(spec.warmup_inputs), {})
         except AidistError as exc:
@@ -78,7 +80,7 @@ class WorkerRuntime:
 class RuntimeHolder:
     """Builds the runtime on first use in each process (a forked child builds its own)."""
 
-    def __init__(self, settings: Settings, *, device: str, dtype: str = "float32") -> None:
+    def __init__(self, settings: Settings, *, device: str, dtype: str | None = None) -> None:
         self.settings = settings
         self.device = device
         self.dtype = dtype
@@ -102,7 +104,7 @@ class RuntimeHolder:
             store=JobStore.connect(settings.database_url, settings.connect_timeout_s),
             cache=ResultCache.connect(settings.redis_url, settings.namespace,
                                       settings.connect_timeout_s),
-            context=LoadContext(device=self.device, torch_threads=settings.torch_threads,
-                                dtype=self.dtype),
+            context=LoadContext(device=self.device, torch_threads=settings.torch_threads),
+            dtype_override=self.dtype,
             name=f"{socket.gethostname()}:{os.getpid()}",
         )

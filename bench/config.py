@@ -1,0 +1,60 @@
+"""What a bench run measures and how much: scenario names, sizes (full and --quick), options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Every scenario, in the order they run (workers of one system are up only for its scenarios).
+SCENARIOS = ("inprocess", "packed", "single", "latency", "tiny", "naive", "batches")
+AIDIST_SCENARIOS = ("packed", "single", "latency", "tiny")
+BATCH_SIZES = (1, 8, 32, 64, 128)
+
+#: Seed offsets per scenario, so no two scenarios embed the same sentences (aidist would answer a
+#: repeat from its cache); all come from the same generator, so lengths are alike.
+SEEDS = {"inprocess": 1, "packed": 2, "single": 3, "naive": 4, "batches": 5, "tiny": 6,
+         "latency": 7, "warmup": 8}
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """Items per scenario."""
+
+    inprocess: int
+    packed: int
+    single: int
+    naive: int
+    batches: int
+    tiny: int
+    latency: int
+
+
+FULL = Sizes(inprocess=2048, packed=5000, single=5000, naive=5000, batches=5000, tiny=10_000,
+             latency=200)
+QUICK = Sizes(inprocess=256, packed=1000, single=500, naive=500, batches=500, tiny=2000,
+              latency=50)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """One run's choices (from the command line)."""
+
+    sizes: Sizes
+    out: Path
+    quick: bool = False
+    only: tuple[str, ...] = SCENARIOS
+    seed: int = 20_240
+    producers: int = 4
+    flush_every: int = 64
+    flush_interval: float = 0.01
+    batches_pool: str = "solo"
+
+    def wants(self, *names: str) -> bool:
+        """True if any of ``names`` was selected."""
+        return any(name in self.only for name in names)
+
+    def seed_of(self, scenario: str) -> int:
+        """The corpus seed of one scenario."""
+        return self.seed + 1000 * SEEDS[scenario]

@@ -1,0 +1,199 @@
+"""One bench run's isolation and processes: its own namespace and database (as tests/conftest.py
+does), the worker subprocesses it starts, waiting on conditions, and the clean-up at the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pika
+import pika.exceptions
+from sqlalchemy import make_url
+
+from aidist.config import Settings
+from aidist.routing import dead_letter_exchange, dead_letter_queue, jobs_exchange, queue_name
+from bench.config import REPO
+from db import setup as db_setup
+from db.cache import ResultCache
+from models import build_registry
+from workers.broker import pika_parameters, queue_stats
+
+STOP_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 240.0
+
+
+def isolated_settings() -> Settings:
+    """Settings from the environment, with a fresh namespace and database of this run's own."""
+    base = Settings()
+    tag = uuid.uuid4().hex[:10]
+    database_url = make_url(base.database_url).set(database=f"aidist_bench_{tag}")
+    return Settings(**{**base.model_dump(),
+                       "database_url": database_url.render_as_string(hide_password=False),
+                       "namespace": f"bench{tag}", "plugins": []})
+
+
+def prepare(settings: Settings) -> None:
+    """Create and migrate the run's database."""
+    db_setup.upgrade(settings.database_url, settings.connect_timeout_s)
+
+
+def cleanup(settings: Settings, extra_queues: Sequence[str] = ()) -> list[str]:
+    """Delete the run's Redis keys, queues, exchanges and database; returns what failed."""
+    problems: list[str] = []
+    try:
+        cache = ResultCache.connect(settings.redis_url, settings.namespace)
+        cache.delete_namespace()
+        cache.close()
+    except Exception as exc:
+        problems.append(f"redis clean-up: {exc}")
+    registry = build_registry(settings.plugins)
+    queues = [queue_name(settings.namespace, s.kind, s.name) for s in registry.specs()]
+    queues += [dead_letter_queue(settings.namespace), *extra_queues]
+    exchanges = [dead_letter_exchange(settings.namespace), jobs_exchange(settings.namespace).name,
+                 *extra_queues]
+    try:
+        connection = pika.BlockingConnection(pika_parameters(settings.broker_url))
+        for name in queues:
+            connection.channel().queue_delete(name)
+        for name in exchanges:
+            connection.channel().exchange_delete(name)
+        connection.close()
+    except pika.exceptions.AMQPError as exc:
+        problems.append(f"rabbitmq clean-up: {exc!r}")
+    try:
+        db_setup.drop_database(settings.database_url)
+    except Exception as exc:
+        problems.append(f"postgres clean-up: {exc}")
+    return problems
+
+
+def aidist_env(settings: Settings) -> dict[str, str]:
+    """Environment that points an ``aidist`` process at these settings."""
+    return {
+        **os.environ,
+        "AIDIST_BROKER_URL": settings.broker_url,
+        "AIDIST_REDIS_URL": settings.redis_url,
+        "AIDIST_DATABASE_URL": settings.database_url,
+        "AIDIST_NAMESPACE": settings.namespace,
+        "AIDIST_PLUGINS": ",".join(settings.plugins),
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def venv_script(name: str) -> str:
+    """A console script of the running interpreter's environment (``aidist``, ``celery``)."""
+    return str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class Worker:
+    """A worker subprocess and its log."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if the process has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise RuntimeError(f"{self.name} exited with {code}; log {self.log_path}:\n"
+                               f"{self.log_tail()}")
+
+    def stop(self) -> int:
+        """Warm shutdown (SIGTERM); SIGKILL if it does not stop within ``STOP_TIMEOUT_S``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class Workers:
+    """The worker processes of one phase; stopped together (SIGTERM) when the phase ends."""
+
+    log_dir: Path
+    started: list[Worker] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Worker:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        worker = Worker(name, process, log_path)
+        self.started.append(worker)
+        return worker
+
+    def check_alive(self) -> None:
+        for worker in self.started:
+            worker.check_alive()
+
+    def stop_all(self) -> dict[str, int]:
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        codes = {worker.name: worker.stop() for worker in self.started}
+        self.started.clear()
+        return codes
+
+
+@contextmanager
+def phase(log_dir: Path) -> Iterator[Workers]:
+    """Workers started inside the block are stopped when it ends, also on failure."""
+    workers = Workers(log_dir)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float, what: str,
+             workers: Workers | None = None, interval: float = 0.1) -> None:
+    """Poll ``condition`` until truthy; raise if ``timeout`` passes or a worker dies meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if workers is not None:
+            workers.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def consuming(broker_url: str, queues: Sequence[str]) -> Callable[[], bool]:
+    """Condition: every queue has at least one consumer."""
+    return lambda: all(s.consumers > 0 for s in queue_stats(broker_url, queues))
+
+
+def ready_files(directory: Path, count: int) -> Callable[[], bool]:
+    """Condition: ``count`` worker processes wrote their ready file (model loaded)."""
+    return lambda: sum(1 for _ in directory.glob("*.ready")) >= count
+
+
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Share of all cores busy over ``seconds`` (from /proc/stat), before anything runs."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+    with suppress(OSError, ValueError, IndexError):
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+        return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+    return None

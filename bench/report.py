@@ -1,0 +1,160 @@
+"""What a run leaves: a plain-text table on stdout, ``results.json`` and ``results.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.analysis import RATES
+
+WIDTH = 100
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
+    rows: list[str] = []
+
+    def add(label: str, entry: Any, unit: str, vs_limit: bool = True) -> None:
+        if not isinstance(entry, dict):
+            return
+        if entry.get("status", "ok") != "ok":
+            status = str(entry.get("status")).upper()
+            rows.append(f"{label:<44} {status}: {str(entry.get('error'))[:WIDTH - 60]}")
+            return
+        share = (f"{entry['per_s'] / limit:8.0%}" if vs_limit and limit else f"{'':>8}")
+        rows.append(f"{label:<44}{entry['items']:>8,}{entry['seconds']:>9.2f}"
+                    f"{entry['per_s']:>11,.1f} {unit:<6}{share}")
+
+    inproc = results.get("inprocess")
+    if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
+        for size, row in inproc["by_batch"].items():
+            add(f"in-process, batch {size}", {**row, "items": inproc["items"]}, "sent/s")
+        rows.append(f"{'  => in-process limit (batch ' + str(inproc['best_batch']) + ')':<44}"
+                    f"{'':>17}{inproc['per_s']:>11,.1f} sent/s{1:8.0%}")
+    else:
+        add("in-process limit", inproc, "sent/s")
+    add("aidist packed: client.map", results.get("packed"), "sent/s")
+    single = results.get("single")
+    threads = single.get("producers", "?") if isinstance(single, dict) else "?"
+    add(f"aidist single-message: infer x {threads} threads", single, "sent/s")
+    add("naive Celery: 1 task/sentence, prefork 2", results.get("naive"), "sent/s")
+    batches = results.get("batches")
+    label = "celery-batches"
+    if isinstance(batches, dict) and "flush_every" in batches:
+        label += f" (flush {batches['flush_every']}/{batches['flush_interval_s']}s)"
+    add(label, batches, "sent/s")
+    tiny = results.get("tiny", {})
+    add("tiny jobs: aidist normalize (client.map)", tiny.get("aidist"), "jobs/s", False)
+    add("tiny jobs: bare Celery normalize (group)", tiny.get("celery"), "jobs/s", False)
+    return rows
+
+
+def _latency_rows(results: dict[str, Any]) -> list[str]:
+    latency = results.get("latency")
+    if not isinstance(latency, dict):
+        return []
+    if latency.get("status", "ok") != "ok":
+        return [f"{'latency':<44} ERROR: {str(latency.get('error'))[:WIDTH - 52]}"]
+    rows = [f"{'latency (ms), one job at a time':<44}{'n':>8}{'p50':>9}{'p90':>9}{'p99':>9}"
+            f"{'max':>9}"]
+    for key, label in (("miss", "  toy-classifier, submit -> result"),
+                       ("hit", "  same inputs again (cache hits)")):
+        row = latency[key]
+        rows.append(f"{label:<44}{row['n']:>8}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}"
+                    f"{row['p99_ms']:>9.2f}{row['max_ms']:>9.2f}")
+    return rows
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The run as text: absolute numbers, ratios, and each target's PASS/MISS."""
+    meta, results, analysis = doc["meta"], doc["results"], doc["analysis"]
+    limit = analysis["rates_per_s"].get("limit")
+    busy = meta.get("cpu_busy_before")
+    lines = [
+        "=" * WIDTH,
+        f"aidist bench {meta['started']}  {'quick' if meta['quick'] else 'full'}  "
+        f"{meta['cpus']} cores  load before {meta['load_before']}  after {meta.get('load_after')}"
+        f"  CPU busy before {_num(None if busy is None else busy * 100, 0)}%",
+        "=" * WIDTH,
+        f"{'scenario':<44}{'items':>8}{'seconds':>9}{'per second':>11}{'':7}{'vs limit':>8}",
+        "-" * WIDTH,
+        *_throughput_rows(results, limit),
+        "-" * WIDTH,
+        *_latency_rows(results),
+        "-" * WIDTH,
+        f"{'ratio (same run)':<60}{'value':>10}",
+    ]
+    for ratio in analysis["ratios"]:
+        lines.append(f"{ratio['name']:<60}{_num(ratio['value'], 2):>10}")
+    lines += ["-" * WIDTH, f"{'target (from the issue)':<60}{'measured':>10}{'goal':>12}  result"]
+    for target in analysis["targets"]:
+        goal = f"{target['op']} {target['goal']:g}{target['unit']}"
+        lines.append(f"{target['name']:<60}{_num(target['measured'], 2):>10}{goal:>12}  "
+                     f"{target['verdict']}")
+    for name, error in doc.get("errors", {}).items():
+        lines.append(f"error in {name}: {error}")
+    lines.append("=" * WIDTH)
+    return "\n".join(lines)
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_png(doc: dict[str, Any], path: Path) -> None:
+    """Three panels: embedding throughput, tiny-job throughput, latency percentiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results, found = doc["results"], doc["analysis"]["rates_per_s"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw={"width_ratios": [3, 1.2, 1.6]})
+    labels, values, colors = [], [], []
+    inproc = results.get("inprocess")
+    if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
+        for size, row in inproc["by_batch"].items():
+            labels.append(f"in-proc\nb{size}")
+            values.append(row["per_s"])
+            colors.append("#b8c4d6")
+    for key, color in (("packed", "#2a6fdb"), ("single", "#5b9bff"), ("naive", "#d9822b"),
+                       ("batches", "#f0b35a")):
+        if key in found:
+            labels.append(RATES[key].replace(" ", "\n", 1))
+            values.append(found[key])
+            colors.append(color)
+    _bars(axes[0], labels, values, colors, title="sentences / s (all-MiniLM-L6-v2)")
+    if "limit" in found:
+        axes[0].axhline(found["limit"], color="#444", linestyle="--", linewidth=1)
+        axes[0].text(len(labels) - 0.5, found["limit"], " limit", va="bottom", ha="right")
+    tiny = [(RATES[k].split(": ")[1], found[k]) for k in ("tiny_aidist", "tiny_celery")
+            if k in found]
+    _bars(axes[1], [t[0] for t in tiny], [t[1] for t in tiny],
+          ["#2a6fdb", "#d9822b"][: len(tiny)], title="normalize jobs / s")
+    latency = results.get("latency")
+    if isinstance(latency, dict) and latency.get("status", "ok") == "ok":
+        names = ["miss p50", "miss p99", "hit p50", "hit p99"]
+        vals = [latency["miss"]["p50_ms"], latency["miss"]["p99_ms"],
+                latency["hit"]["p50_ms"], latency["hit"]["p99_ms"]]
+        _bars(axes[2], names, vals, ["#2a6fdb", "#7fa7e8", "#3a9d5d", "#8cc9a0"],
+              title="ms, submit -> result (toy-classifier)", digits=2)
+        axes[2].set_yscale("log")
+    meta = doc["meta"]
+    fig.suptitle(f"aidist bench {meta['started']} ({'quick' if meta['quick'] else 'full'}, "
+                 f"{meta['cpus']} cores, load before {meta['load_before']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bars(axis: Any, labels: list[str], values: list[float], colors: list[str], *, title: str,
+          digits: int = 0) -> None:
+    bars = axis.bar(range(len(values)), values, color=colors)
+    axis.set_xticks(range(len(values)), labels, fontsize=8)
+    axis.set_title(title, fontsize=10)
+    axis.bar_label(bars, labels=[f"{v:,.{digits}f}" for v in values], fontsize=8)
+    axis.margins(y=0.15)

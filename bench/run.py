@@ -1,0 +1,208 @@
+"""``python -m bench.run``: every scenario with its baselines in one run, on one isolated namespace
+and database, then a table on stdout and ``results.json`` + ``results.png`` in the output folder.
+
+Workers of one system run only during that system's scenarios (nothing else idles on the cores):
+in-process first, then aidist (packed, single, latency, tiny), then the naive Celery worker, the
+celery-batches worker, and the bare-Celery normalize worker, each stopped with SIGTERM when done.
+Exit status: 0 when every selected scenario ran (targets are reported, not asserted), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aidist.config import Settings
+from bench import analysis, report
+from bench.celery_common import baseline_queues
+from bench.config import AIDIST_SCENARIOS, FULL, QUICK, REPO, SCENARIOS, Options
+from bench.env import cleanup, cpu_busy, isolated_settings, phase, prepare
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: a smoke run of every scenario in about 2 minutes")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, metavar="SCENARIO",
+                        help=f"run only these ({', '.join(SCENARIOS)})")
+    parser.add_argument("--out", type=Path, help="output folder (default bench/out/<timestamp>)")
+    parser.add_argument("--size", action="append", default=[], metavar="SCENARIO=N",
+                        help="override one scenario's item count, e.g. --size batches=2000")
+    parser.add_argument("--seed", type=int, default=20_240, help="corpus seed")
+    parser.add_argument("--producers", type=int, default=4,
+                        help="threads of the single-message scenario (default 4)")
+    parser.add_argument("--flush-every", type=int, default=64, help="celery-batches flush_every")
+    parser.add_argument("--flush-interval", type=float, default=0.01,
+                        help="celery-batches flush_interval, seconds")
+    parser.add_argument("--batches-pool", choices=("solo", "prefork"), default="solo",
+                        help="celery-batches worker pool: solo, or prefork with one child")
+    args = parser.parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    sizes = QUICK if args.quick else FULL
+    for item in args.size:
+        name, _, count = item.partition("=")
+        if name not in SCENARIOS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--size wants SCENARIO=N with a scenario of {SCENARIOS}, got {item!r}")
+        sizes = replace(sizes, **{name: int(count)})
+    return Options(
+        sizes=sizes,
+        out=args.out or REPO / "bench" / "out" / stamp,
+        quick=args.quick,
+        only=tuple(args.only) if args.only else SCENARIOS,
+        seed=args.seed,
+        producers=args.producers,
+        flush_every=args.flush_every,
+        flush_interval=args.flush_interval,
+        batches_pool=args.batches_pool,
+    )
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def guarded(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one scenario; an exception becomes ``{"status": "error"}`` and the run goes on."""
+    print(f"[{name}] running (load {_load()})", flush=True)
+    started = time.perf_counter()
+    try:
+        result = call()
+        result.setdefault("status", "ok")
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    result["load_after"] = _load()
+    rate = f", {result['per_s']:,.1f}/s" if "per_s" in result else ""
+    print(f"[{name}] {result['status']} after {time.perf_counter() - started:.1f}s{rate}",
+          flush=True)
+    return result
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10, check=False)
+        return done.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _meta(options: Options, settings: Settings) -> dict[str, Any]:
+    import celery
+
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": options.quick,
+        "only": list(options.only),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "cpu_busy_before": cpu_busy(1.0),
+        "load_before": _load(),
+        "git": _git_commit(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "sizes": asdict(options.sizes),
+        "seed": options.seed,
+        "namespace": settings.namespace,
+        "pack_size": settings.pack_size,
+        "prefetch_multiplier": settings.prefetch_multiplier,
+    }
+
+
+def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[str, Any]:
+    """Every selected scenario, in order; each result is a dict with a ``status``."""
+    from bench.scenarios import aidist_paths, celery_paths, inprocess
+    from producers import Client
+
+    results: dict[str, Any] = {}
+    texts = aidist_paths.tiny_texts(options) if options.wants("tiny") else []
+    if options.wants("inprocess"):
+        results["inprocess"] = guarded("inprocess", lambda: inprocess.run(options))
+    if options.wants(*AIDIST_SCENARIOS):
+        with Client(settings) as client, phase(log_dir) as workers:
+            started = guarded("aidist workers", lambda: {
+                "commands": aidist_paths.start_workers(settings, workers, client)})
+            results["aidist_workers"] = started
+            calls: dict[str, Callable[[], dict[str, Any]]] = {
+                "packed": lambda: aidist_paths.packed(client, options),
+                "single": lambda: aidist_paths.single(client, options),
+                "latency": lambda: aidist_paths.latency(client, options),
+                "tiny": lambda: aidist_paths.tiny(client, texts),
+            }
+            for name, call in calls.items():
+                if not options.wants(name):
+                    continue
+                entry = guarded(name, call) if started["status"] == "ok" else {
+                    "status": "error", "error": "aidist workers did not start"}
+                if name == "tiny":
+                    results.setdefault("tiny", {})["aidist"] = entry
+                else:
+                    results[name] = entry
+    if options.wants("naive"):
+        results["naive"] = guarded("naive", lambda: celery_paths.naive(settings, options, log_dir))
+    if options.wants("batches"):
+        results["batches"] = guarded(
+            "batches", lambda: celery_paths.batches(settings, options, log_dir))
+    if options.wants("tiny"):
+        results.setdefault("tiny", {})["celery"] = guarded(
+            "tiny (bare Celery)", lambda: celery_paths.tiny(settings, texts, log_dir))
+    return results
+
+
+def _failures(results: dict[str, Any]) -> dict[str, str]:
+    failed: dict[str, str] = {}
+    for name, entry in results.items():
+        parts = entry.items() if name == "tiny" else [(None, entry)]
+        for side, value in parts:
+            if isinstance(value, dict) and value.get("status") == "error":
+                failed[name if side is None else f"{name}/{side}"] = value["error"]
+    return failed
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    log_dir = options.out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings = isolated_settings()
+    meta = _meta(options, settings)
+    print(f"bench: {'quick' if options.quick else 'full'} run of {', '.join(options.only)}; "
+          f"namespace {settings.namespace}; output {options.out}", flush=True)
+    prepare(settings)
+    try:
+        results = run_scenarios(options, settings, log_dir)
+    finally:
+        problems = cleanup(settings, baseline_queues(settings.namespace))
+        for problem in problems:
+            print(f"clean-up: {problem}", file=sys.stderr)
+    meta["load_after"] = _load()
+    failures = _failures(results)
+    doc = {"meta": meta, "results": results, "analysis": analysis.analyze(results),
+           "errors": failures, "cleanup_problems": problems}
+    report.write_json(doc, options.out / "results.json")
+    report.write_png(doc, options.out / "results.png")
+    print(report.table(doc))
+    print(f"wrote {options.out / 'results.json'} and {options.out / 'results.png'} "
+          f"(worker logs in {log_dir})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Scenarios 2, 3, 6 (aidist side) and 7: jobs through aidist's own path, with real workers.
+
+``aidist worker --pool gpu`` (minilm, toy-classifier; on the CPU here) and ``--pool cpu``
+(tokenize, chunk, normalize; 2 prefork processes) run as subprocesses on the run's isolated
+namespace and database; one ``Client`` on the same settings submits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aidist.config import Settings
+from aidist.demo import make_corpus
+from aidist.routing import queue_name
+from bench.config import Options
+from bench.env import READY_TIMEOUT_S, Workers, aidist_env, consuming, venv_script, wait_for
+from producers import Client, Job
+
+CPU_POOL_PROCESSES = 2
+WAIT_S = 900.0
+
+
+def start_workers(settings: Settings, workers: Workers, client: Client) -> list[str]:
+    """Start both pools, wait until every queue has a consumer, then warm every path once."""
+    env = aidist_env(settings)
+    commands = [
+        [venv_script("aidist"), "worker", "--pool", "gpu"],
+        [venv_script("aidist"), "worker", "--pool", "cpu", "--concurrency",
+         str(CPU_POOL_PROCESSES)],
+    ]
+    for name, argv in zip(("aidist-gpu", "aidist-cpu"), commands, strict=True):
+        workers.start(name, argv, env)
+    queues = [queue_name(settings.namespace, spec.kind, spec.name)
+              for spec in client.registry.specs()]
+    wait_for(consuming(settings.broker_url, queues), timeout=READY_TIMEOUT_S,
+             what="aidist workers to consume", workers=workers, interval=0.25)
+    warm = make_corpus(32, 99)
+    client.map("minilm", warm, timeout=WAIT_S)
+    client.map("toy-classifier", warm[:8], timeout=WAIT_S)
+    client.map("normalize", warm[:16], timeout=WAIT_S)
+    for text in warm[8:12]:
+        client.infer("minilm", f"{text} (single warm-up)").result(timeout=WAIT_S)
+    return [" ".join(Path(a).name if i == 0 else a for i, a in enumerate(c)) for c in commands]
+
+
+def packed(client: Client, options: Options) -> dict[str, Any]:
+    """Scenario 2: ``client.map("minilm", sentences)``, from the call to the last result."""
+    sentences = make_corpus(options.sizes.packed, options.seed_of("packed"))
+    started = time.perf_counter()
+    vectors = client.map("minilm", sentences, timeout=WAIT_S)
+    seconds = time.perf_counter() - started
+    _check_vectors(vectors, len(sentences))
+    return {"items": len(sentences), "seconds": seconds, "per_s": len(sentences) / seconds,
+            "api": "client.map", "pack_size": client.settings.pack_size}
+
+
+def single(client: Client, options: Options) -> dict[str, Any]:
+    """Scenario 3: independent ``client.infer`` calls from ``options.producers`` threads sharing
+    one Client (it is documented thread-safe: one publisher connection under a lock, pooled
+    Redis and Postgres). Each thread submits its share, then waits on each job's ``result()``."""
+    sentences = make_corpus(options.sizes.single, options.seed_of("single"))
+    count = options.producers
+    shares = [sentences[i::count] for i in range(count)]
+    gate = threading.Barrier(count + 1)
+    submitted = [0.0] * count
+    outputs: list[list[Any]] = [[] for _ in range(count)]
+    errors: list[BaseException] = []
+
+    def produce(index: int) -> None:
+        try:
+            gate.wait()
+            jobs = [client.infer("minilm", text) for text in shares[index]]
+            submitted[index] = time.perf_counter()
+            outputs[index] = [job.result(timeout=WAIT_S) for job in jobs]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    started = time.perf_counter()
+    gate.wait()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    _check_vectors([v for part in outputs for v in part], len(sentences))
+    return {"items": len(sentences), "seconds": seconds, "per_s": len(sentences) / seconds,
+            "submit_s": max(submitted) - started, "producers": count,
+            "api": f"client.infer + job.result(), {count} threads, one shared Client"}
+
+
+def tiny(client: Client, texts: list[str]) -> dict[str, Any]:
+    """Scenario 6, aidist side: ``client.map("normalize", texts)`` (Postgres state per job)."""
+    from models.ops import normalize_text
+
+    started = time.perf_counter()
+    outputs = client.map("normalize", texts, timeout=WAIT_S)
+    seconds = time.perf_counter() - started
+    if outputs[:200] != [normalize_text(t) for t in texts[:200]]:
+        raise AssertionError("aidist normalize returned something else than normalize_text")
+    return {"items": len(texts), "seconds": seconds, "per_s": len(texts) / seconds,
+            "api": "client.map", "processes": CPU_POOL_PROCESSES}
+
+
+def latency(client: Client, options: Options) -> dict[str, Any]:
+    """Scenario 7: one job at a time, ``infer("toy-classifier", text).result()``; then the same
+    texts again, answered from the Redis cache."""
+    texts = [f"{text} [latency {i}]" for i, text in
+             enumerate(make_corpus(options.sizes.latency, options.seed_of("latency")))]
+
+    def one(text: str) -> Job:
+        job = client.infer("toy-classifier", text)
+        job.result(timeout=60)
+        return job
+
+    miss_ms, miss_jobs = _timed(one, texts)
+    hit_ms, hit_jobs = _timed(one, texts)
+    first = client.store.get_many([job.id for job in miss_jobs]).values()
+    again = client.store.get_many([job.id for job in hit_jobs]).values()
+    return {
+        "miss": _summary(miss_ms) | {"cache_hits": sum(r.cache_hit for r in first)},
+        "hit": _summary(hit_ms) | {"cache_hits": sum(r.cache_hit for r in again)},
+        "model": "toy-classifier",
+    }
+
+
+def _timed(call: Callable[[str], Job], texts: list[str]) -> tuple[list[float], list[Job]]:
+    took: list[float] = []
+    jobs: list[Job] = []
+    for text in texts:
+        started = time.perf_counter()
+        jobs.append(call(text))
+        took.append((time.perf_counter() - started) * 1000.0)
+    return took, jobs
+
+
+def _summary(values_ms: list[float]) -> dict[str, float]:
+    values = np.asarray(values_ms)
+    return {"n": len(values_ms), "p50_ms": float(np.percentile(values, 50)),
+            "p90_ms": float(np.percentile(values, 90)),
+            "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean()),
+            "max_ms": float(values.max())}
+
+
+def _check_vectors(vectors: list[Any], expected: int) -> None:
+    if len(vectors) != expected or any(np.shape(v) != (384,) for v in vectors):
+        raise AssertionError(f"expected {expected} vectors of 384 floats, got {len(vectors)}")
+
+
+def tiny_texts(options: Options) -> list[str]:
+    """Distinct, messy texts for ``normalize`` (the same for aidist and bare Celery)."""
+    return [f"  {text.upper()}\t\u00a0 ({i})  \x07" for i, text in
+            enumerate(make_corpus(options.sizes.tiny, options.seed_of("tiny")))]

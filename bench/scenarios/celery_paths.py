@@ -1,0 +1,169 @@
+"""Scenarios 4, 5 and 6 (Celery side): the plain-Celery baselines, each with its own worker.
+
+Every baseline submits with Celery's natural bulk API, ``group(task.s(x) for x in xs)``, and waits
+with ``GroupResult.get()`` (a native join on the Redis result backend). Workers run on queues and
+result keys under the run's namespace, and are stopped (SIGTERM) when their scenario ends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from celery import Celery, group
+
+from aidist.config import Settings
+from aidist.demo import make_corpus
+from bench import batches_env
+from bench import celery_common as common
+from bench.config import REPO, Options
+from bench.env import READY_TIMEOUT_S, consuming, phase, ready_files, venv_script, wait_for
+
+CELERY_PROCESSES = 2
+WAIT_S = 900.0
+WARM_ITEMS = 16
+
+
+def _env(settings: Settings, ready_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        common.ENV_BROKER: settings.broker_url,
+        common.ENV_RESULTS: settings.redis_url,
+        common.ENV_PREFIX: settings.namespace,
+        common.ENV_READY_DIR: str(ready_dir),
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+def _worker_argv(celery: str, module: str, queue: str, name: str, pool: list[str]) -> list[str]:
+    return [celery, "-A", module, "worker", *pool, "-Q", queue, "-n", f"{name}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"]
+
+
+def _naive_app(settings: Settings) -> Any:
+    from bench import celery_naive
+
+    common.configure(celery_naive.app, broker_url=settings.broker_url,
+                     result_url=settings.redis_url, prefix=settings.namespace,
+                     tasks=[common.NAIVE_EMBED, common.NAIVE_NORMALIZE])
+    return celery_naive
+
+
+def _run_group(task: Any, items: list[str]) -> tuple[list[Any], float, float]:
+    """Submit one task per item as a group and wait for every result; (results, submit_s,
+    total_s)."""
+    started = time.perf_counter()
+    result = group(task.s(item) for item in items).apply_async()
+    submit_s = time.perf_counter() - started
+    outputs = result.get(timeout=WAIT_S)
+    return list(outputs), submit_s, time.perf_counter() - started
+
+
+def _start_and_warm(workers: Any, name: str, argv: list[str], env: dict[str, str], *,
+                    settings: Settings, queue: str, ready_dir: Path, processes: int,
+                    warm_task: Any) -> None:
+    workers.start(name, argv, env)
+    wait_for(ready_files(ready_dir, processes), timeout=READY_TIMEOUT_S,
+             what=f"{name} to load", workers=workers, interval=0.25)
+    wait_for(consuming(settings.broker_url, [queue]), timeout=READY_TIMEOUT_S,
+             what=f"{name} to consume", workers=workers, interval=0.25)
+    _run_group(warm_task, [f"warm-up sentence number {i}" for i in range(WARM_ITEMS)])
+
+
+def naive(settings: Settings, options: Options, log_dir: Path) -> dict[str, Any]:
+    """Scenario 4: one Celery task per sentence, prefork with 2 processes, each with the model."""
+    module = _naive_app(settings)
+    queue = common.queue_for(settings.namespace, common.NAIVE_EMBED)
+    sentences = make_corpus(options.sizes.naive, options.seed_of("naive"))
+    pool = ["-P", "prefork", "-c", str(CELERY_PROCESSES)]
+    argv = _worker_argv(venv_script("celery"), "bench.celery_naive", queue, "naive-embed", pool)
+    with tempfile.TemporaryDirectory(prefix="bench-ready-") as ready, phase(log_dir) as workers:
+        env = _env(settings, Path(ready), **{common.ENV_LOAD_MODEL: "1",
+                                             common.ENV_TORCH_THREADS: "1"})
+        _start_and_warm(workers, "celery-naive-embed", argv, env, settings=settings,
+                        queue=queue, ready_dir=Path(ready), processes=CELERY_PROCESSES,
+                        warm_task=module.embed)
+        vectors, submit_s, seconds = _run_group(module.embed, sentences)
+    _check_vectors(vectors, len(sentences))
+    return {"items": len(sentences), "seconds": seconds, "per_s": len(sentences) / seconds,
+            "submit_s": submit_s, "processes": CELERY_PROCESSES, "torch_threads_each": 1,
+            "worker": _shown(argv)}
+
+
+def batches(settings: Settings, options: Options, log_dir: Path) -> dict[str, Any]:
+    """Scenario 5: celery-batches (flush_every / flush_interval), one process with the model."""
+    try:
+        batches_env.ensure()
+    except (batches_env.BatchesEnvError, OSError, subprocess.SubprocessError) as exc:
+        return {"status": "unavailable",
+                "error": f"celery-batches venv could not be built: {exc}"}
+    app = Celery("bench_batches_client", set_as_current=False)
+    common.configure(app, broker_url=settings.broker_url, result_url=settings.redis_url,
+                     prefix=settings.namespace, tasks=[common.BATCHES_EMBED])
+
+    @app.task(name=common.BATCHES_EMBED, typing=False)  # type: ignore[untyped-decorator]
+    def embed(text: str) -> None:  # the producer's handle; the worker runs the Batches task
+        raise NotImplementedError
+
+    queue = common.queue_for(settings.namespace, common.BATCHES_EMBED)
+    sentences = make_corpus(options.sizes.batches, options.seed_of("batches"))
+    pool = (["-P", "solo"] if options.batches_pool == "solo"
+            else ["-P", "prefork", "-c", "1"])
+    prefetch = 2 * options.flush_every
+    argv = _worker_argv(str(batches_env.celery_script()), "bench.celery_batches_app", queue,
+                        "batches", pool)
+    with tempfile.TemporaryDirectory(prefix="bench-ready-") as ready, phase(log_dir) as workers:
+        env = _env(settings, Path(ready), **{
+            common.ENV_FLUSH_EVERY: str(options.flush_every),
+            common.ENV_FLUSH_INTERVAL: str(options.flush_interval),
+            common.ENV_PREFETCH: str(prefetch),
+            common.ENV_TORCH_THREADS: "0",
+        })
+        _start_and_warm(workers, "celery-batches", argv, env, settings=settings, queue=queue,
+                        ready_dir=Path(ready), processes=1, warm_task=embed)
+        vectors, submit_s, seconds = _run_group(embed, sentences)
+    _check_vectors(vectors, len(sentences))
+    return {"items": len(sentences), "seconds": seconds, "per_s": len(sentences) / seconds,
+            "submit_s": submit_s, "flush_every": options.flush_every,
+            "flush_interval_s": options.flush_interval, "pool": options.batches_pool,
+            "prefetch_multiplier": prefetch, "worker": _shown(argv),
+            "venv": [batches_env.TORCH, *batches_env.PINS]}
+
+
+def tiny(settings: Settings, texts: list[str], log_dir: Path) -> dict[str, Any]:
+    """Scenario 6, Celery side: one ``normalize_text`` task per text, prefork with 2 processes,
+    Redis result backend."""
+    from models.ops import normalize_text
+
+    module = _naive_app(settings)
+    queue = common.queue_for(settings.namespace, common.NAIVE_NORMALIZE)
+    pool = ["-P", "prefork", "-c", str(CELERY_PROCESSES)]
+    argv = _worker_argv(venv_script("celery"), "bench.celery_naive", queue, "naive-normalize",
+                        pool)
+    with tempfile.TemporaryDirectory(prefix="bench-ready-") as ready, phase(log_dir) as workers:
+        env = _env(settings, Path(ready), **{common.ENV_LOAD_MODEL: "0"})
+        _start_and_warm(workers, "celery-naive-normalize", argv, env, settings=settings,
+                        queue=queue, ready_dir=Path(ready), processes=CELERY_PROCESSES,
+                        warm_task=module.normalize)
+        outputs, submit_s, seconds = _run_group(module.normalize, texts)
+    if outputs[:200] != [normalize_text(t) for t in texts[:200]]:
+        raise AssertionError("Celery normalize returned something else than normalize_text")
+    return {"items": len(texts), "seconds": seconds, "per_s": len(texts) / seconds,
+            "submit_s": submit_s, "processes": CELERY_PROCESSES, "api": "group(...).get()",
+            "worker": _shown(argv)}
+
+
+def _shown(argv: list[str]) -> str:
+    return " ".join(["celery", *argv[1:]])
+
+
+def _check_vectors(vectors: list[Any], expected: int) -> None:
+    if len(vectors) != expected or any(np.shape(v) != (384,) for v in vectors):
+        raise AssertionError(f"expected {expected} vectors of 384 floats, got {len(vectors)}")

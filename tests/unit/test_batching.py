@@ -1,0 +1,171 @@
+"""workers.batching: messages gathered into one batch run, acked only after it, with in-memory
+doubles of our store/cache (from test_executor) and of a received message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from aidist.errors import ServiceUnavailable
+from aidist.jobs import JobStatus
+from tests.unit.test_executor import Harness
+from workers import batching, executor
+from workers.batching import BatchPolicy, MessageBatcher
+
+
+class Message:
+    """What the batcher uses of a kombu message: decode(), ack(), reject(requeue)."""
+
+    def __init__(self, body: Any, log: list[str], name: str) -> None:
+        self.body = body
+        self.log = log
+        self.name = name
+
+    def decode(self) -> Any:
+        return self.body
+
+    def ack(self) -> None:
+        self.log.append(f"ack {self.name}")
+
+    def reject(self, requeue: bool = False) -> None:
+        self.log.append(f"reject {self.name} requeue={requeue}")
+
+
+class Timers:
+    """A manual clock for call_after: tests fire pending timers themselves."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None], Entry]] = []
+
+    def call_after(self, delay: float, fn: Callable[[], None]) -> Entry:
+        entry = Entry()
+        self.pending.append((delay, fn, entry))
+        return entry
+
+    def fire(self) -> None:
+        live = [(d, fn, e) for d, fn, e in self.pending if not e.cancelled]
+        self.pending = []
+        for _, fn, _ in live:
+            fn()
+
+    @property
+    def live(self) -> list[float]:
+        return [d for d, _, e in self.pending if not e.cancelled]
+
+
+class Entry:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _batcher(harness: Harness, timers: Timers, **policy: Any) -> MessageBatcher:
+    return MessageBatcher(lambda: harness.runtime, BatchPolicy(**policy), timers.call_after)
+
+
+def _message(harness: Harness, log: list[str], name: str, *texts: str,
+             target: str = "recorder") -> tuple[Message, list[dict[str, Any]]]:
+    entries = [harness.entry(target, text) for text in texts]
+    return Message(([entries], {}, {}), log, name), entries
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+def test_jobs_of_several_messages_run_as_one_model_call(harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    first, e1 = _message(harness, log, "m1", "a")
+    second, e2 = _message(harness, log, "m2", "b")
+    batcher.add(first)
+    batcher.add(second)
+    assert log == [] and harness.recorder.calls == []  # held, waiting for more
+    timers.fire()
+    assert harness.recorder.calls == [(["a", "b"], {})]  # recorder's max batch is 3
+    assert log == ["ack m1", "ack m2"]
+    assert {harness.store.status[e["id"]] for e in e1 + e2} == {JobStatus.SUCCEEDED}
+    assert harness.store.claim_calls == [([e1[0]["id"], e2[0]["id"]], "test-worker")]
+
+
+def test_acks_come_after_results_and_state_are_stored(harness: Harness) -> None:
+    log = harness.events  # one timeline for store, cache and acks
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=2)
+    message, _ = _message(harness, log, "m1", "a", "b")
+    batcher.add(message)  # 2 jobs reach max_jobs: flushed at once
+    assert log == ["claim", "put_many", "finish", "notify", "ack m1"]
+
+
+def test_flush_on_size_budget(harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=100, max_chars=10)
+    batcher.add(_message(harness, log, "m1", "x" * 6)[0])
+    assert log == []
+    batcher.add(_message(harness, log, "m2", "y" * 6)[0])
+    assert log == ["ack m1", "ack m2"]
+    assert timers.live == []  # the pending timer was cancelled by the flush
+
+
+def test_timer_waits_idle_gap_but_never_past_max_delay(harness: Harness,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(batching.time, "monotonic", lambda: now[0])
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=100, idle_s=0.002, max_delay_s=0.010)
+    batcher.add(_message(harness, log, "m1", "a")[0])
+    assert timers.live == [0.002]
+    now[0] += 0.009
+    batcher.add(_message(harness, log, "m2", "b")[0])
+    assert timers.live == [pytest.approx(0.001)]  # capped by the oldest message's max delay
+
+
+def test_poison_message_is_rejected_alone_and_others_still_run(harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    good, entries = _message(harness, log, "good", "a")
+    batcher.add(Message("not a protocol-2 body", log, "junk"))
+    batcher.add(Message(([[]], {}, {}), log, "empty"))
+    batcher.add(Message(([1, 2], {}, {}), log, "two-args"))
+    batcher.add(good)
+    timers.fire()
+    assert log == ["reject junk requeue=False", "reject empty requeue=False",
+                   "reject two-args requeue=False", "ack good"]
+    assert harness.store.status[entries[0]["id"]] is JobStatus.SUCCEEDED
+
+
+def test_the_same_job_in_two_messages_runs_once(harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    message, entries = _message(harness, log, "m1", "once")
+    batcher.add(message)
+    batcher.add(Message(([entries], {}, {}), log, "m1-again"))
+    timers.fire()
+    assert harness.recorder.inputs == ["once"]
+    assert log == ["ack m1", "ack m1-again"]
+
+
+def test_service_down_requeues_every_held_message(harness: Harness,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor, "SERVICE_RETRY_S", 0.0)
+
+    def down(job_ids: Any, worker: str) -> Any:
+        raise ServiceUnavailable("PostgreSQL", "postgresql://x", "connection refused")
+
+    monkeypatch.setattr(harness.store, "claim", down)
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    batcher.add(_message(harness, log, "m1", "a")[0])
+    batcher.add(_message(harness, log, "m2", "b")[0])
+    timers.fire()
+    assert log == ["reject m1 requeue=True", "reject m2 requeue=True"]

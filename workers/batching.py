@@ -1,0 +1,142 @@
+"""Cross-message micro-batching for the gpu pool: jobs from many messages run as one model batch.
+
+Celery runs one task per message; a model runs many times faster per item on a batch. So the gpu
+pool's ``aidist.run_jobs`` task gets this strategy (Celery's per-task hook for how a received
+message is handled): messages are buffered, and the buffer is flushed through the executor when it
+holds ``max_jobs`` jobs, when its inputs reach ``max_chars`` characters, when no message has come
+for ``idle_s`` (so a light load gets no added latency beyond that), or at the latest when the
+oldest message has waited ``max_delay_s``. While a batch runs, the next messages pile up in the
+prefetch window (bounded), so batches grow with load and stay small and prompt when load is light.
+
+Each message is acked only after its jobs' results and states are stored (the executor returns);
+a message that cannot be understood is rejected to the dead-letter queue; if a service stays down,
+the messages are requeued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aidist.jobs import JobEntry
+from workers.executor import PoisonMessage, ServicesDown, parse_entries, run_retrying
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger("aidist.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """When a buffer of messages is flushed into a batch run."""
+
+    max_jobs: int = 64
+    max_chars: int = 200_000
+    max_delay_s: float = 0.010
+    idle_s: float = 0.002
+
+
+@dataclass(slots=True)
+class _Held:
+    message: Any
+    entries: list[JobEntry]
+    problems: dict[str, str]
+
+
+@dataclass
+class MessageBatcher:
+    """Buffers messages and flushes them through ``run_entries``; single-threaded by design (it
+    lives in the solo worker's event loop, like everything Celery's consumer does)."""
+
+    runtime: Callable[[], WorkerRuntime]
+    policy: BatchPolicy
+    call_after: Callable[[float, Callable[[], None]], Any]
+    _held: list[_Held] = field(default_factory=list)
+    _jobs: int = 0
+    _chars: int = 0
+    _timer: Any = None
+    _first_at: float = 0.0
+    batches: int = 0
+
+    def add(self, message: Any) -> None:
+        """Take one received message (decoding errors propagate to Celery's handlers)."""
+        body = message.decode()
+        try:
+            if not isinstance(body, list | tuple) or not body or not isinstance(
+                    body[0], list | tuple):
+                raise PoisonMessage("body is not a Celery protocol-2 (args, kwargs, embed) triple")
+            args = body[0]
+            if len(args) != 1:
+                raise PoisonMessage(f"aidist.run_jobs takes one argument, got {len(args)}")
+            entries, problems = parse_entries(args[0])
+        except PoisonMessage as exc:
+            log.error("dead-lettering a poison message: %s", exc)
+            message.reject(requeue=False)
+            return
+        self._held.append(_Held(message, entries, problems))
+        self._jobs += len(entries) + len(problems)
+        self._chars += sum(len(e.input) if isinstance(e.input, str) else 0 for e in entries)
+        if self._jobs >= self.policy.max_jobs or self._chars >= self.policy.max_chars:
+            self.flush()
+            return
+        now = time.monotonic()
+        if len(self._held) == 1:
+            self._first_at = now
+        if self._timer is not None:
+            self._timer.cancel()
+        wait = min(self.policy.idle_s, self._first_at + self.policy.max_delay_s - now)
+        self._timer = self.call_after(max(wait, 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Run everything held as one batch, then ack (or reject) each message."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, []
+        self._jobs = self._chars = 0
+        if not held:
+            return
+        entries = [entry for item in held for entry in item.entries]
+        problems = {k: v for item in held for k, v in item.problems.items()}
+        started = time.perf_counter()
+        try:
+            report = run_retrying(self.runtime(), entries, problems)
+        except ServicesDown as exc:
+            log.error("requeueing %d messages, a service is down: %s", len(held), exc)
+            for item in held:
+                item.message.reject(requeue=True)
+            return
+        except Exception:
+            log.exception("dead-lettering %d messages after an unexpected error", len(held))
+            for item in held:
+                item.message.reject(requeue=False)
+            return
+        for item in held:
+            item.message.ack()
+        self.batches += 1
+        log.debug("batch %d: %d messages, %d jobs (%d ok, %d failed) in %.1f ms", self.batches,
+                  len(held), report.received, report.succeeded, report.failed,
+                  (time.perf_counter() - started) * 1000)
+
+
+class BatchingStrategy:
+    """Celery task strategy (``Task.Strategy``) that hands messages to a ``MessageBatcher``."""
+
+    def __init__(self, runtime: Callable[[], WorkerRuntime], policy: BatchPolicy) -> None:
+        self.runtime = runtime
+        self.policy = policy
+
+    def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
+        batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after)
+
+        def on_message(message: Any, payload: Any, ack: Any, reject: Any, callbacks: Any,
+                       **__: Any) -> None:
+            batcher.add(message)
+
+        return on_message
