@@ -158,13 +158,17 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
 
 @app.command()
 def models() -> None:
-    """List registered models and ops."""
+    """List registered models and ops, and which workers have them loaded."""
     settings = _settings()
     with Client(settings) as client:
         infos = client.models()
-    table = Table("name", "kind", "pool", "device", "version", "max batch", "description")
+    table = Table(Column("name", no_wrap=True), "kind", "pool", "version", "max batch",
+                  "loaded on", "description")
     for m in infos:
-        table.add_row(m.name, m.kind, m.pool, m.device, m.version, str(m.max_batch_size),
+        where = ", ".join(m.loaded_on) or "-"
+        if m.not_ready_on:
+            where += f" [red](failed to load on {', '.join(m.not_ready_on)})[/]"
+        table.add_row(m.name, m.kind, m.pool, m.version, str(m.max_batch_size), where,
                       m.description)
     out.print(table)
 

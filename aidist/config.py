@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         default=256, ge=1, le=65_535,
         description="gpu pool: unacked messages in flight (bounded, never unlimited).")
     device: str = Field(default="cpu", description="Default torch device of gpu-pool workers.")
+    load_failure_grace_s: float = Field(
+        default=300.0, ge=0,
+        description="How long jobs of a model no worker could load wait before they fail.")
     torch_threads: int = Field(default=0, ge=0, description="0 = one per CPU core.")
 
     @field_validator("plugins", mode="before")

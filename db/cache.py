@@ -7,6 +7,7 @@ completions in bulk instead of polling Postgres for each.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,6 +126,19 @@ class ResultCache:
             job_id, status, error = msgpack.unpackb(item, raw=False)
             notices.append(Notice(job_id, status, error))
         return notices
+
+    def put_presence(self, node: str, info: Mapping[str, object], ttl_s: float) -> None:
+        """Announce a worker (what it serves, where) for ``ttl_s``; heartbeats renew it."""
+        with self._guard():
+            self.client.set(f"{self.namespace}:worker:{node}", json.dumps(info),
+                            px=int(ttl_s * 1000))
+
+    def presences(self) -> list[dict[str, object]]:
+        """Every live worker's announcement."""
+        with self._guard():
+            keys = list(self.client.scan_iter(match=f"{self.namespace}:worker:*", count=1000))
+            values = cast(list[bytes | None], self.client.mget(keys)) if keys else []
+        return [json.loads(value) for value in values if value is not None]
 
     def delete_namespace(self) -> int:
         """Delete every key of this namespace (tests and `aidist` resets); returns how many."""

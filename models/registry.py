@@ -11,6 +11,7 @@ import importlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from aidist.errors import ConfigError, InvalidInput, ModelLoadError, UnknownModel
@@ -31,6 +32,8 @@ class LoadContext:
     torch_threads: int = 0
     dtype: str = "float32"
 
+
+ENTRY_POINT_GROUP = "aidist.models"
 
 Loader = Callable[[LoadContext], Runner]
 ParamsValidator = Callable[[dict[str, Any]], dict[str, Any]]
@@ -81,6 +84,8 @@ class ModelInfo:
     device: str
     max_batch_size: int
     description: str
+    loaded_on: tuple[str, ...] = ()
+    not_ready_on: tuple[str, ...] = ()
 
 
 class Registry:
@@ -166,7 +171,16 @@ class Registry:
         ]
 
     def load_plugins(self, modules: Sequence[str]) -> None:
-        """Import each plugin module and call its ``register_models(registry)``."""
+        """Import each plugin module and call its ``register_models(registry)``, then every
+        installed package's ``aidist.models`` entry point (a ``register_models``-like function)."""
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                hook = entry_point.load()
+            except Exception as exc:
+                raise ConfigError(
+                    f"entry point {entry_point.name!r} ({entry_point.value}) failed to load: {exc}"
+                ) from exc
+            hook(self)
         for module_name in modules:
             try:
                 module = importlib.import_module(module_name)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from aidist import codec
 from aidist.config import Settings
@@ -250,5 +250,18 @@ class Client:
         return self.results_of(jobs)
 
     def models(self) -> list[ModelInfo]:
-        """What is registered: name, version, kind, pool and device."""
-        return self.registry.info(self.settings.device)
+        """What is registered (name, version, kind, pool, device) and, from the workers'
+        heartbeats, which workers have each one loaded or failed to load."""
+        loaded: dict[str, list[str]] = {}
+        failed: dict[str, list[str]] = {}
+        for presence in self.cache.presences():
+            where = f"{presence.get('node')} ({presence.get('device')})"
+            for name in cast(list[str], presence.get("ready", [])):
+                loaded.setdefault(name, []).append(where)
+            for name in cast(dict[str, str], presence.get("not_ready", {})):
+                failed.setdefault(name, []).append(where)
+        return [
+            replace(info, loaded_on=tuple(sorted(loaded.get(info.name, []))),
+                    not_ready_on=tuple(sorted(failed.get(info.name, []))))
+            for info in self.registry.info(self.settings.device)
+        ]

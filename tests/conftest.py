@@ -49,7 +49,7 @@ def settings() -> Iterator[Settings]:
         hide_password=False
     )
     isolated = make_settings(database_url=database_url, namespace=_unique("t"),
-                             plugins=["tests.plugins"])
+                             plugins=["tests.plugins"], load_failure_grace_s=2.0)
     db_setup.upgrade(isolated.database_url)
     yield isolated
     cache = ResultCache.connect(isolated.redis_url, isolated.namespace)
@@ -111,6 +111,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: f
 
 
 REPO = Path(__file__).resolve().parent.parent
+UNLOADABLE = {"unloadable"}  # tests.plugins' model that never loads
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -122,6 +123,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AIDIST_DATABASE_URL": settings.database_url,
         "AIDIST_NAMESPACE": settings.namespace,
         "AIDIST_PLUGINS": ",".join(settings.plugins),
+        "AIDIST_LOAD_FAILURE_GRACE_S": str(settings.load_failure_grace_s),
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
     }
@@ -165,8 +167,10 @@ class WorkerProcess:
         return self.process.returncode
 
 
-def start_worker(settings: Settings, pool: str, log_dir: Path, *extra: str) -> WorkerProcess:
-    """Start ``aidist worker --pool POOL`` and wait until it consumes every queue of its pool."""
+def start_worker(settings: Settings, pool: str, log_dir: Path, *extra: str,
+                 serving: list[str] | None = None) -> WorkerProcess:
+    """Start ``aidist worker --pool POOL`` and wait until it consumes the queues of ``serving``
+    (default: every model of its pool that can load)."""
     log_path = log_dir / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log"
     handle = log_path.open("wb")
     process = subprocess.Popen(
@@ -175,8 +179,9 @@ def start_worker(settings: Settings, pool: str, log_dir: Path, *extra: str) -> W
     )
     worker = WorkerProcess(pool, process, log_path)
     registry = build_registry(settings.plugins)
-    queues = [queue_name(settings.namespace, s.kind, s.name) for s in registry.specs()
-              if s.pool == pool]
+    names = serving or [s.name for s in registry.specs() if s.pool == pool
+                        and s.name not in UNLOADABLE]
+    queues = [queue_name(settings.namespace, registry.get(n).kind, n) for n in names]
 
     def ready() -> bool:
         if process.poll() is not None:

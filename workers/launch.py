@@ -3,19 +3,24 @@ dead-letter topology, build the app, hand over to Celery's worker main loop."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
+from celery.signals import worker_ready, worker_shutting_down
 from kombu.connection import Connection
 
 from aidist.config import Settings, redact_url
 from aidist.errors import ConfigError, ServiceUnavailable
 from aidist.routing import dead_letter_declarations
+from db.cache import ResultCache
 from models import build_registry
 from workers.app import batch_policy, create_app, pool_targets, queues_for
+from workers.presence import WorkerPresence
 from workers.runtime import RuntimeHolder
 
 POOLS = ("gpu", "cpu")
+log = logging.getLogger("aidist.worker")
 
 
 def declare_dead_letters(settings: Settings) -> None:
@@ -60,10 +65,38 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
     if not targets:
         raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
     declare_dead_letters(settings)
-    holder = RuntimeHolder(settings, device=device or settings.device, dtype=dtype)
-    batching = batch_policy(settings, registry, targets) if pool == "gpu" else None
-    app = create_app(settings, registry, holder, warm_targets=targets, batching=batching)
-    name = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
+    placement = device or settings.device
+    holder = RuntimeHolder(settings, device=placement, dtype=dtype)
+    ready, not_ready = targets, {}
+    if pool == "gpu":
+        # Celery sets up logging only once its worker starts; the model loading below comes first.
+        logging.basicConfig(level=loglevel.upper(),
+                            format="[%(asctime)s: %(levelname)s/MainProcess] %(message)s")
+        # One solo process per device, no fork: load and warm up here, before consuming, and
+        # leave the queues of models that failed to load to workers that can run them.
+        runtime = holder.get()
+        runtime.warm(targets)
+        not_ready = {t: runtime.load_errors[t] for t in targets if t in runtime.load_errors}
+        ready = [t for t in targets if t not in not_ready]
+        for target, error in not_ready.items():
+            log.error("not ready for %s: %s; its jobs wait for a worker that can run them, or "
+                      "fail with this error after %.0fs", target, error,
+                      settings.load_failure_grace_s)
+        if not ready:
+            raise ConfigError(f"no model of pool gpu could load here: {not_ready}")
+    batching = batch_policy(settings, registry, ready) if pool == "gpu" else None
+    app = create_app(settings, registry, holder, warm_targets=ready, batching=batching)
+    node = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
+    presence = WorkerPresence(
+        settings,
+        ResultCache.connect(settings.redis_url, settings.namespace, settings.connect_timeout_s),
+        node=node, pool=pool, device=placement if pool == "gpu" else "cpu", ready=ready,
+        not_ready=not_ready, queue_of=dict(zip(targets, queues_for(settings, registry, targets),
+                                               strict=True)),
+        consume=lambda queue: app.control.add_consumer(queue, destination=[node], reply=False),
+    )
+    worker_ready.connect(lambda **_: presence.start(), weak=False)
+    worker_shutting_down.connect(lambda **_: presence.stop(), weak=False)
     workers = concurrency or os.cpu_count() or 1
-    app.worker_main(worker_argv(pool, queues_for(settings, registry, targets), workers, name,
+    app.worker_main(worker_argv(pool, queues_for(settings, registry, ready), workers, node,
                                 loglevel))

@@ -76,12 +76,14 @@ def test_second_submit_is_a_cache_hit_without_worker(workers: object, client: Cl
     assert record.attempts == 0
 
 
-def test_model_that_cannot_load_fails_its_jobs_with_the_load_error(
+def test_model_that_cannot_load_fails_its_jobs_with_the_load_error_after_grace(
         workers: dict[str, WorkerProcess], client: Client) -> None:
     job = client.infer("unloadable", "anything")
     with pytest.raises(JobFailed, match="corrupt"):
         job.result(timeout=60)
-    assert "not ready" in workers["gpu"].log()
+    log = workers["gpu"].log()
+    assert "not ready for unloadable" in log
+    assert "no worker can run unloadable" in log
     assert client.infer("toy-classifier", "others still run").result(timeout=60).shape == (4,)
 
 

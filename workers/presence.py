@@ -1,0 +1,75 @@
+"""A worker's presence: a heartbeat in Redis saying what it serves and where, and the fallback for
+models that failed to load here.
+
+A gpu-pool worker loads its models before it consumes. A model that fails to load is not ready on
+this worker: its queue is left to workers that can run it. If after ``load_failure_grace_s`` no
+worker at all consumes that queue, this worker starts consuming it after all, and its jobs fail with
+the load error, so nothing waits silently forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from aidist.config import Settings
+from aidist.errors import AidistError
+from db.cache import ResultCache
+from workers.broker import queue_stats
+
+log = logging.getLogger("aidist.worker")
+HEARTBEAT_S = 5.0
+
+
+class WorkerPresence:
+    """Runs in a daemon thread of the worker process until ``stop()``."""
+
+    def __init__(self, settings: Settings, cache: ResultCache, *, node: str, pool: str,
+                 device: str, ready: list[str], not_ready: Mapping[str, str],
+                 queue_of: Mapping[str, str], consume: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.node = node
+        self.info = {"node": node, "pool": pool, "device": device, "ready": ready,
+                     "not_ready": dict(not_ready), "host": socket.gethostname(),
+                     "pid": os.getpid()}
+        self.waiting = dict(not_ready)  # targets whose grace period is running
+        self.queue_of = queue_of
+        self.consume = consume
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="aidist-presence", daemon=True)
+
+    def start(self) -> None:
+        """Begin heartbeats (and the not-ready watch)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End heartbeats; the announcement expires on its own."""
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.cache.put_presence(self.node, self.info, ttl_s=HEARTBEAT_S * 3)
+                self._check_waiting()
+            except AidistError as exc:
+                log.warning("presence heartbeat failed: %s", exc)
+            self._stop.wait(HEARTBEAT_S if not self.waiting else min(HEARTBEAT_S, 1.0))
+
+    def _check_waiting(self) -> None:
+        if not self.waiting or time.monotonic() - self.started < self.settings.load_failure_grace_s:
+            return
+        for target in list(self.waiting):
+            queue = self.queue_of[target]
+            (stats,) = queue_stats(self.settings.broker_url, [queue])
+            if stats.consumers == 0:
+                log.error("no worker can run %s after %.0fs; failing its jobs with the load "
+                          "error: %s", target, self.settings.load_failure_grace_s,
+                          self.waiting[target])
+                self.consume(queue)
+            del self.waiting[target]
