@@ -34,6 +34,17 @@ def load_sleepy(context: LoadContext) -> Runner:
     return run
 
 
+def load_oom_on_batches(context: LoadContext) -> Runner:
+    """Runs out of memory on any batch larger than 2 (like a GPU on an oversize batch)."""
+
+    def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+        if len(inputs) > 2:
+            raise RuntimeError(f"CUDA out of memory: tried a batch of {len(inputs)}")
+        return [text.upper() for text in inputs]
+
+    return run
+
+
 def load_unloadable(context: LoadContext) -> Runner:
     raise RuntimeError("weights file is corrupt (on purpose)")
 
@@ -44,5 +55,8 @@ def register_models(registry: Registry) -> None:
                                 version="flaky-1", pool="gpu", max_batch_size=16))
     registry.register(ModelSpec(name="sleepy", kind=JobKind.INFER, loader=load_sleepy,
                                 version="sleepy-1", pool="gpu", max_batch_size=1))
+    registry.register(ModelSpec(name="oom-on-batches", kind=JobKind.INFER,
+                                loader=load_oom_on_batches, version="oom-1", pool="gpu",
+                                max_batch_size=64))
     registry.register(ModelSpec(name="unloadable", kind=JobKind.INFER, loader=load_unloadable,
                                 version="unloadable-1", pool="gpu"))

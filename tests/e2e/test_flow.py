@@ -42,3 +42,9 @@ def test_one_bad_input_fails_only_its_job(workers: object, client: Client) -> No
     assert [jobs[i].result(timeout=5) for i in (0, 2, 3)] == [len(texts[i]) for i in (0, 2, 3)]
     # the worker keeps going after the failure
     assert client.infer("flaky", "still alive").result(timeout=60) == len("still alive")
+
+
+def test_batch_that_runs_out_of_memory_is_retried_item_by_item(workers: object,
+                                                               client: Client) -> None:
+    texts = [f"item {i}" for i in range(7)]
+    assert client.map("oom-on-batches", texts, timeout=60) == [t.upper() for t in texts]
