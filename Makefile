@@ -7,6 +7,7 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: venv services db demo test test-unit test-integration test-e2e lint bench clean
 
@@ -39,6 +40,11 @@ test-integration: db
 
 test-e2e: db
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# Benchmarks: every scenario with its baselines in one run (~15 min on 2 cores), a table on stdout,
+# JSON + PNG in bench/out/<timestamp>/. Smoke run: make bench BENCH_ARGS=--quick (see bench/README.md).
+bench: db
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

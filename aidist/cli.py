@@ -79,7 +79,8 @@ def worker(
 
 @app.command()
 def submit(
-    target: Annotated[str, typer.Argument(help="Model or op name (see `aidist models`).")],
+    target: Annotated[str, typer.Argument(
+        help="Model or op name (see `aidist models`), or a pipeline like chunk>minilm.")],
     input: Annotated[
         str,
         typer.Argument(help="The input text, or - to read one input per line from stdin."),
@@ -92,7 +93,10 @@ def submit(
     texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if input == "-" else [input]
     parsed = json.loads(params) if params else None
     with Client(_settings()) as client:
-        jobs = client.submit_many(target, texts, parsed)
+        if ">" in target:  # a pipeline, e.g. chunk>minilm
+            jobs = client.pipeline_many(target.split(">"), texts, parsed)
+        else:
+            jobs = client.submit_many(target, texts, parsed)
         if wait:
             _progress(client, jobs, timeout, target)
         for job in jobs:

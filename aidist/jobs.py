@@ -65,6 +65,38 @@ def cache_key(kind: JobKind, target: str, version: str, params: dict[str, Any] |
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One stage of a pipeline: a model or op, its version and params."""
+
+    kind: JobKind
+    target: str
+    version: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain dict for the message."""
+        return {"kind": self.kind.value, "target": self.target, "version": self.version,
+                "params": self.params}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Step:
+        """Parse a step; ``ValueError`` if malformed."""
+        if not isinstance(data, dict) or not isinstance(data.get("params", {}), dict):
+            raise ValueError("a pipeline step must be a map with map params")
+        try:
+            return cls(JobKind(data["kind"]), str(data["target"]), str(data["version"]),
+                       data.get("params") or {})
+        except KeyError as exc:
+            raise ValueError(f"pipeline step lacks field {exc.args[0]!r}") from exc
+
+
+def pipeline_key(steps: list[Step], input_bytes: bytes) -> str:
+    """Content key of a pipeline's final result: every step's target, version and params."""
+    described = [[s.kind.value, s.target, s.version, canonical_params(s.params)] for s in steps]
+    return cache_key(JobKind.INFER, "pipeline", "1", {"steps": described}, input_bytes)
+
+
+@dataclass(frozen=True, slots=True)
 class JobEntry:
     """One job as it travels in a message: enough to run it without reading Postgres."""
 
@@ -76,10 +108,12 @@ class JobEntry:
     cache_key: str
     params: dict[str, Any] = field(default_factory=dict)
     reply_to: str | None = None
+    steps: tuple[Step, ...] = ()
+    each: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """Plain dict for JSON/msgpack; never pickle."""
-        return {
+        wire = {
             "v": WIRE_VERSION,
             "id": self.id,
             "kind": self.kind.value,
@@ -90,6 +124,20 @@ class JobEntry:
             "params": self.params,
             "reply_to": self.reply_to,
         }
+        if self.steps:
+            wire["steps"] = [step.to_wire() for step in self.steps]
+        if self.each:
+            wire["each"] = True
+        return wire
+
+    def next_step(self, output: Any) -> JobEntry:
+        """The entry that carries this job to its next pipeline step, with ``output`` as input;
+        a list output is run item by item there (``each``)."""
+        step = self.steps[0]
+        return JobEntry(id=self.id, kind=step.kind, target=step.target, version=step.version,
+                        input=output, cache_key=self.cache_key, params=step.params,
+                        reply_to=self.reply_to, steps=self.steps[1:],
+                        each=isinstance(output, list))
 
     @classmethod
     def from_wire(cls, data: Any) -> JobEntry:
@@ -102,6 +150,12 @@ class JobEntry:
             params = data.get("params") or {}
             if not isinstance(params, dict):
                 raise ValueError("params must be a map")
+            steps = data.get("steps") or []
+            if not isinstance(steps, list):
+                raise ValueError("steps must be a list")
+            each = bool(data.get("each", False))
+            if each and not isinstance(data["input"], list):
+                raise ValueError("an 'each' entry needs a list input")
             return cls(
                 id=str(data["id"]),
                 kind=JobKind(data["kind"]),
@@ -111,6 +165,8 @@ class JobEntry:
                 cache_key=str(data["key"]),
                 params=params,
                 reply_to=data.get("reply_to"),
+                steps=tuple(Step.from_wire(step) for step in steps),
+                each=each,
             )
         except KeyError as exc:
             raise ValueError(f"job entry lacks field {exc.args[0]!r}") from exc

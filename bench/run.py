@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--out", type=Path, help="output folder (default bench/out/<timestamp>)")
     parser.add_argument("--size", action="append", default=[], metavar="SCENARIO=N",
                         help="override one scenario's item count, e.g. --size batches=2000")
+    parser.add_argument("--repeat", type=int, metavar="N",
+                        help="measure each throughput scenario N times and keep the fastest "
+                             "(default 2, 1 with --quick)")
     parser.add_argument("--seed", type=int, default=20_240, help="corpus seed")
     parser.add_argument("--producers", type=int, default=4,
                         help="threads of the single-message scenario (default 4)")
@@ -63,6 +66,7 @@ def parse_args(argv: list[str] | None) -> Options:
         quick=args.quick,
         only=tuple(args.only) if args.only else SCENARIOS,
         seed=args.seed,
+        repeats=max(1, args.repeat or (1 if args.quick else 2)),
         producers=args.producers,
         flush_every=args.flush_every,
         flush_interval=args.flush_interval,
@@ -116,6 +120,7 @@ def _meta(options: Options, settings: Settings) -> dict[str, Any]:
         "celery": celery.__version__,
         "sizes": asdict(options.sizes),
         "seed": options.seed,
+        "repeats": options.repeats,
         "namespace": settings.namespace,
         "pack_size": settings.pack_size,
         "prefetch_multiplier": settings.prefetch_multiplier,
@@ -128,7 +133,8 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
     from producers import Client
 
     results: dict[str, Any] = {}
-    texts = aidist_paths.tiny_texts(options) if options.wants("tiny") else []
+    texts = ([aidist_paths.tiny_texts(options, rep) for rep in range(options.repeats)]
+             if options.wants("tiny") else [])
     if options.wants("inprocess"):
         results["inprocess"] = guarded("inprocess", lambda: inprocess.run(options))
     if options.wants(*AIDIST_SCENARIOS):

@@ -133,6 +133,11 @@ class Registry:
         self, spec: ModelSpec, value: Any, params: dict[str, Any] | None
     ) -> dict[str, Any]:
         """Check one input and the params; returns the params to use. Raises ``InvalidInput``."""
+        self.validate_input(spec, value)
+        return self.validate_params(spec, params)
+
+    def validate_input(self, spec: ModelSpec, value: Any) -> None:
+        """Check one input: text, not blank, within the size limit. Raises ``InvalidInput``."""
         limit = spec.max_input_chars or self.max_input_chars
         if not isinstance(value, str):
             raise InvalidInput(
@@ -146,6 +151,9 @@ class Registry:
                 f"{spec.name} input has {len(value)} characters, the limit is {limit}; "
                 "split it (the 'chunk' op does this) or raise AIDIST_MAX_INPUT_CHARS"
             )
+
+    def validate_params(self, spec: ModelSpec, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Check params; returns the canonical params to use. Raises ``InvalidInput``."""
         if params is not None and not isinstance(params, dict):
             raise InvalidInput(f"params must be a dict, got {type(params).__name__}")
         checked = dict(params or {})

@@ -107,6 +107,13 @@ class AsyncClient:
         """See ``Client.map``."""
         return await asyncio.to_thread(self.client.map, target, list(inputs), params, **options)
 
+    async def pipeline(self, steps: Sequence[str], input: Any,
+                       params: dict[str, dict[str, Any]] | None = None,
+                       **options: Any) -> AsyncJob:
+        """See ``Client.pipeline``."""
+        job = await asyncio.to_thread(self.client.pipeline, list(steps), input, params, **options)
+        return AsyncJob(job)
+
     async def get(self, job_id: str) -> AsyncJob:
         """See ``Client.get``."""
         return AsyncJob(await asyncio.to_thread(self.client.get, job_id))

@@ -12,16 +12,28 @@ from typing import Any, cast
 from aidist import codec
 from aidist.config import Settings
 from aidist.errors import InvalidInput, JobTimeout, ResultUnavailable
-from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
+from aidist.jobs import JobEntry, JobKind, JobStatus, Step, cache_key, pipeline_key
 from aidist.routing import queue_name
 from db import JobStore, NewJob, ResultCache
-from models import ModelInfo, Registry, build_registry
+from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.job import Job, raise_for_status
 from producers.progress import job_progress
 from producers.publisher import Publisher
 from producers.waiting import CompletionTracker
 
 Deadline = float | datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the rows and the first message of a submission look like."""
+
+    kind: JobKind
+    label: str
+    version: str
+    params: dict[str, Any]
+    first: Step
+    rest: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +136,60 @@ class Client:
         options = _options(priority, deadline, None, tenant)
         return self._submit(kind, target, list(inputs), params, options)
 
+    def pipeline(self, steps: Sequence[str], input: Any,
+                 params: dict[str, dict[str, Any]] | None = None, *, priority: int = 0,
+                 deadline: Deadline = None, tenant: str | None = None) -> Job:
+        """One job that runs ``steps`` in order on the workers, each step's output feeding the
+        next, with no round trip to the client: ``client.pipeline(["chunk", "minilm"], doc,
+        {"chunk": {"size": 64}})`` chunks on the cpu pool, embeds every chunk on the gpu pool
+        (batched with other jobs) and returns the list of vectors. A step that returns a list
+        feeds the next step item by item. ``params`` maps step names to their params."""
+        return self.pipeline_many(steps, [input], params, priority=priority, deadline=deadline,
+                                  tenant=tenant)[0]
+
+    def pipeline_many(self, steps: Sequence[str], inputs: Iterable[Any],
+                      params: dict[str, dict[str, Any]] | None = None, *, priority: int = 0,
+                      deadline: Deadline = None, tenant: str | None = None) -> list[Job]:
+        """``pipeline`` for many inputs, one job each, inserted and published packed."""
+        options = _options(priority, deadline, None, tenant)
+        names = list(steps)
+        if len(names) < 2:
+            raise InvalidInput("a pipeline has at least two steps; use infer or preprocess")
+        specs = [self.registry.get(name) for name in names]
+        params = params or {}
+        if not isinstance(params, dict) or set(params) - set(names):
+            raise InvalidInput(f"pipeline params must map step names ({names}) to params")
+        chain = tuple(
+            Step(spec.kind, spec.name, self.registry.version(spec.name),
+                 self.registry.validate_params(spec, params.get(spec.name)))
+            for spec in specs
+        )
+        items = self._checked_inputs(specs[0], list(inputs))
+        payloads = [codec.encode(value) for value in items]
+        plan = _Plan(
+            kind=chain[-1].kind,
+            label=">".join(names),
+            version="|".join(step.version for step in chain)[:128],
+            params={"steps": [step.to_wire() for step in chain]},
+            first=chain[0],
+            rest=chain[1:],
+        )
+        return self._enqueue(plan, items, payloads,
+                             [pipeline_key(list(chain), p) for p in payloads], options)
+
     def _submit(self, kind: JobKind, target: str, inputs: list[Any],
                 params: dict[str, Any] | None, options: SubmitOptions) -> list[Job]:
         spec = self.registry.get(target, kind)
+        checked = self.registry.validate_params(spec, params)
+        items = self._checked_inputs(spec, inputs)
+        version = self.registry.version(target)
+        payloads = [codec.encode(value) for value in items]
+        keys = [cache_key(kind, target, version, checked, payload) for payload in payloads]
+        step = Step(kind, target, version, checked)
+        plan = _Plan(kind=kind, label=target, version=version, params=checked, first=step)
+        return self._enqueue(plan, items, payloads, keys, options)
+
+    def _checked_inputs(self, spec: ModelSpec, inputs: list[Any]) -> list[Any]:
         if not inputs:
             raise InvalidInput("no inputs given; pass at least one")
         if len(inputs) > self.settings.max_jobs_per_call:
@@ -135,25 +198,25 @@ class Client:
                 f"the limit is {self.settings.max_jobs_per_call}; "
                 "submit in slices or raise AIDIST_MAX_JOBS_PER_CALL"
             )
-        checked = {}
-        for input_value in inputs:
-            checked = self.registry.validate(spec, input_value, params)
-        version = self.registry.version(target)
-        payloads = [codec.encode(value) for value in inputs]
-        keys = [cache_key(kind, target, version, checked, payload) for payload in payloads]
+        for value in inputs:
+            self.registry.validate_input(spec, value)
+        return inputs
 
+    def _enqueue(self, plan: _Plan, inputs: list[Any], payloads: list[bytes], keys: list[str],
+                 options: SubmitOptions) -> list[Job]:
+        """Cache lookup, one INSERT for every row, packed confirmed publishing of the misses."""
         self.publisher.connect()  # a down broker fails here, before anything is written
         cached = self.cache.get_many(keys)
         rows = [
             NewJob(
                 id=str(uuid.uuid4()),
-                kind=kind,
-                target=target,
-                version=version,
+                kind=plan.kind,
+                target=plan.label,
+                version=plan.version,
                 cache_key=key,
                 payload=payload,
                 status=JobStatus.QUEUED if hit is None else JobStatus.SUCCEEDED,
-                params=checked,
+                params=plan.params,
                 cache_hit=hit is not None,
                 priority=options.priority,
                 tenant=options.tenant,
@@ -169,15 +232,18 @@ class Client:
         else:
             self.store.insert_jobs(rows)
 
+        first = plan.first
         queued = []
         for row, value in zip(rows, inputs, strict=True):
             if row.cache_hit:
                 self.tracker.record(row.id, JobStatus.SUCCEEDED)
             else:
-                queued.append(JobEntry(row.id, kind, target, version, value, row.cache_key,
-                                       checked, self.tracker.reply_to).to_wire())
-        self._publish(queue_name(self.settings.namespace, kind, target), queued, options.priority)
-        return [Job(self, row.id, kind, target, row.cache_key) for row in rows]
+                queued.append(JobEntry(row.id, first.kind, first.target, first.version, value,
+                                       row.cache_key, first.params, self.tracker.reply_to,
+                                       steps=plan.rest).to_wire())
+        queue = queue_name(self.settings.namespace, first.kind, first.target)
+        self._publish(queue, queued, options.priority)
+        return [Job(self, row.id, plan.kind, plan.label, row.cache_key) for row in rows]
 
     def _publish(self, queue: str, entries: list[dict[str, Any]], priority: int) -> None:
         pack = self.settings.pack_size

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tenacity import (
     RetryError,
     Retrying,
@@ -24,8 +25,9 @@ from tenacity import (
 )
 
 from aidist import codec
-from aidist.errors import AidistError, ServiceUnavailable
+from aidist.errors import AidistError, InvalidInput, ServiceUnavailable
 from aidist.jobs import JobEntry, JobStatus, canonical_params
+from aidist.routing import queue_name
 from db import Notice, Outcome
 from models import Runner
 from workers.runtime import WorkerRuntime
@@ -69,31 +71,42 @@ def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
     return entries, problems
 
 
+def _plain(value: Any) -> Any:
+    """A step's output as message-safe data for the next step (arrays become lists)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _error_text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text[:MAX_ERROR_CHARS]
 
 
-def _run_batch(runner: Runner, entries: Sequence[JobEntry], params: dict[str, Any]
+def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any]
                ) -> list[tuple[Any, str | None]]:
-    """Outputs (or error texts) for a batch; if the batch call fails, each item runs alone so one
-    bad input fails only its own job."""
+    """Outputs (or error texts) for a batch; if the batch call fails (a bad input, or running out
+    of memory on the whole batch), each item runs alone so one bad input fails only its own job."""
     try:
-        outputs = runner([e.input for e in entries], params)
-        if len(outputs) != len(entries):
-            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(entries)} inputs")
+        outputs = runner(list(inputs), params)
+        if len(outputs) != len(inputs):
+            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(inputs)} inputs")
         return [(output, None) for output in outputs]
     except Exception as batch_error:
-        if len(entries) == 1:
-            log.info("job %s failed: %s", entries[0].id, batch_error)
+        if len(inputs) == 1:
+            log.info("an input failed: %s", batch_error)
             return [(None, _error_text(batch_error))]
+        log.info("a batch of %d failed (%s); running its items one by one", len(inputs),
+                 batch_error)
     results: list[tuple[Any, str | None]] = []
-    for entry in entries:
+    for value in inputs:
         try:
-            (output,) = runner([entry.input], params)
+            (output,) = runner([value], params)
             results.append((output, None))
         except Exception as exc:
-            log.info("job %s failed: %s", entry.id, exc)
+            log.info("an input failed: %s", exc)
             results.append((None, _error_text(exc)))
     return results
 
@@ -165,10 +178,17 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         groups[(entry.target, entry.version, canonical_params(entry.params))].append(entry)
 
     results: dict[str, bytes] = {}
+    forwards: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (target, version, _), group in groups.items():
         for entry, output, run_error in _run_group(runtime, target, version, group):
             claim = claims[entry.id]
             error = run_error
+            if error is None and entry.steps:
+                # a pipeline goes on: the job stays running, its next step gets this output
+                following = entry.next_step(_plain(output))
+                queue = queue_name(runtime.settings.namespace, following.kind, following.target)
+                forwards[queue].append(following.to_wire())
+                continue
             if error is None:
                 try:
                     results[entry.cache_key] = codec.encode(output)
@@ -183,6 +203,9 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
                 notices[entry.reply_to].append(Notice(entry.id, status.value, error))
 
     runtime.cache.put_many(results, runtime.settings.result_ttl_s)
+    for queue, wires in forwards.items():
+        for start in range(0, len(wires), runtime.settings.pack_size):
+            runtime.forward(queue, wires[start : start + runtime.settings.pack_size])
     runtime.store.finish(outcomes)
     runtime.cache.notify(notices)
     failed = sum(1 for o in outcomes if o.status is JobStatus.FAILED)
@@ -198,7 +221,9 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
 
 def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[JobEntry]
                ) -> list[tuple[JobEntry, Any, str | None]]:
-    """Run jobs that share model, version and params, in batches of the model's size."""
+    """Run jobs that share model, version and params, in batches of the model's size. An
+    ``each`` entry (a pipeline step after a step that returned a list) contributes every item of
+    its list to the batches and gets the list of outputs back."""
     try:
         spec = runtime.registry.get(target)
         have = runtime.registry.version(target)
@@ -212,16 +237,37 @@ def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Jo
         return [(entry, None, str(exc)) for entry in group]
     except Exception as exc:  # a plugin's version function or registry bug: fail, do not crash
         return [(entry, None, _error_text(exc)) for entry in group]
-    params = group[0].params
-    out: list[tuple[JobEntry, Any, str | None]] = []
-    size = max(spec.max_batch_size, 1)
-    for start in range(0, len(group), size):
-        batch = group[start : start + size]
+    errors: dict[int, str] = {}
+    items: list[tuple[int, Any]] = []
+    for index, entry in enumerate(group):
+        if not entry.each:
+            items.append((index, entry.input))
+            continue
         try:
-            pairs = _run_batch(runner, batch, params)
+            for value in entry.input:
+                runtime.registry.validate_input(spec, value)
+        except InvalidInput as exc:
+            errors[index] = f"pipeline step {target}: {exc}"
+            continue
+        items.extend((index, value) for value in entry.input)
+    outputs: dict[int, list[Any]] = defaultdict(list)
+    params = group[0].params
+    size = max(spec.max_batch_size, 1)
+    for start in range(0, len(items), size):
+        batch = items[start : start + size]
+        try:
+            pairs = _run_batch(runner, [value for _, value in batch], params)
         except Exception:  # a runner bug outside any one input: fail the batch, keep the worker
             text = traceback.format_exc(limit=3)[-MAX_ERROR_CHARS:]
             pairs = [(None, text) for _ in batch]
-        out.extend((entry, output, error) for entry, (output, error) in zip(batch, pairs,
-                                                                            strict=True))
+        for (index, _), (output, error) in zip(batch, pairs, strict=True):
+            if error is not None:
+                errors.setdefault(index, error)
+            outputs[index].append(output)
+    out: list[tuple[JobEntry, Any, str | None]] = []
+    for index, entry in enumerate(group):
+        if index in errors:
+            out.append((entry, None, errors[index]))
+        else:
+            out.append((entry, outputs[index] if entry.each else outputs[index][0], None))
     return out

@@ -12,11 +12,13 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from aidist.config import Settings
 from aidist.errors import AidistError, ModelLoadError
 from db import JobStore, ResultCache
 from models import LoadContext, Registry, Runner, build_registry
+from producers.publisher import Publisher
 
 log = logging.getLogger("aidist.worker")
 
@@ -34,6 +36,14 @@ class WorkerRuntime:
     runners: dict[str, Runner] = field(default_factory=dict)
     load_errors: dict[str, str] = field(default_factory=dict)
     dtype_override: str | None = None
+    publisher: Publisher | None = None
+
+    def forward(self, queue: str, entries: list[dict[str, Any]]) -> None:
+        """Publish pipeline continuations (confirmed) to the next step's queue."""
+        if self.publisher is None:
+            self.publisher = Publisher(self.settings.broker_url, self.settings.namespace,
+                                       self.settings.connect_timeout_s)
+        self.publisher.publish(queue, entries)
 
     def runner(self, target: str) -> Runner:
         """The loaded runner of ``target``, loading it on first use; ``ModelLoadError`` if it
@@ -75,6 +85,8 @@ class WorkerRuntime:
         """Close connections."""
         self.store.close()
         self.cache.close()
+        if self.publisher is not None:
+            self.publisher.close()
 
 
 class RuntimeHolder:

@@ -86,7 +86,7 @@ def naive(settings: Settings, options: Options, log_dir: Path) -> dict[str, Any]
     argv = _worker_argv(venv_script("celery"), "bench.celery_naive", queue, "naive-embed", pool)
     with tempfile.TemporaryDirectory(prefix="bench-ready-") as ready, phase(log_dir) as workers:
         env = _env(settings, Path(ready), **{common.ENV_LOAD_MODEL: "1",
-                                             common.ENV_TORCH_THREADS: "2"})
+                                             common.ENV_TORCH_THREADS: "1"})
         _start_and_warm(workers, "celery-naive-embed", argv, env, settings=settings,
                         queue=queue, ready_dir=Path(ready), processes=CELERY_PROCESSES,
                         warm_task=module.embed)

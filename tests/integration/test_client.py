@@ -127,7 +127,8 @@ def test_unknown_model_lists_known_names_and_writes_nothing(
     error = raised.value
     assert isinstance(error, AidistError) and isinstance(error, LookupError)
     assert error.known == sorted(error.known) and error.known
-    assert set(error.known) <= {"minilm", TOY, "flaky", "sleepy", "unloadable", "tokenize",
+    assert set(error.known) <= {"minilm", TOY, "flaky", "sleepy", "unloadable", "oom-on-batches",
+                                "tokenize",
                                 "chunk", "normalize"}
     for name in error.known:
         assert name in str(error)
