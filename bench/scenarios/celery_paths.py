@@ -21,7 +21,7 @@ from aidist.config import Settings
 from aidist.demo import make_corpus
 from bench import batches_env
 from bench import celery_common as common
-from bench.config import REPO, Options
+from bench.config import REPO, Options, best_run
 from bench.env import READY_TIMEOUT_S, consuming, phase, ready_files, venv_script, wait_for
 
 CELERY_PROCESSES = 2
@@ -56,14 +56,25 @@ def _naive_app(settings: Settings) -> Any:
     return celery_naive
 
 
-def _run_group(task: Any, items: list[str]) -> tuple[list[Any], float, float]:
-    """Submit one task per item as a group and wait for every result; (results, submit_s,
-    total_s)."""
+def _run_group(task: Any, items: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    """Submit one task per item as a group and wait for every result; (results, timings)."""
     started = time.perf_counter()
     result = group(task.s(item) for item in items).apply_async()
     submit_s = time.perf_counter() - started
-    outputs = result.get(timeout=WAIT_S)
-    return list(outputs), submit_s, time.perf_counter() - started
+    outputs = list(result.get(timeout=WAIT_S))
+    seconds = time.perf_counter() - started
+    return outputs, {"items": len(items), "seconds": seconds, "per_s": len(items) / seconds,
+                     "submit_s": submit_s}
+
+
+def _embed_runs(task: Any, options: Options, scenario: str, count: int) -> dict[str, Any]:
+    runs = []
+    for repeat in range(options.repeats):
+        sentences = make_corpus(count, options.seed_of(scenario, repeat))
+        vectors, timing = _run_group(task, sentences)
+        _check_vectors(vectors, len(sentences))
+        runs.append(timing)
+    return best_run(runs)
 
 
 def _start_and_warm(workers: Any, name: str, argv: list[str], env: dict[str, str], *,
@@ -81,7 +92,6 @@ def naive(settings: Settings, options: Options, log_dir: Path) -> dict[str, Any]
     """Scenario 4: one Celery task per sentence, prefork with 2 processes, each with the model."""
     module = _naive_app(settings)
     queue = common.queue_for(settings.namespace, common.NAIVE_EMBED)
-    sentences = make_corpus(options.sizes.naive, options.seed_of("naive"))
     pool = ["-P", "prefork", "-c", str(CELERY_PROCESSES)]
     argv = _worker_argv(venv_script("celery"), "bench.celery_naive", queue, "naive-embed", pool)
     with tempfile.TemporaryDirectory(prefix="bench-ready-") as ready, phase(log_dir) as workers:
@@ -90,11 +100,9 @@ def naive(settings: Settings, options: Options, log_dir: Path) -> dict[str, Any]
         _start_and_warm(workers, "celery-naive-embed", argv, env, settings=settings,
                         queue=queue, ready_dir=Path(ready), processes=CELERY_PROCESSES,
                         warm_task=module.embed)
-        vectors, submit_s, seconds = _run_group(module.embed, sentences)
-    _check_vectors(vectors, len(sentences))
-    return {"items": len(sentences), "seconds": seconds, "per_s": len(sentences) / seconds,
-            "submit_s": submit_s, "processes": CELERY_PROCESSES, "torch_threads_each": 1,
-            "worker": _shown(argv)}
+        measured = _embed_runs(module.embed, options, "naive", options.sizes.naive)
+    return measured | {"processes": CELERY_PROCESSES, "torch_threads_each": 1,
+                       "worker": _shown(argv)}
 
 
 def batches(settings: Settings, options: Options, log_dir: Path) -> dict[str, Any]:
@@ -113,7 +121,6 @@ def batches(settings: Settings, options: Options, log_dir: Path) -> dict[str, An
         raise NotImplementedError
 
     queue = common.queue_for(settings.namespace, common.BATCHES_EMBED)
-    sentences = make_corpus(options.sizes.batches, options.seed_of("batches"))
     pool = (["-P", "solo"] if options.batches_pool == "solo"
             else ["-P", "prefork", "-c", "1"])
     prefetch = 2 * options.flush_every
@@ -128,16 +135,14 @@ def batches(settings: Settings, options: Options, log_dir: Path) -> dict[str, An
         })
         _start_and_warm(workers, "celery-batches", argv, env, settings=settings, queue=queue,
                         ready_dir=Path(ready), processes=1, warm_task=embed)
-        vectors, submit_s, seconds = _run_group(embed, sentences)
-    _check_vectors(vectors, len(sentences))
-    return {"items": len(sentences), "seconds": seconds, "per_s": len(sentences) / seconds,
-            "submit_s": submit_s, "flush_every": options.flush_every,
+        measured = _embed_runs(embed, options, "batches", options.sizes.batches)
+    return measured | {"flush_every": options.flush_every,
             "flush_interval_s": options.flush_interval, "pool": options.batches_pool,
             "prefetch_multiplier": prefetch, "worker": _shown(argv),
             "venv": [batches_env.TORCH, *batches_env.PINS]}
 
 
-def tiny(settings: Settings, texts: list[str], log_dir: Path) -> dict[str, Any]:
+def tiny(settings: Settings, texts: list[list[str]], log_dir: Path) -> dict[str, Any]:
     """Scenario 6, Celery side: one ``normalize_text`` task per text, prefork with 2 processes,
     Redis result backend."""
     from models.ops import normalize_text
@@ -152,12 +157,15 @@ def tiny(settings: Settings, texts: list[str], log_dir: Path) -> dict[str, Any]:
         _start_and_warm(workers, "celery-naive-normalize", argv, env, settings=settings,
                         queue=queue, ready_dir=Path(ready), processes=CELERY_PROCESSES,
                         warm_task=module.normalize)
-        outputs, submit_s, seconds = _run_group(module.normalize, texts)
-    if outputs[:200] != [normalize_text(t) for t in texts[:200]]:
-        raise AssertionError("Celery normalize returned something else than normalize_text")
-    return {"items": len(texts), "seconds": seconds, "per_s": len(texts) / seconds,
-            "submit_s": submit_s, "processes": CELERY_PROCESSES, "api": "group(...).get()",
-            "worker": _shown(argv)}
+        runs = []
+        for batch in texts:
+            outputs, timing = _run_group(module.normalize, batch)
+            if outputs[:200] != [normalize_text(t) for t in batch[:200]]:
+                raise AssertionError("Celery normalize returned something else than "
+                                     "normalize_text")
+            runs.append(timing)
+    return best_run(runs) | {"processes": CELERY_PROCESSES, "api": "group(...).get()",
+                             "worker": _shown(argv)}
 
 
 def _shown(argv: list[str]) -> str:
