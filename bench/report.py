@@ -76,7 +76,8 @@ def table(doc: dict[str, Any]) -> str:
     busy = meta.get("cpu_busy_before")
     lines = [
         "=" * WIDTH,
-        f"aidist bench {meta['started']}  {'quick' if meta['quick'] else 'full'}  "
+        f"aidist bench {meta['started']}  {'quick' if meta['quick'] else 'full'}, "
+        f"best of {meta.get('repeats', 1)}  "
         f"{meta['cpus']} cores  load before {meta['load_before']}  after {meta.get('load_after')}"
         f"  CPU busy before {_num(None if busy is None else busy * 100, 0)}%",
         "=" * WIDTH,

@@ -45,6 +45,28 @@ class _Held:
     problems: dict[str, str]
 
 
+class TaskEvents:
+    """Celery task events for batched messages, so Flower shows them like any task: received
+    when a message is taken, started when its batch runs, succeeded or failed after."""
+
+    def __init__(self, dispatcher: Any, enabled: bool) -> None:
+        self.dispatcher = dispatcher
+        self.enabled = enabled and dispatcher is not None and dispatcher.enabled
+
+    def send(self, kind: str, message: Any, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        headers = message.headers or {}
+        self.dispatcher.send(kind, uuid=headers.get("id"), **fields)
+
+    def received(self, message: Any) -> None:
+        headers = message.headers or {}
+        self.send("task-received", message, name=headers.get("task"),
+                  args=headers.get("argsrepr", ""), kwargs=headers.get("kwargsrepr", "{}"),
+                  root_id=headers.get("root_id"), parent_id=headers.get("parent_id"),
+                  retries=headers.get("retries", 0), eta=None, expires=None)
+
+
 @dataclass
 class MessageBatcher:
     """Buffers messages and flushes them through ``run_entries``; single-threaded by design (it
@@ -53,6 +75,7 @@ class MessageBatcher:
     runtime: Callable[[], WorkerRuntime]
     policy: BatchPolicy
     call_after: Callable[[float, Callable[[], None]], Any]
+    events: TaskEvents | None = None
     _held: list[_Held] = field(default_factory=list)
     _jobs: int = 0
     _chars: int = 0
@@ -76,6 +99,8 @@ class MessageBatcher:
             message.reject(requeue=False)
             return
         self._held.append(_Held(message, entries, problems))
+        if self.events is not None:
+            self.events.received(message)
         self._jobs += len(entries) + len(problems)
         self._chars += sum(len(e.input) if isinstance(e.input, str) else 0 for e in entries)
         if self._jobs >= self.policy.max_jobs or self._chars >= self.policy.max_chars:
@@ -105,24 +130,36 @@ class MessageBatcher:
         entries = [entry for item in held for entry in item.entries]
         problems = {k: v for item in held for k, v in item.problems.items()}
         started = time.perf_counter()
+        for item in held:
+            self._event("task-started", item)
         try:
             report = run_retrying(self.runtime(), entries, problems)
         except ServicesDown as exc:
             log.error("requeueing %d messages, a service is down: %s", len(held), exc)
             for item in held:
                 item.message.reject(requeue=True)
+                self._event("task-retried", item, exception=str(exc))
             return
         except Exception:
             log.exception("dead-lettering %d messages after an unexpected error", len(held))
             for item in held:
                 item.message.reject(requeue=False)
+                self._event("task-failed", item, exception="unexpected error, dead-lettered")
             return
+        runtime_s = time.perf_counter() - started
         for item in held:
             item.message.ack()
+            self._event("task-succeeded", item, result=f"{len(item.entries)} jobs",
+                        runtime=runtime_s)
         self.batches += 1
         log.debug("batch %d: %d messages, %d jobs (%d ok, %d failed) in %.1f ms", self.batches,
                   len(held), report.received, report.succeeded, report.failed,
                   (time.perf_counter() - started) * 1000)
+
+
+    def _event(self, kind: str, item: _Held, **fields: Any) -> None:
+        if self.events is not None:
+            self.events.send(kind, item.message, **fields)
 
 
 class BatchingStrategy:
@@ -133,7 +170,9 @@ class BatchingStrategy:
         self.policy = policy
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
-        batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after)
+        events = TaskEvents(getattr(consumer, "event_dispatcher", None),
+                            bool(getattr(task, "send_events", True)))
+        batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, events)
 
         def on_message(message: Any, payload: Any, ack: Any, reject: Any, callbacks: Any,
                        **__: Any) -> None:
