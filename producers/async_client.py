@@ -114,6 +114,17 @@ class AsyncClient:
         job = await asyncio.to_thread(self.client.pipeline, list(steps), input, params, **options)
         return AsyncJob(job)
 
+    async def imap(self, target: str, inputs: Iterable[Any],
+                   params: dict[str, Any] | None = None, **options: Any) -> AsyncIterator[Any]:
+        """See ``Client.imap``: outputs in input order, as they become available."""
+        iterator = self.client.imap(target, list(inputs), params, **options)
+        sentinel = object()
+        while True:
+            item = await asyncio.to_thread(next, iterator, sentinel)
+            if item is sentinel:
+                return
+            yield item
+
     async def get(self, job_id: str) -> AsyncJob:
         """See ``Client.get``."""
         return AsyncJob(await asyncio.to_thread(self.client.get, job_id))

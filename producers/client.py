@@ -315,6 +315,24 @@ class Client:
                 pass
         return self.results_of(jobs)
 
+    def imap(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None,
+             *, timeout: float | None = None, priority: int = 0,
+             tenant: str | None = None) -> Iterator[Any]:
+        """Like ``map``, but yields each output in input order as soon as it and every output
+        before it are done, so a consumer can start on the first results while the rest run."""
+        jobs = self.submit_many(target, list(inputs), params, priority=priority, tenant=tenant)
+        position = {job.id: index for index, job in enumerate(jobs)}
+        done = [False] * len(jobs)
+        next_index = 0
+        for finished in self.as_completed(jobs, timeout=timeout):
+            done[position[finished.id]] = True
+            end = next_index
+            while end < len(jobs) and done[end]:
+                end += 1
+            if end > next_index:
+                yield from self.results_of(jobs[next_index:end])
+                next_index = end
+
     def models(self) -> list[ModelInfo]:
         """What is registered (name, version, kind, pool, device) and, from the workers'
         heartbeats, which workers have each one loaded or failed to load."""

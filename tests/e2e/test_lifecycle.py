@@ -122,3 +122,10 @@ def test_get_handle_from_another_client_sees_result(workers: object, client: Cli
         handle = other.get(job.id)
         assert handle.result(timeout=60) == len("seen from elsewhere")
         assert handle.status() is JobStatus.SUCCEEDED
+
+
+def test_imap_streams_outputs_in_input_order(workers: object, client: Client) -> None:
+    texts = [f"stream {i} " + "y" * (i % 5) for i in range(150)]
+    stream = client.imap("flaky", texts, timeout=120)
+    assert next(stream) == len(texts[0])
+    assert list(stream) == [len(t) for t in texts[1:]]
