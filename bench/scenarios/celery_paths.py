@@ -22,7 +22,15 @@ from aidist.demo import make_corpus
 from bench import batches_env
 from bench import celery_common as common
 from bench.config import REPO, Options, best_run
-from bench.env import READY_TIMEOUT_S, consuming, phase, ready_files, venv_script, wait_for
+from bench.env import (
+    READY_TIMEOUT_S,
+    Workers,
+    consuming,
+    phase,
+    ready_files,
+    venv_script,
+    wait_for,
+)
 
 CELERY_PROCESSES = 2
 WAIT_S = 900.0
@@ -77,7 +85,7 @@ def _embed_runs(task: Any, options: Options, scenario: str, count: int) -> dict[
     return best_run(runs)
 
 
-def _start_and_warm(workers: Any, name: str, argv: list[str], env: dict[str, str], *,
+def _start_and_warm(workers: Workers, name: str, argv: list[str], env: dict[str, str], *,
                     settings: Settings, queue: str, ready_dir: Path, processes: int,
                     warm_task: Any) -> None:
     workers.start(name, argv, env)
@@ -136,10 +144,14 @@ def batches(settings: Settings, options: Options, log_dir: Path) -> dict[str, An
         _start_and_warm(workers, "celery-batches", argv, env, settings=settings, queue=queue,
                         ready_dir=Path(ready), processes=1, warm_task=embed)
         measured = _embed_runs(embed, options, "batches", options.sizes.batches)
-    return measured | {"flush_every": options.flush_every,
-            "flush_interval_s": options.flush_interval, "pool": options.batches_pool,
-            "prefetch_multiplier": prefetch, "worker": _shown(argv),
-            "venv": [batches_env.TORCH, *batches_env.PINS]}
+    return measured | {
+        "flush_every": options.flush_every,
+        "flush_interval_s": options.flush_interval,
+        "pool": options.batches_pool,
+        "prefetch_multiplier": prefetch,
+        "worker": _shown(argv),
+        "venv": [batches_env.TORCH, *batches_env.PINS],
+    }
 
 
 def tiny(settings: Settings, texts: list[list[str]], log_dir: Path) -> dict[str, Any]:
