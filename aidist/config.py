@@ -59,8 +59,11 @@ class Settings(BaseSettings):
     batch_idle_ms: float = Field(
         default=2.0, ge=0, le=10_000,
         description="gpu pool: flush early once no message has arrived for this long.")
+    batch_flush_batches: int = Field(
+        default=4, ge=1, le=64,
+        description="gpu pool: model batches gathered per flush; sorted by length, less padding.")
     batch_max_chars: int = Field(
-        default=200_000, gt=0, description="gpu pool: flush once inputs total this many chars.")
+        default=400_000, gt=0, description="gpu pool: flush once inputs total this many chars.")
     batch_prefetch: int = Field(
         default=256, ge=1, le=65_535,
         description="gpu pool: unacked messages in flight (bounded, never unlimited).")

@@ -16,6 +16,7 @@ from aidist.jobs import JobEntry, JobKind, JobStatus, Step, cache_key, pipeline_
 from aidist.routing import queue_name
 from db import JobStore, NewJob, ResultCache
 from models import ModelInfo, ModelSpec, Registry, build_registry
+from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
 from producers.progress import job_progress
 from producers.publisher import Publisher
@@ -34,6 +35,17 @@ class _Plan:
     params: dict[str, Any]
     first: Step
     rest: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One job to record and send."""
+
+    plan: _Plan
+    input: Any
+    payload: bytes
+    key: str
+    options: SubmitOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,7 @@ class Client:
         self.tracker = CompletionTracker(
             self.cache, self.store, self.cache.reply_key(self.client_id)
         )
+        self._group: GroupSubmitter[_Request, Job] = GroupSubmitter(self._enqueue_requests)
 
     def __enter__(self) -> Client:
         return self
@@ -204,57 +217,68 @@ class Client:
 
     def _enqueue(self, plan: _Plan, inputs: list[Any], payloads: list[bytes], keys: list[str],
                  options: SubmitOptions) -> list[Job]:
+        requests = [_Request(plan, value, payload, key, options)
+                    for value, payload, key in zip(inputs, payloads, keys, strict=True)]
+        if len(requests) == 1 and options.idempotency_key is None:
+            return [self._group.submit(requests[0])]
+        return self._enqueue_requests(requests)
+
+    def _enqueue_requests(self, requests: list[_Request]) -> list[Job]:
         """Cache lookup, one INSERT for every row, packed confirmed publishing of the misses."""
         self.publisher.connect()  # a down broker fails here, before anything is written
-        cached = self.cache.get_many(keys)
+        cached = self.cache.get_many([r.key for r in requests])
         rows = [
             NewJob(
                 id=str(uuid.uuid4()),
-                kind=plan.kind,
-                target=plan.label,
-                version=plan.version,
-                cache_key=key,
-                payload=payload,
+                kind=r.plan.kind,
+                target=r.plan.label,
+                version=r.plan.version,
+                cache_key=r.key,
+                payload=r.payload,
                 status=JobStatus.QUEUED if hit is None else JobStatus.SUCCEEDED,
-                params=plan.params,
+                params=r.plan.params,
                 cache_hit=hit is not None,
-                priority=options.priority,
-                tenant=options.tenant,
-                idempotency_key=options.idempotency_key,
-                deadline=options.deadline,
+                priority=r.options.priority,
+                tenant=r.options.tenant,
+                idempotency_key=r.options.idempotency_key,
+                deadline=r.options.deadline,
             )
-            for payload, key, hit in zip(payloads, keys, cached, strict=True)
+            for r, hit in zip(requests, cached, strict=True)
         ]
-        if options.idempotency_key is not None:
+        if rows[0].idempotency_key is not None:
             existing = self.store.insert_idempotent(rows[0])
             if existing is not None:
                 return [Job(self, existing.id, existing.kind, existing.target, existing.cache_key)]
         else:
             self.store.insert_jobs(rows)
 
-        first = plan.first
-        queued = []
-        for row, value in zip(rows, inputs, strict=True):
+        outgoing: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for row, r in zip(rows, requests, strict=True):
             if row.cache_hit:
                 self.tracker.record(row.id, JobStatus.SUCCEEDED)
-            else:
-                queued.append(JobEntry(row.id, first.kind, first.target, first.version, value,
-                                       row.cache_key, first.params, self.tracker.reply_to,
-                                       steps=plan.rest).to_wire())
-        queue = queue_name(self.settings.namespace, first.kind, first.target)
-        self._publish(queue, queued, options.priority)
-        return [Job(self, row.id, plan.kind, plan.label, row.cache_key) for row in rows]
+                continue
+            first = r.plan.first
+            queue = queue_name(self.settings.namespace, first.kind, first.target)
+            outgoing.setdefault((queue, r.options.priority), []).append(
+                JobEntry(row.id, first.kind, first.target, first.version, r.input, row.cache_key,
+                         first.params, self.tracker.reply_to, steps=r.plan.rest).to_wire())
+        sent: set[str] = set()
+        for (queue, priority), entries in outgoing.items():
+            try:
+                self._publish(queue, entries, priority)
+            except Exception:
+                unsent = [e["id"] for group in outgoing.values() for e in group
+                          if e["id"] not in sent]
+                self.store.fail_unsent(unsent, "not published: the broker failed mid-submit")
+                raise
+            sent.update(e["id"] for e in entries)
+        return [Job(self, row.id, r.plan.kind, r.plan.label, row.cache_key)
+                for row, r in zip(rows, requests, strict=True)]
 
     def _publish(self, queue: str, entries: list[dict[str, Any]], priority: int) -> None:
         pack = self.settings.pack_size
         for start in range(0, len(entries), pack):
-            chunk = entries[start : start + pack]
-            try:
-                self.publisher.publish(queue, chunk, priority)
-            except Exception as exc:
-                unsent = [entry["id"] for entry in entries[start:]]
-                self.store.fail_unsent(unsent, f"not published: {exc}")
-                raise
+            self.publisher.publish(queue, entries[start : start + pack], priority)
 
     # -- waiting and results ----------------------------------------------------------------------
 

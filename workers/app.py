@@ -33,13 +33,13 @@ def queues_for(settings: Settings, registry: Registry, targets: list[str]) -> li
 
 
 def batch_policy(settings: Settings, registry: Registry, targets: list[str]) -> BatchPolicy:
-    """The gpu pool's flush rules: the largest batch any served model takes, the shortest delay
-    any of them allows."""
+    """The gpu pool's flush rules: a few of the largest batches any served model takes (sorted by
+    length into model batches, so less padding), the shortest delay any of them allows."""
     specs = [registry.get(target) for target in targets]
     delays = [s.max_delay_ms if s.max_delay_ms is not None else settings.batch_max_delay_ms
               for s in specs]
     return BatchPolicy(
-        max_jobs=max((s.max_batch_size for s in specs), default=1),
+        max_jobs=max((s.max_batch_size for s in specs), default=1) * settings.batch_flush_batches,
         max_chars=settings.batch_max_chars,
         max_delay_s=min(delays, default=settings.batch_max_delay_ms) / 1000.0,
         idle_s=settings.batch_idle_ms / 1000.0,

@@ -1,0 +1,72 @@
+"""producers.grouping: concurrent single submissions share a flush; a lone one never waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from producers.grouping import GroupSubmitter
+
+
+def _wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached")
+        time.sleep(0.001)
+
+
+def test_lone_submit_flushes_at_once() -> None:
+    batches: list[list[int]] = []
+
+    def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        return [item * 10 for item in items]
+
+    group: GroupSubmitter[int, int] = GroupSubmitter(flush)
+    assert group.submit(1) == 10
+    assert group.submit(2) == 20
+    assert batches == [[1], [2]]
+
+
+def test_callers_arriving_during_a_flush_share_the_next_one() -> None:
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            release.wait(10)
+        return [item * 10 for item in items]
+
+    group: GroupSubmitter[int, int] = GroupSubmitter(flush)
+    results: dict[int, int] = {}
+
+    def call(item: int) -> None:
+        results[item] = group.submit(item)
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    _wait_until(lambda: len(batches) == 1)
+    others = [threading.Thread(target=call, args=(item,)) for item in (1, 2, 3)]
+    for thread in others:
+        thread.start()
+    _wait_until(lambda: len(group._pending) == 3)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert batches[0] == [0] and sorted(batches[1]) == [1, 2, 3] and len(batches) == 2
+    assert results == {0: 0, 1: 10, 2: 20, 3: 30}
+
+
+def test_a_failed_flush_raises_in_every_caller_of_that_flush() -> None:
+    def flush(items: list[int]) -> list[int]:
+        raise ConnectionError("broker down")
+
+    group: GroupSubmitter[int, int] = GroupSubmitter(flush)
+    with pytest.raises(ConnectionError, match="broker down"):
+        group.submit(1)
+    group._flush = lambda items: [7 for _ in items]
+    assert group.submit(2) == 7  # the submitter is usable again
