@@ -79,3 +79,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``AIDIST_*`` variables, to hand to a child process (a worker)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            text = ",".join(value) if isinstance(value, list) else str(value)
+            env[f"AIDIST_{name.upper()}"] = text
+        return env

@@ -116,17 +116,8 @@ UNLOADABLE = {"unloadable"}  # tests.plugins' model that never loads
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that makes an ``aidist`` process use these settings."""
-    return {
-        **os.environ,
-        "AIDIST_BROKER_URL": settings.broker_url,
-        "AIDIST_REDIS_URL": settings.redis_url,
-        "AIDIST_DATABASE_URL": settings.database_url,
-        "AIDIST_NAMESPACE": settings.namespace,
-        "AIDIST_PLUGINS": ",".join(settings.plugins),
-        "AIDIST_LOAD_FAILURE_GRACE_S": str(settings.load_failure_grace_s),
-        "PYTHONPATH": str(REPO),
-        "PYTHONUNBUFFERED": "1",
-    }
+    return {**os.environ, **settings.as_env(), "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1"}
 
 
 def aidist_command() -> str:

@@ -150,3 +150,11 @@ def test_redact_url_hides_passwords(url: str, expected: str) -> None:
 )
 def test_redact_url_leaves_urls_without_password_alone(url: str) -> None:
     assert redact_url(url) == url
+
+
+def test_as_env_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(namespace="roundtrip", plugins=["a.b", "c"], pack_size=7,
+                        batch_max_delay_ms=3.5, database_url="postgresql+psycopg://u:p@h:1/d")
+    for name, value in original.as_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings(_env_file=None) == original  # type: ignore[call-arg]
