@@ -4,6 +4,7 @@ does), the worker subprocesses it starts, waiting on conditions, and the clean-u
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -77,16 +78,7 @@ def cleanup(settings: Settings, extra_queues: Sequence[str] = ()) -> list[str]:
 
 def aidist_env(settings: Settings) -> dict[str, str]:
     """Environment that points an ``aidist`` process at these settings."""
-    return {
-        **os.environ,
-        "AIDIST_BROKER_URL": settings.broker_url,
-        "AIDIST_REDIS_URL": settings.redis_url,
-        "AIDIST_DATABASE_URL": settings.database_url,
-        "AIDIST_NAMESPACE": settings.namespace,
-        "AIDIST_PLUGINS": ",".join(settings.plugins),
-        "PYTHONPATH": str(REPO),
-        "PYTHONUNBUFFERED": "1",
-    }
+    return {**os.environ, **settings.as_env(), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 
 def venv_script(name: str) -> str:
@@ -185,15 +177,76 @@ def ready_files(directory: Path, count: int) -> Callable[[], bool]:
     return lambda: sum(1 for _ in directory.glob("*.ready")) >= count
 
 
+def _proc_stat() -> tuple[int, int]:
+    """(all jiffies, idle jiffies) of the machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
 def cpu_busy(seconds: float = 1.0) -> float | None:
-    """Share of all cores busy over ``seconds`` (from /proc/stat), before anything runs."""
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        idle = fields[3] + fields[4]
-        return sum(fields), idle
+    """Share of all cores busy over ``seconds``, before anything of the bench runs."""
     with suppress(OSError, ValueError, IndexError):
-        total0, idle0 = sample()
+        total0, idle0 = _proc_stat()
         time.sleep(seconds)
-        total1, idle1 = sample()
+        total1, idle1 = _proc_stat()
         return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
     return None
+
+
+SERVICE_PROCESSES = ("beam.smp", "redis-server", "postgres")
+
+
+def services_cpu_ticks() -> int:
+    """CPU ticks RabbitMQ, Redis and PostgreSQL processes have used so far (with the reaped
+    children of each, which covers Postgres backends that came and went)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            if name in SERVICE_PROCESSES:
+                fields = text[text.rindex(")") + 2 :].split()
+                total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total
+
+
+class CpuAccount:
+    """CPU the whole machine used during the run, split into the bench's own processes (this one
+    and every worker it started and reaped), the services (RabbitMQ, Redis, Postgres: mostly
+    serving the bench) and the rest: other work on the machine, which makes absolute rates
+    unreliable."""
+
+    def __init__(self) -> None:
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.wall0 = time.monotonic()
+        self.own0 = self._own()
+        self.stat0 = self._stat()
+        self.services0 = services_cpu_ticks()
+
+    @staticmethod
+    def _own() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+            resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    @staticmethod
+    def _stat() -> tuple[int, int] | None:
+        with suppress(OSError, ValueError, IndexError):
+            return _proc_stat()
+        return None
+
+    def summary(self) -> dict[str, float | None]:
+        """Core-seconds: machine busy, the bench's own, the rest; and the rest as a share of the
+        machine's capacity over the run."""
+        wall = time.monotonic() - self.wall0
+        own = self._own() - self.own0
+        stat = self._stat()
+        if stat is None or self.stat0 is None:
+            return {"wall_s": wall, "own_cpu_s": own, "machine_cpu_s": None, "other_cpu_s": None,
+                    "other_share": None}
+        busy = ((stat[0] - stat[1]) - (self.stat0[0] - self.stat0[1])) / self.ticks
+        services = (services_cpu_ticks() - self.services0) / self.ticks
+        other = max(busy - own - services, 0.0)
+        return {"wall_s": wall, "own_cpu_s": own, "services_cpu_s": services,
+                "machine_cpu_s": busy, "other_cpu_s": other,
+                "other_share": other / max(wall * (os.cpu_count() or 1), 1e-9)}

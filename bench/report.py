@@ -96,10 +96,23 @@ def table(doc: dict[str, Any]) -> str:
         goal = f"{target['op']} {target['goal']:g}{target['unit']}"
         lines.append(f"{target['name']:<60}{_num(target['measured'], 2):>10}{goal:>12}  "
                      f"{target['verdict']}")
+    lines.append(_busy_note(meta))
     for name, error in doc.get("errors", {}).items():
         lines.append(f"error in {name}: {error}")
     lines.append("=" * WIDTH)
     return "\n".join(lines)
+
+
+def _busy_note(meta: dict[str, Any]) -> str:
+    cpu = meta.get("cpu") or {}
+    share = cpu.get("other_share")
+    if share is None:
+        return "machine load: unknown (no /proc/stat)"
+    verdict = ("BUSY: other work ran, compare ratios rather than absolute rates" if share > 0.1
+               else "quiet")
+    return (f"CPU during the run ({cpu['wall_s']:.0f}s, {meta['cpus']} cores): bench "
+            f"{cpu['own_cpu_s']:.0f} core-s, services {cpu['services_cpu_s']:.0f}, other work "
+            f"{cpu['other_cpu_s']:.0f} ({share:.0%} of the machine) -> {verdict}")
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
@@ -145,8 +158,10 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
               title="ms, submit -> result (toy-classifier)", digits=2)
         axes[2].set_yscale("log")
     meta = doc["meta"]
+    other = (meta.get("cpu") or {}).get("other_share")
+    busy = "" if other is None else f", other work {other:.0%} of the machine"
     fig.suptitle(f"aidist bench {meta['started']} ({'quick' if meta['quick'] else 'full'}, "
-                 f"{meta['cpus']} cores, load before {meta['load_before']})")
+                 f"best of {meta.get('repeats', 1)}, {meta['cpus']} cores{busy})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

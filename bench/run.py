@@ -28,7 +28,7 @@ from aidist.config import Settings
 from bench import analysis, report
 from bench.celery_common import baseline_queues
 from bench.config import AIDIST_SCENARIOS, FULL, QUICK, REPO, SCENARIOS, Options
-from bench.env import cleanup, cpu_busy, isolated_settings, phase, prepare
+from bench.env import CpuAccount, cleanup, cpu_busy, isolated_settings, phase, prepare
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -191,14 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     meta = _meta(options, settings)
     print(f"bench: {'quick' if options.quick else 'full'} run of {', '.join(options.only)}; "
           f"namespace {settings.namespace}; output {options.out}", flush=True)
-    prepare(settings)
+    account = CpuAccount()
     try:
+        prepare(settings)
         results = run_scenarios(options, settings, log_dir)
     finally:
         problems = cleanup(settings, baseline_queues(settings.namespace))
         for problem in problems:
             print(f"clean-up: {problem}", file=sys.stderr)
     meta["load_after"] = _load()
+    meta["cpu"] = account.summary()
     failures = _failures(results)
     doc = {"meta": meta, "results": results, "analysis": analysis.analyze(results),
            "errors": failures, "cleanup_problems": problems}

@@ -52,7 +52,7 @@ def _env(settings: Settings, ready_dir: Path, **extra: str) -> dict[str, str]:
 
 def _worker_argv(celery: str, module: str, queue: str, name: str, pool: list[str]) -> list[str]:
     return [celery, "-A", module, "worker", *pool, "-Q", queue, "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"]
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
 
 def _naive_app(settings: Settings) -> Any:
