@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         default=256, ge=1, le=65_535,
         description="gpu pool: unacked messages in flight (bounded, never unlimited).")
     device: str = Field(default="cpu", description="Default torch device of gpu-pool workers.")
+    task_events: bool = Field(
+        default=False,
+        description="Workers send Celery task events (for Flower); three small messages per "
+                    "job message, so off by default like Celery's own -E.")
     load_failure_grace_s: float = Field(
         default=300.0, ge=0,
         description="How long jobs of a model no worker could load wait before they fail.")

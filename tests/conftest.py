@@ -49,7 +49,8 @@ def settings() -> Iterator[Settings]:
         hide_password=False
     )
     isolated = make_settings(database_url=database_url, namespace=_unique("t"),
-                             plugins=["tests.plugins"], load_failure_grace_s=2.0)
+                             plugins=["tests.plugins"], load_failure_grace_s=2.0,
+                             task_events=True)
     db_setup.upgrade(isolated.database_url)
     yield isolated
     cache = ResultCache.connect(isolated.redis_url, isolated.namespace)

@@ -66,7 +66,7 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=(
             settings.batch_prefetch if batching else settings.prefetch_multiplier),
-        worker_send_task_events=True,
+        worker_send_task_events=settings.task_events,
         worker_hijack_root_logger=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
