@@ -26,7 +26,7 @@ from aidist.config import Settings
 from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
 from db import Claim, Notice, Outcome
 from models import LoadContext, build_registry
-from workers.batching import BatchPolicy, MessageBatcher
+from workers.batching import BackgroundRunner, BatchPolicy, MessageBatcher
 from workers.executor import run_entries
 from workers.runtime import WorkerRuntime
 
@@ -128,7 +128,23 @@ def main() -> None:
             batcher.flush()
 
         report.setdefault("engine_one_job_per_message", {})[key] = timed(one_job_per_message)
-    for name in ("engine_packed", "engine_one_job_per_message"):
+
+        def one_job_per_message_pipelined(b: int = batch) -> None:
+            runner = BackgroundRunner(lambda: runtime)
+            batcher = MessageBatcher(lambda: runtime, BatchPolicy(max_jobs=b),
+                                     lambda delay, fn: _Never(), background=runner)
+            for entry in entries:
+                batcher.add(Message(([[entry.to_wire()]], {}, {})))
+                batcher.drain()
+            batcher.flush()
+            runner.wait_idle(600)
+            batcher.drain()
+            runner.stop()
+
+        report.setdefault("engine_one_job_per_message_pipelined", {})[key] = timed(
+            one_job_per_message_pipelined)
+    for name in ("engine_packed", "engine_one_job_per_message",
+                 "engine_one_job_per_message_pipelined"):
         report[f"{name}_vs_in_process"] = {
             b: round(report[name][b] / report["in_process"][b], 3) for b in report["in_process"]}
     out = Path(os.environ.get("OUT", ".")) / "gpu_engine.json"

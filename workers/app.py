@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutting_down
 
 from aidist.config import Settings
 from aidist.jobs import RUN_JOBS_TASK
@@ -15,6 +15,8 @@ from models import Registry
 from workers import tasks
 from workers.batching import BatchingStrategy, BatchPolicy
 from workers.runtime import RuntimeHolder
+
+SHUTDOWN_GRACE_S = 60.0
 
 
 def pool_targets(registry: Registry, pool: str, only: list[str] | None = None) -> list[str]:
@@ -84,7 +86,9 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
 
     options: dict[str, Any] = {}
     if batching is not None:
-        options["Strategy"] = BatchingStrategy(holder.get, batching)
+        strategy = BatchingStrategy(holder.get, batching, pipelined=settings.batch_pipeline)
+        options["Strategy"] = strategy
+        worker_shutting_down.connect(lambda **_: strategy.shutdown(SHUTDOWN_GRACE_S), weak=False)
     app.task(name=RUN_JOBS_TASK, ignore_result=True, **options)(run_jobs)
 
     if warm_targets:

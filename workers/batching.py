@@ -16,6 +16,8 @@ the messages are requeued.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from workers.executor import PoisonMessage, ServicesDown, parse_entries, run_ret
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("aidist.worker")
+DRAIN_EVERY_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class MessageBatcher:
     policy: BatchPolicy
     call_after: Callable[[float, Callable[[], None]], Any]
     events: TaskEvents | None = None
+    background: BackgroundRunner | None = None
     _held: list[_Held] = field(default_factory=list)
     _jobs: int = 0
     _chars: int = 0
@@ -119,7 +123,8 @@ class MessageBatcher:
         self.flush()
 
     def flush(self) -> None:
-        """Run everything held as one batch, then ack (or reject) each message."""
+        """Hand everything held to the run: inline, or to the background runner (which keeps the
+        model busy while this thread takes the next messages). Acks follow in ``_settle``."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -127,55 +132,145 @@ class MessageBatcher:
         self._jobs = self._chars = 0
         if not held:
             return
-        entries = [entry for item in held for entry in item.entries]
-        problems = {k: v for item in held for k, v in item.problems.items()}
-        started = time.perf_counter()
         for item in held:
             self._event("task-started", item)
-        try:
-            report = run_retrying(self.runtime(), entries, problems)
-        except ServicesDown as exc:
-            log.error("requeueing %d messages, a service is down: %s", len(held), exc)
+        if self.background is not None:
+            self.background.submit(held)  # blocks while one batch already waits: backpressure
+        else:
+            self._settle(held, execute_held(self.runtime(), held))
+
+    def drain(self) -> None:
+        """Settle batches the background runner has finished (called on the consumer thread)."""
+        if self.background is not None:
+            for held, outcome in self.background.finished():
+                self._settle(held, outcome)
+
+    def _settle(self, held: list[_Held], outcome: _Outcome) -> None:
+        if outcome.requeue is not None:
+            log.error("requeueing %d messages, a service is down: %s", len(held), outcome.requeue)
             for item in held:
                 item.message.reject(requeue=True)
-                self._event("task-retried", item, exception=str(exc))
+                self._event("task-retried", item, exception=outcome.requeue)
             return
-        except Exception:
-            log.exception("dead-lettering %d messages after an unexpected error", len(held))
+        if outcome.dead is not None:
             for item in held:
                 item.message.reject(requeue=False)
-                self._event("task-failed", item, exception="unexpected error, dead-lettered")
+                self._event("task-failed", item, exception=outcome.dead)
             return
-        runtime_s = time.perf_counter() - started
         for item in held:
             item.message.ack()
             self._event("task-succeeded", item, result=f"{len(item.entries)} jobs",
-                        runtime=runtime_s)
+                        runtime=outcome.seconds)
         self.batches += 1
-        log.debug("batch %d: %d messages, %d jobs (%d ok, %d failed) in %.1f ms", self.batches,
-                  len(held), report.received, report.succeeded, report.failed,
-                  (time.perf_counter() - started) * 1000)
-
 
     def _event(self, kind: str, item: _Held, **fields: Any) -> None:
         if self.events is not None:
             self.events.send(kind, item.message, **fields)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    seconds: float = 0.0
+    requeue: str | None = None
+    dead: str | None = None
+
+
+def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
+    """Run the jobs of held messages as one batch (any thread); says how to settle them."""
+    entries = [entry for item in held for entry in item.entries]
+    problems = {k: v for item in held for k, v in item.problems.items()}
+    started = time.perf_counter()
+    try:
+        report = run_retrying(runtime, entries, problems)
+    except ServicesDown as exc:
+        return _Outcome(requeue=str(exc))
+    except Exception:
+        log.exception("dead-lettering %d messages after an unexpected error", len(held))
+        return _Outcome(dead="unexpected error, dead-lettered")
+    seconds = time.perf_counter() - started
+    log.debug("batch of %d messages, %d jobs (%d ok, %d failed) in %.1f ms", len(held),
+              report.received, report.succeeded, report.failed, seconds * 1000)
+    return _Outcome(seconds=seconds)
+
+
+class BackgroundRunner:
+    """One thread that runs batches while the consumer thread gathers the next ones (the model
+    never waits for message handling). At most one batch waits behind the running one."""
+
+    def __init__(self, runtime: Callable[[], WorkerRuntime]) -> None:
+        self.runtime = runtime
+        self._todo: queue.Queue[list[_Held] | None] = queue.Queue(maxsize=1)
+        self._done: queue.Queue[tuple[list[_Held], _Outcome]] = queue.Queue()
+        self._unfinished = 0
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="aidist-batches", daemon=True)
+        self._thread.start()
+
+    def submit(self, held: list[_Held]) -> None:
+        """Queue a batch (blocks while another one is already waiting)."""
+        with self._cond:
+            self._unfinished += 1
+        self._todo.put(held)
+
+    def finished(self) -> list[tuple[list[_Held], _Outcome]]:
+        """Batches done since the last call, in order."""
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every submitted batch has run (warm shutdown)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def _loop(self) -> None:
+        while True:
+            held = self._todo.get()
+            if held is None:
+                return
+            self._done.put((held, execute_held(self.runtime(), held)))
+            with self._cond:
+                self._unfinished -= 1
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        """End the thread after the batches already queued."""
+        self._todo.put(None)
+
+
 class BatchingStrategy:
     """Celery task strategy (``Task.Strategy``) that hands messages to a ``MessageBatcher``."""
 
-    def __init__(self, runtime: Callable[[], WorkerRuntime], policy: BatchPolicy) -> None:
+    def __init__(self, runtime: Callable[[], WorkerRuntime], policy: BatchPolicy,
+                 pipelined: bool = True) -> None:
         self.runtime = runtime
         self.policy = policy
+        self.pipelined = pipelined
+        self.batchers: list[MessageBatcher] = []
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
         events = TaskEvents(getattr(consumer, "event_dispatcher", None),
                             bool(getattr(task, "send_events", True)))
-        batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, events)
+        background = BackgroundRunner(self.runtime) if self.pipelined else None
+        batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, events,
+                                 background)
+        if background is not None:
+            consumer.timer.call_repeatedly(DRAIN_EVERY_S, batcher.drain)
+        self.batchers.append(batcher)
 
         def on_message(message: Any, payload: Any, ack: Any, reject: Any, callbacks: Any,
                        **__: Any) -> None:
             batcher.add(message)
 
         return on_message
+
+    def shutdown(self, timeout: float) -> None:
+        """Let running batches finish storing their results before the process exits. Their
+        messages are not acked from here (this runs in a signal handler, where touching the
+        connection is unsafe): they are redelivered, and the claim step skips finished jobs."""
+        for batcher in self.batchers:
+            if batcher.background is not None:
+                batcher.background.wait_idle(timeout)

@@ -169,3 +169,21 @@ def test_service_down_requeues_every_held_message(harness: Harness,
     batcher.add(_message(harness, log, "m2", "b")[0])
     timers.fire()
     assert log == ["reject m1 requeue=True", "reject m2 requeue=True"]
+
+
+def test_background_runner_runs_batches_off_the_consumer_thread(harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    runner = batching.BackgroundRunner(lambda: harness.runtime)
+    batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=2), timers.call_after,
+                             background=runner)
+    first, e1 = _message(harness, log, "m1", "a", "b")
+    batcher.add(first)  # full: handed to the runner, not run here
+    second, e2 = _message(harness, log, "m2", "c", "d")
+    batcher.add(second)
+    assert runner.wait_idle(10)
+    assert log == []  # acks happen only when the consumer thread drains
+    batcher.drain()
+    assert log == ["ack m1", "ack m2"]
+    assert {harness.store.status[e["id"]] for e in e1 + e2} == {JobStatus.SUCCEEDED}
+    runner.stop()
