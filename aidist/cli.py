@@ -7,7 +7,9 @@ traceback.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from rich.table import Column, Table
 
 from aidist import demo as demo_module
 from aidist.config import Settings, redact_url
-from aidist.errors import AidistError, JobError, ServiceUnavailable
+from aidist.errors import AidistError, ConfigError, JobError, ServiceUnavailable
 from aidist.jobs import JobStatus
 from db import setup as db_setup
 from producers import Client
@@ -184,6 +186,18 @@ def db_upgrade() -> None:
     created = db_setup.upgrade(settings.database_url, settings.connect_timeout_s)
     verb = "created and migrated" if created else "migrated"
     out.print(f"database {redact_url(settings.database_url)} {verb} to head")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmark suite (bench/ in a source checkout): `aidist bench --quick`,
+    `aidist bench --only packed single`; see bench/README.md."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "bench" / "run.py").exists():
+        raise ConfigError("the benchmark suite ships with the source checkout: run it from there")
+    done = subprocess.run([sys.executable, "-m", "bench.run", *ctx.args], cwd=checkout,
+                          check=False)
+    raise typer.Exit(done.returncode)
 
 
 @app.command()
