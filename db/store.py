@@ -190,6 +190,18 @@ class JobStore:
             ).mappings()
             return {str(row["id"]): _record(row) for row in rows}
 
+    def finished_among(self, job_ids: Sequence[str]) -> list[tuple[str, JobStatus, str | None]]:
+        """(id, status, error) of those of ``job_ids`` that are terminal: what a waiting client
+        needs, without reading whole rows."""
+        ids = _uuids(job_ids)
+        if not ids:
+            return []
+        terminal = [s.value for s in JobStatus if s.terminal]
+        query = select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.error).where(
+            _id_in(ids), jobs_table.c.status.in_(terminal))
+        with self._begin() as connection:
+            return [(str(r.id), JobStatus(r.status), r.error) for r in connection.execute(query)]
+
     def payloads(self, job_ids: Sequence[str]) -> dict[str, bytes]:
         """Stored input bytes by job id (for republishing or recomputing)."""
         with self._begin() as connection:

@@ -39,12 +39,15 @@ class CompletionTracker:
         self.store = store
         self.reply_to = reply_to
         self._finished: dict[str, Finished] = {}
+        self._order: list[str] = []  # ids in the order they were learned, for cheap scans
         self._state_lock = threading.Lock()
         self._reader_lock = threading.Lock()
 
     def record(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
         """Remember a terminal status learned some other way (cache hit, cancel)."""
         with self._state_lock:
+            if job_id not in self._finished:
+                self._order.append(job_id)
             self._finished[job_id] = Finished(job_id, status, error)
 
     def known(self, job_id: str) -> Finished | None:
@@ -61,47 +64,69 @@ class CompletionTracker:
             self._reader_lock.release()
         with self._state_lock:
             for notice in notices:
+                if notice.job_id not in self._finished:
+                    self._order.append(notice.job_id)
                 self._finished[notice.job_id] = Finished(
                     notice.job_id, JobStatus(notice.status), notice.error
                 )
 
     def _poll_store(self, job_ids: Sequence[str]) -> None:
-        for start in range(0, len(job_ids), 5000):
-            records = self.store.get_many(job_ids[start : start + 5000])
-            for record in records.values():
-                if record.status.terminal:
-                    self.record(record.id, record.status, record.error)
+        for start in range(0, len(job_ids), 10_000):
+            for job_id, status, error in self.store.finished_among(job_ids[start : start + 10_000]):
+                self.record(job_id, status, error)
+
+    def _learned_since(self, cursor: int) -> tuple[list[str], int]:
+        with self._state_lock:
+            return self._order[cursor:], len(self._order)
 
     def iter_finished(self, job_ids: Sequence[str], timeout_s: float | None) -> Iterator[Finished]:
         """Yield each job as it becomes terminal, in completion order. Stops early (without
-        raising) when ``timeout_s`` passes; the caller sees which ids were not yielded."""
-        pending = dict.fromkeys(job_ids)
+        raising) when ``timeout_s`` passes; the caller sees which ids were not yielded.
+
+        Completion notices are the fast path; Postgres is asked only when no notice has brought
+        progress for a while (jobs finished by other means, or notices lost), with backoff."""
+        pending = set(job_ids)
+        for job_id in job_ids:
+            finished = self.known(job_id)
+            if finished is not None and job_id in pending:
+                pending.discard(job_id)
+                yield finished
+        _, cursor = self._learned_since(0)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         poll_every = POLL_START_S
-        next_poll = time.monotonic() + poll_every
+        last_progress = time.monotonic()
         while pending:
-            for job_id in list(pending):
-                finished = self.known(job_id)
-                if finished is not None:
-                    del pending[job_id]
+            learned, cursor = self._learned_since(cursor)
+            progressed = False
+            for job_id in learned:
+                if job_id in pending:
+                    pending.discard(job_id)
+                    progressed = True
+                    finished = self.known(job_id)
+                    assert finished is not None
                     yield finished
             if not pending:
                 return
             now = time.monotonic()
+            if progressed:
+                last_progress = now
+                poll_every = POLL_START_S
             if deadline is not None and now >= deadline:
-                self._poll_store(list(pending))
-                for job_id in list(pending):
-                    finished = self.known(job_id)
-                    if finished is not None:
-                        del pending[job_id]
+                self._poll_store(sorted(pending))
+                learned, cursor = self._learned_since(cursor)
+                for job_id in learned:
+                    if job_id in pending:
+                        pending.discard(job_id)
+                        finished = self.known(job_id)
+                        assert finished is not None
                         yield finished
                 return
-            if now >= next_poll:
-                self._poll_store(list(pending))
+            if now - last_progress >= poll_every:
+                self._poll_store(sorted(pending))
                 poll_every = min(poll_every * 2, POLL_MAX_S)
-                next_poll = time.monotonic() + poll_every
+                last_progress = time.monotonic()
                 continue
-            wait = min(NOTICE_WAIT_MAX_S, next_poll - now)
+            wait = min(NOTICE_WAIT_MAX_S, last_progress + poll_every - now)
             if deadline is not None:
                 wait = min(wait, deadline - now)
             self._read_notices(max(wait, 0.01))

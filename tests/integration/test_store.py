@@ -309,3 +309,17 @@ def test_get_many_and_count_accept_more_ids_than_bind_parameters(
     ids = [row.id for row in rows] + [str(uuid.uuid4()) for _ in range(66_000)]
     assert set(store.get_many(ids)) == {row.id for row in rows}
     assert store.count_by_status(ids)[JobStatus.QUEUED] == 2
+
+
+def test_finished_among_reports_only_terminal_jobs(store: JobStore,
+                                                   new_job: NewJobFactory) -> None:
+    queued, ran, failed, cancelled = (new_job() for _ in range(4))
+    store.insert_jobs([queued, ran, failed, cancelled])
+    claims = {c.id: c for c in store.claim([ran.id, failed.id], "w")}
+    store.finish([Outcome(ran.id, claims[ran.id].attempt, JobStatus.SUCCEEDED),
+                  Outcome(failed.id, claims[failed.id].attempt, JobStatus.FAILED, "bad")])
+    store.cancel(cancelled.id)
+    found = {job_id: (status, error) for job_id, status, error in
+             store.finished_among([queued.id, ran.id, failed.id, cancelled.id, "not-a-uuid"])}
+    assert found == {ran.id: (JobStatus.SUCCEEDED, None), failed.id: (JobStatus.FAILED, "bad"),
+                     cancelled.id: (JobStatus.CANCELLED, None)}
