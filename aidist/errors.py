@@ -93,13 +93,14 @@ class JobTimeout(JobError, TimeoutError):
 
 
 class ResultUnavailable(JobError):
-    """The job succeeded but its result is no longer in the result cache."""
+    """The job succeeded, its result left the cache, and it cannot be recomputed as it was."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
             job_id,
-            f"job {job_id} succeeded but its result has left the cache (TTL or eviction); "
-            "submit the same input again to recompute it",
+            f"job {job_id} succeeded but its result has left the cache and cannot be recomputed "
+            "(its model or op changed version since, or its input was not kept); "
+            "submit the input again to the current model",
         )
 
 

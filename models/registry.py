@@ -112,6 +112,10 @@ class Registry:
             raise UnknownModel(str(name), known)
         return spec
 
+    def names(self) -> set[str]:
+        """Every registered name."""
+        return set(self._specs)
+
     def specs(self, kind: JobKind | None = None) -> list[ModelSpec]:
         """All specs (of one kind if given), by name."""
         return sorted(

@@ -14,7 +14,7 @@ from aidist.config import Settings
 from aidist.errors import InvalidInput, JobTimeout, ResultUnavailable
 from aidist.jobs import JobEntry, JobKind, JobStatus, Step, cache_key, pipeline_key
 from aidist.routing import queue_name
-from db import JobStore, NewJob, ResultCache
+from db import JobRecord, JobStore, NewJob, ResultCache
 from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
@@ -301,9 +301,11 @@ class Client:
             late = next(j for j in jobs if self.tracker.known(j.id) is None)
             raise JobTimeout(late.id, timeout or 0.0, late.status().value)
 
-    def results_of(self, jobs: Sequence[Job]) -> list[Any]:
+    def results_of(self, jobs: Sequence[Job], timeout: float | None = 300.0) -> list[Any]:
         """Results of finished jobs, in order, read in one round trip; raises for the first job
-        that failed, was cancelled or expired, or whose result left the cache."""
+        that failed, was cancelled or expired. A result that has left Redis (TTL, eviction, a
+        flushed or restarted Redis) is recomputed from the input kept in Postgres, by the same
+        model version, within ``timeout``; if the model has changed since, ``ResultUnavailable``."""
         statuses = []
         for job in jobs:
             finished = self.tracker.known(job.id)
@@ -315,12 +317,48 @@ class Client:
         for job, (status, error) in zip(jobs, statuses, strict=True):
             raise_for_status(job.id, status, error)
         raw = self.cache.get_many([job.cache_key for job in jobs])
-        out = []
-        for job, data in zip(jobs, raw, strict=True):
-            if data is None:
+        missing = [job for job, data in zip(jobs, raw, strict=True) if data is None]
+        if missing:
+            recomputed = self._recompute(missing, timeout)
+            raw = [recomputed.get(job.cache_key) if data is None else data
+                   for job, data in zip(jobs, raw, strict=True)]
+        return [codec.decode(data) for data in raw if data is not None]
+
+    def _recompute(self, jobs: Sequence[Job], timeout: float | None) -> dict[str, bytes]:
+        """Run lost results again as new jobs of the same model version and input; returns the
+        encoded results by cache key (they are back in Redis under the same keys too)."""
+        records = self.store.get_many([job.id for job in jobs])
+        payloads = self.store.payloads([job.id for job in jobs])
+        requests: list[_Request] = []
+        for job in jobs:
+            record, payload = records.get(job.id), payloads.get(job.id)
+            plan = self._plan_of(record) if record is not None else None
+            if record is None or payload is None or plan is None:
                 raise ResultUnavailable(job.id)
-            out.append(codec.decode(data))
-        return out
+            requests.append(_Request(plan, codec.decode(payload), payload, record.cache_key,
+                                     SubmitOptions(tenant=record.tenant)))
+        again = self._enqueue_requests(requests)
+        for job in self.as_completed(again, timeout=timeout):
+            raise_for_status(job.id, job.status(), self.store.get(job.id).error)
+        found = self.cache.get_many([job.cache_key for job in again])
+        lost = [job.id for job, data in zip(jobs, found, strict=True) if data is None]
+        if lost:
+            raise ResultUnavailable(lost[0])
+        return {job.cache_key: data for job, data in zip(again, found, strict=True)
+                if data is not None}
+
+    def _plan_of(self, record: JobRecord) -> _Plan | None:
+        """How to run a recorded job again, or None if its model or op changed version since."""
+        if "steps" in record.params and ">" in record.target:
+            chain = tuple(Step.from_wire(step) for step in record.params["steps"])
+        else:
+            chain = (Step(record.kind, record.target, record.version, record.params),)
+        for step in chain:
+            if step.target not in self.registry.names() or (
+                    self.registry.version(step.target) != step.version):
+                return None
+        return _Plan(kind=record.kind, label=record.target, version=record.version,
+                     params=record.params, first=chain[0], rest=chain[1:])
 
     def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None, *,
             progress: bool = False, timeout: float | None = None, priority: int = 0,

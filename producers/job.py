@@ -43,7 +43,7 @@ class Job:
         finished = next(iter(self._client.tracker.iter_finished([self.id], timeout)), None)
         if finished is None:
             raise JobTimeout(self.id, timeout or 0.0, self.status().value)
-        return self._client.results_of([self])[0]
+        return self._client.results_of([self], timeout)[0]
 
     def cancel(self) -> bool:
         """Cancel the job if it has not started; returns True if it is now cancelled."""

@@ -129,3 +129,17 @@ def test_imap_streams_outputs_in_input_order(workers: object, client: Client) ->
     stream = client.imap("flaky", texts, timeout=120)
     assert next(stream) == len(texts[0])
     assert list(stream) == [len(t) for t in texts[1:]]
+
+
+def test_result_lost_from_redis_is_recomputed(workers: object, client: Client,
+                                              store: JobStore) -> None:
+    job = client.infer("toy-classifier", f"recompute me {np.random.default_rng().random()}")
+    first = job.result(timeout=60)
+    client.cache.client.delete(client.cache.result_key(job.cache_key))  # as if Redis lost it
+    again = job.result(timeout=60)
+    np.testing.assert_array_equal(again, first)
+    assert client.cache.get_many([job.cache_key]) != [None]  # back in Redis under the same key
+    pipeline = client.pipeline(["normalize", "tokenize"], "  Lost  PIPELINE result ")
+    tokens = pipeline.result(timeout=60)
+    client.cache.client.delete(client.cache.result_key(pipeline.cache_key))
+    assert pipeline.result(timeout=60) == tokens

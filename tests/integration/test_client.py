@@ -308,16 +308,31 @@ def test_infer_many_publishes_only_the_cache_misses(ns_settings: Settings, ns_cl
     assert jobs[1].result(timeout=5) == [1.0]
 
 
-def test_evicted_cached_result_raises_result_unavailable(ns_client: Client) -> None:
+def test_evicted_result_is_recomputed_through_the_queue(ns_client: Client,
+                                                        ns_settings: Settings) -> None:
     text = f"evicted {uuid.uuid4()}"
     key = ns_client.infer(TOY, text).cache_key
     ns_client.cache.put_many({key: codec.encode(7)}, 60)
     hit = ns_client.infer(TOY, text)
     assert hit.status() is JobStatus.SUCCEEDED
+    _drain(ns_settings, _toy_queue(ns_settings))
     ns_client.cache.client.delete(ns_client.cache.result_key(key))
+    with pytest.raises(JobTimeout):  # no worker in this tier: the recompute job waits
+        hit.result(timeout=0.5)
+    [(_, entries)] = _drain(ns_settings, _toy_queue(ns_settings))
+    assert [(e["key"], e["input"]) for e in entries] == [(key, text)]
+
+
+def test_result_of_a_changed_model_version_is_unavailable(ns_client: Client,
+                                                          store: JobStore) -> None:
+    text = f"old version {uuid.uuid4()}"
+    job = ns_client.infer(TOY, text)
+    with store.engine.begin() as connection:
+        connection.execute(jobs_table.update().where(jobs_table.c.id == uuid.UUID(job.id))
+                           .values(status="succeeded", version="toy-v0"))
     with pytest.raises(ResultUnavailable) as raised:
-        hit.result(timeout=5)
-    assert raised.value.job_id == hit.id
+        job.result(timeout=5)
+    assert raised.value.job_id == job.id
 
 
 def test_result_of_a_queued_job_times_out(ns_client: Client) -> None:

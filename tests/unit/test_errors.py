@@ -103,7 +103,7 @@ def test_job_failed_carries_the_worker_error() -> None:
     [
         (JobCancelled("j"), "cancelled"),
         (JobExpired("j"), "deadline"),
-        (ResultUnavailable("j"), "submit the same input again"),
+        (ResultUnavailable("j"), "submit the input again"),
     ],
 )
 def test_job_errors_mention_the_job(error: JobError, fragment: str) -> None:
