@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         default=256, ge=1, le=65_535,
         description="gpu pool: unacked messages in flight (bounded, never unlimited).")
     device: str = Field(default="cpu", description="Default torch device of gpu-pool workers.")
+    max_attempts: int = Field(
+        default=8, ge=1, le=1000,
+        description="Runs a job may start (every pipeline step, worker death and redelivery "
+                    "counts) before it is failed instead of run again.")
     task_events: bool = Field(
         default=False,
         description="Workers send Celery task events (for Flower); three small messages per "

@@ -40,7 +40,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.finished = 0
 
-    def claim(self, job_ids: Sequence[str], worker: str) -> list[Claim]:
+    def claim(self, job_ids: Sequence[str], worker: str, max_attempts: int = 8) -> list[Claim]:
         return [Claim(job_id, JobStatus.RUNNING, 1) for job_id in job_ids]
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:

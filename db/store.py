@@ -39,6 +39,7 @@ from db.records import Claim, JobRecord, NewJob, Outcome
 from db.schema import jobs_table
 
 SERVICE = "PostgreSQL"
+DEFAULT_MAX_ATTEMPTS = 8
 
 
 class StoreError(AidistError):
@@ -84,11 +85,15 @@ _RECORD_COLUMNS = [c for c in jobs_table.c if c.name != "payload"]
 _CLAIM = text(
     """
     UPDATE jobs SET
-        status = CASE WHEN deadline IS NOT NULL AND deadline < now()
-                      THEN 'expired' ELSE 'running' END,
+        status = CASE WHEN deadline IS NOT NULL AND deadline < now() THEN 'expired'
+                      WHEN attempts >= :max_attempts THEN 'failed'
+                      ELSE 'running' END,
+        error = CASE WHEN (deadline IS NULL OR deadline >= now()) AND attempts >= :max_attempts
+                     THEN :gave_up ELSE error END,
         attempts = attempts + 1,
         started_at = now(),
-        finished_at = CASE WHEN deadline IS NOT NULL AND deadline < now()
+        finished_at = CASE WHEN (deadline IS NOT NULL AND deadline < now())
+                                OR attempts >= :max_attempts
                            THEN now() ELSE NULL END,
         worker = :worker
     WHERE id = ANY(:ids) AND status IN ('queued', 'running')
@@ -227,13 +232,19 @@ class JobStore:
             counts = {JobStatus(status): n for status, n in connection.execute(query)}
         return {status: counts.get(status, 0) for status in JobStatus}
 
-    def claim(self, job_ids: Sequence[str], worker: str) -> list[Claim]:
+    def claim(self, job_ids: Sequence[str], worker: str,
+              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[Claim]:
         """Start a run of each job still queued (or running, after a lost worker) in one UPDATE.
-        Jobs past their deadline come back expired; finished or cancelled ones do not come back."""
+        Jobs past their deadline come back expired; jobs that already had ``max_attempts`` runs
+        (worker deaths and redeliveries count: a message that kills its worker comes back every
+        time) come back failed; finished or cancelled ones do not come back."""
         if not job_ids:
             return []
+        params = {"ids": _uuids(job_ids), "worker": worker, "max_attempts": max_attempts,
+                  "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
+                             "interrupted: worker deaths or redeliveries)"}
         with self._begin() as connection:
-            rows = connection.execute(_CLAIM, {"ids": _uuids(job_ids), "worker": worker})
+            rows = connection.execute(_CLAIM, params)
             return [Claim(str(r.id), JobStatus(r.status), r.attempts) for r in rows]
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:

@@ -157,7 +157,8 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         unique.setdefault(entry.id, entry)
     entries = list(unique.values())
     ids = [e.id for e in entries] + [i for i in problems if i not in unique]
-    claims = {c.id: c for c in runtime.store.claim(ids, runtime.name)}
+    claims = {c.id: c for c in runtime.store.claim(ids, runtime.name,
+                                                   runtime.settings.max_attempts)}
     notices: dict[str, list[Notice]] = defaultdict(list)
     outcomes: list[Outcome] = []
     for job_id, problem in problems.items():
@@ -174,6 +175,13 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
             expired += 1
             if entry.reply_to:
                 notices[entry.reply_to].append(Notice(entry.id, JobStatus.EXPIRED.value))
+            continue
+        if claim.status is JobStatus.FAILED:  # out of attempts: recorded by the claim itself
+            log.error("job %s failed: out of attempts (%d)", entry.id, claim.attempt - 1)
+            if entry.reply_to:
+                notices[entry.reply_to].append(Notice(
+                    entry.id, JobStatus.FAILED.value,
+                    f"gave up after {runtime.settings.max_attempts} attempts"))
             continue
         groups[(entry.target, entry.version, canonical_params(entry.params))].append(entry)
 
@@ -239,8 +247,14 @@ def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Jo
         return [(entry, None, _error_text(exc)) for entry in group]
     errors: dict[int, str] = {}
     items: list[tuple[int, int, Any]] = []  # (entry index, position in its list, input)
+    same_as: dict[int, int] = {}  # identical jobs (same cache key) run once: duplicate -> first
+    first_with_key: dict[str, int] = {}
     for index, entry in enumerate(group):
         if not entry.each:
+            if entry.cache_key in first_with_key:
+                same_as[index] = first_with_key[entry.cache_key]
+                continue
+            first_with_key[entry.cache_key] = index
             items.append((index, 0, entry.input))
             continue
         try:
@@ -268,9 +282,10 @@ def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Jo
             outputs[index][position] = output
     out: list[tuple[JobEntry, Any, str | None]] = []
     for index, entry in enumerate(group):
-        if index in errors:
-            out.append((entry, None, errors[index]))
+        source = same_as.get(index, index)
+        if source in errors:
+            out.append((entry, None, errors[source]))
         else:
-            ordered = [outputs[index][position] for position in range(len(outputs[index]))]
+            ordered = [outputs[source][position] for position in range(len(outputs[source]))]
             out.append((entry, ordered if entry.each else ordered[0], None))
     return out

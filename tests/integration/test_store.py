@@ -323,3 +323,18 @@ def test_finished_among_reports_only_terminal_jobs(store: JobStore,
              store.finished_among([queued.id, ran.id, failed.id, cancelled.id, "not-a-uuid"])}
     assert found == {ran.id: (JobStatus.SUCCEEDED, None), failed.id: (JobStatus.FAILED, "bad"),
                      cancelled.id: (JobStatus.CANCELLED, None)}
+
+
+def test_claim_fails_a_job_that_used_up_its_attempts(store: JobStore,
+                                                     new_job: NewJobFactory) -> None:
+    job = new_job()
+    store.insert_jobs([job])
+    for attempt in (1, 2):  # two runs interrupted (worker deaths): redelivered each time
+        (claim,) = store.claim([job.id], "w", max_attempts=2)
+        assert claim.status is JobStatus.RUNNING and claim.attempt == attempt
+    (claim,) = store.claim([job.id], "w", max_attempts=2)
+    assert claim.status is JobStatus.FAILED
+    record = store.get(job.id)
+    assert record.status is JobStatus.FAILED and record.finished_at is not None
+    assert record.error is not None and "gave up after 2 attempts" in record.error
+    assert store.claim([job.id], "w", max_attempts=2) == []  # final now

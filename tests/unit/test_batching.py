@@ -158,7 +158,7 @@ def test_service_down_requeues_every_held_message(harness: Harness,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(executor, "SERVICE_RETRY_S", 0.0)
 
-    def down(job_ids: Any, worker: str) -> Any:
+    def down(job_ids: Any, worker: str, max_attempts: int = 8) -> Any:
         raise ServiceUnavailable("PostgreSQL", "postgresql://x", "connection refused")
 
     monkeypatch.setattr(harness.store, "claim", down)

@@ -44,15 +44,17 @@ class FakeStore:
         if expired:
             self.past_deadline.add(job_id)
 
-    def claim(self, job_ids: Sequence[str], worker: str) -> list[Claim]:
+    def claim(self, job_ids: Sequence[str], worker: str, max_attempts: int = 8) -> list[Claim]:
         self.events.append("claim")
         self.claim_calls.append((list(job_ids), worker))
         claims = []
         for job_id in job_ids:
             if self.status.get(job_id) not in (JobStatus.QUEUED, JobStatus.RUNNING):
                 continue
+            out_of_attempts = self.attempts[job_id] >= max_attempts
             self.attempts[job_id] += 1
-            new = JobStatus.EXPIRED if job_id in self.past_deadline else JobStatus.RUNNING
+            new = (JobStatus.EXPIRED if job_id in self.past_deadline
+                   else JobStatus.FAILED if out_of_attempts else JobStatus.RUNNING)
             self.status[job_id] = new
             claims.append(Claim(job_id, new, self.attempts[job_id]))
         return claims
@@ -479,3 +481,24 @@ def test_parse_entries_splits_good_and_malformed() -> None:
     assert [e.id for e in entries] == ["a"]
     assert set(problems) == {"b"}
     assert problems["b"].startswith("malformed job entry:")
+
+
+def test_a_job_out_of_attempts_fails_without_running(harness: Harness) -> None:
+    entry = harness.entry("recorder", "crashes its worker every time")
+    harness.store.attempts[entry["id"]] = harness.runtime.settings.max_attempts
+    report = harness.run([entry])
+    assert harness.recorder.calls == []  # never run again
+    assert harness.store.status[entry["id"]] is JobStatus.FAILED
+    assert report.ran == 0
+    (notice,) = harness.cache.notices["client-a"]
+    assert notice.status == "failed" and "gave up after" in (notice.error or "")
+
+
+def test_identical_jobs_in_one_batch_run_once(harness: Harness) -> None:
+    twins = [harness.entry("recorder", "same input") for _ in range(3)]
+    other = harness.entry("recorder", "different")
+    report = harness.run([*twins, other])
+    assert sorted(harness.recorder.inputs) == ["different", "same input"]
+    assert report.succeeded == 4
+    assert {harness.store.status[e["id"]] for e in [*twins, other]} == {JobStatus.SUCCEEDED}
+    assert len(harness.cache.notices["client-a"]) == 4
