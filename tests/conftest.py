@@ -50,7 +50,7 @@ def settings() -> Iterator[Settings]:
     )
     isolated = make_settings(database_url=database_url, namespace=_unique("t"),
                              plugins=["tests.plugins"], load_failure_grace_s=2.0,
-                             task_events=True)
+                             task_events=True, max_attempts=3)
     db_setup.upgrade(isolated.database_url)
     yield isolated
     cache = ResultCache.connect(isolated.redis_url, isolated.namespace)

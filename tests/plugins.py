@@ -7,6 +7,7 @@ tests can observe queued and running states), and ``unloadable`` never loads.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,17 @@ def load_oom_on_batches(context: LoadContext) -> Runner:
     return run
 
 
+def load_crashing(context: LoadContext) -> Runner:
+    """Kills its worker process on the input "die" (like a segfault in a native library)."""
+
+    def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+        if "die" in inputs:
+            os._exit(13)
+        return list(inputs)
+
+    return run
+
+
 def load_unloadable(context: LoadContext) -> Runner:
     raise RuntimeError("weights file is corrupt (on purpose)")
 
@@ -58,5 +70,7 @@ def register_models(registry: Registry) -> None:
     registry.register(ModelSpec(name="oom-on-batches", kind=JobKind.INFER,
                                 loader=load_oom_on_batches, version="oom-1", pool="gpu",
                                 max_batch_size=64))
+    registry.register(ModelSpec(name="crashing", kind=JobKind.PREPROCESS, loader=load_crashing,
+                                version="crashing-1", pool="cpu", max_batch_size=16))
     registry.register(ModelSpec(name="unloadable", kind=JobKind.INFER, loader=load_unloadable,
                                 version="unloadable-1", pool="gpu"))

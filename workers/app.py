@@ -81,15 +81,16 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         task_default_exchange_type="direct",
     )
 
-    def run_jobs(entries: Any) -> dict[str, int]:
-        return tasks.run_jobs(holder, entries)
+    def run_jobs(task: Any, entries: Any) -> dict[str, int]:
+        delivery = task.request.delivery_info or {}
+        return tasks.run_jobs(holder, entries, bool(delivery.get("redelivered")))
 
     options: dict[str, Any] = {}
     if batching is not None:
         strategy = BatchingStrategy(holder.get, batching, pipelined=settings.batch_pipeline)
         options["Strategy"] = strategy
         worker_shutting_down.connect(lambda **_: strategy.shutdown(SHUTDOWN_GRACE_S), weak=False)
-    app.task(name=RUN_JOBS_TASK, ignore_result=True, **options)(run_jobs)
+    app.task(name=RUN_JOBS_TASK, ignore_result=True, bind=True, **options)(run_jobs)
 
     if warm_targets:
         def warm(**_: Any) -> None:

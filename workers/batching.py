@@ -23,8 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobEntry
-from workers.executor import PoisonMessage, ServicesDown, parse_entries, run_retrying
+from workers.executor import (
+    PoisonMessage,
+    ServicesDown,
+    parse_entries,
+    run_retrying,
+    split_redelivered,
+)
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("aidist.worker")
@@ -101,6 +108,15 @@ class MessageBatcher:
         except PoisonMessage as exc:
             log.error("dead-lettering a poison message: %s", exc)
             message.reject(requeue=False)
+            return
+        redelivered = bool((getattr(message, "delivery_info", None) or {}).get("redelivered"))
+        try:
+            if redelivered and not problems and split_redelivered(self.runtime(), entries):
+                message.ack()
+                return
+        except ServiceUnavailable as exc:
+            log.error("requeueing a redelivered message, cannot split it now: %s", exc)
+            message.reject(requeue=True)
             return
         self._held.append(_Held(message, entries, problems))
         if self.events is not None:

@@ -140,9 +140,25 @@ def run_retrying(runtime: WorkerRuntime, entries: Sequence[JobEntry],
     return report
 
 
-def execute(runtime: WorkerRuntime, raw_entries: Any) -> BatchReport:
+def split_redelivered(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> bool:
+    """A redelivered message of several jobs is republished as one message per job (and the
+    caller acks the original): if one of its jobs killed the worker, only that job keeps coming
+    back (until its attempts run out) and its message-mates run normally. True if split."""
+    if len(entries) < 2:
+        return False
+    for entry in entries:
+        runtime.forward(queue_name(runtime.settings.namespace, entry.kind, entry.target),
+                        [entry.to_wire()])
+    log.warning("split a redelivered message into %d single-job messages", len(entries))
+    return True
+
+
+def execute(runtime: WorkerRuntime, raw_entries: Any, redelivered: bool = False) -> BatchReport:
     """Run every job of one message. Raises ``PoisonMessage`` for a message that is unusable."""
     entries, problems = parse_entries(raw_entries)
+    if redelivered and not problems and split_redelivered(runtime, entries):
+        return BatchReport(received=len(entries), ran=0, succeeded=0, failed=0,
+                           skipped=len(entries), expired=0)
     return run_retrying(runtime, entries, problems)
 
 

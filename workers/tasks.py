@@ -7,21 +7,23 @@ from typing import Any
 
 from celery.exceptions import Reject
 
+from aidist.errors import ServiceUnavailable
 from workers.executor import PoisonMessage, ServicesDown, execute
 from workers.runtime import RuntimeHolder
 
 log = logging.getLogger("aidist.worker")
 
 
-def run_jobs(holder: RuntimeHolder, entries: Any) -> dict[str, int]:
+def run_jobs(holder: RuntimeHolder, entries: Any, redelivered: bool = False) -> dict[str, int]:
     """Run one message's jobs. A poison message is rejected without requeue (to the dead-letter
-    queue); if a service stays down past the retry budget the message is requeued, never acked."""
+    queue); if a service stays down past the retry budget the message is requeued, never acked;
+    a redelivered message of several jobs is split into one message per job."""
     try:
-        report = execute(holder.get(), entries)
+        report = execute(holder.get(), entries, redelivered)
     except PoisonMessage as exc:
         log.error("dead-lettering a poison message: %s", exc)
         raise Reject(str(exc), requeue=False) from exc
-    except ServicesDown as exc:
+    except (ServicesDown, ServiceUnavailable) as exc:
         log.error("requeueing a message, a service is down: %s", exc)
         raise Reject(str(exc), requeue=True) from exc
     return {
