@@ -14,8 +14,9 @@ from typing import Any
 from aidist.config import Settings
 from aidist.jobs import JobStatus
 from models import ModelInfo, Registry
-from producers.client import Client, Deadline
+from producers.client import Client
 from producers.job import Job
+from producers.submission import Deadline
 
 
 class AsyncJob:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
 from typing import Any, cast
 
 from aidist import codec
@@ -20,60 +19,8 @@ from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
 from producers.progress import job_progress
 from producers.publisher import Publisher
+from producers.submission import Deadline, Plan, Request, SubmitOptions, submit_options
 from producers.waiting import CompletionTracker
-
-Deadline = float | datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What the rows and the first message of a submission look like."""
-
-    kind: JobKind
-    label: str
-    version: str
-    params: dict[str, Any]
-    first: Step
-    rest: tuple[Step, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """One job to record and send."""
-
-    plan: _Plan
-    input: Any
-    payload: bytes
-    key: str
-    options: SubmitOptions
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitOptions:
-    """Per-submission options shared by every job of one call."""
-
-    priority: int = 0
-    deadline: datetime | None = None
-    idempotency_key: str | None = None
-    tenant: str | None = None
-
-
-def _options(priority: int, deadline: Deadline, idempotency_key: str | None,
-             tenant: str | None) -> SubmitOptions:
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise InvalidInput(f"priority must be an integer from 0 to 9, got {priority!r}")
-    when: datetime | None
-    if deadline is None:
-        when = None
-    elif isinstance(deadline, datetime):
-        if deadline.tzinfo is None:
-            raise InvalidInput("deadline datetime must be timezone-aware (e.g. datetime.now(UTC))")
-        when = deadline
-    elif isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0:
-        when = datetime.now(UTC) + timedelta(seconds=float(deadline))
-    else:
-        raise InvalidInput(f"deadline must be seconds (> 0) or an aware datetime, got {deadline!r}")
-    return SubmitOptions(priority, when, idempotency_key, tenant)
 
 
 class Client:
@@ -97,7 +44,7 @@ class Client:
         self.tracker = CompletionTracker(
             self.cache, self.store, self.cache.reply_key(self.client_id)
         )
-        self._group: GroupSubmitter[_Request, Job] = GroupSubmitter(self._enqueue_requests)
+        self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_requests)
 
     def __enter__(self) -> Client:
         return self
@@ -117,28 +64,28 @@ class Client:
               priority: int = 0, deadline: Deadline = None, idempotency_key: str | None = None,
               tenant: str | None = None) -> Job:
         """Run ``model`` on one input."""
-        options = _options(priority, deadline, idempotency_key, tenant)
+        options = submit_options(priority, deadline, idempotency_key, tenant)
         return self._submit(JobKind.INFER, model, [input], params, options)[0]
 
     def preprocess(self, op: str, input: Any, params: dict[str, Any] | None = None, *,
                    priority: int = 0, deadline: Deadline = None,
                    idempotency_key: str | None = None, tenant: str | None = None) -> Job:
         """Run preprocessing ``op`` on one input."""
-        options = _options(priority, deadline, idempotency_key, tenant)
+        options = submit_options(priority, deadline, idempotency_key, tenant)
         return self._submit(JobKind.PREPROCESS, op, [input], params, options)[0]
 
     def infer_many(self, model: str, inputs: Iterable[Any], params: dict[str, Any] | None = None,
                    *, priority: int = 0, deadline: Deadline = None,
                    tenant: str | None = None) -> list[Job]:
         """One job per input, in input order; inserted in one statement, published packed."""
-        options = _options(priority, deadline, None, tenant)
+        options = submit_options(priority, deadline, None, tenant)
         return self._submit(JobKind.INFER, model, list(inputs), params, options)
 
     def preprocess_many(self, op: str, inputs: Iterable[Any], params: dict[str, Any] | None = None,
                         *, priority: int = 0, deadline: Deadline = None,
                         tenant: str | None = None) -> list[Job]:
         """``infer_many`` for a preprocessing op."""
-        options = _options(priority, deadline, None, tenant)
+        options = submit_options(priority, deadline, None, tenant)
         return self._submit(JobKind.PREPROCESS, op, list(inputs), params, options)
 
     def submit_many(self, target: str, inputs: Iterable[Any],
@@ -146,7 +93,7 @@ class Client:
                     deadline: Deadline = None, tenant: str | None = None) -> list[Job]:
         """``infer_many`` or ``preprocess_many``, whichever ``target`` is registered as."""
         kind = self.registry.get(target).kind
-        options = _options(priority, deadline, None, tenant)
+        options = submit_options(priority, deadline, None, tenant)
         return self._submit(kind, target, list(inputs), params, options)
 
     def pipeline(self, steps: Sequence[str], input: Any,
@@ -164,7 +111,7 @@ class Client:
                       params: dict[str, dict[str, Any]] | None = None, *, priority: int = 0,
                       deadline: Deadline = None, tenant: str | None = None) -> list[Job]:
         """``pipeline`` for many inputs, one job each, inserted and published packed."""
-        options = _options(priority, deadline, None, tenant)
+        options = submit_options(priority, deadline, None, tenant)
         names = list(steps)
         if len(names) < 2:
             raise InvalidInput("a pipeline has at least two steps; use infer or preprocess")
@@ -179,7 +126,7 @@ class Client:
         )
         items = self._checked_inputs(specs[0], list(inputs))
         payloads = [codec.encode(value) for value in items]
-        plan = _Plan(
+        plan = Plan(
             kind=chain[-1].kind,
             label=">".join(names),
             version="|".join(step.version for step in chain)[:128],
@@ -199,7 +146,7 @@ class Client:
         payloads = [codec.encode(value) for value in items]
         keys = [cache_key(kind, target, version, checked, payload) for payload in payloads]
         step = Step(kind, target, version, checked)
-        plan = _Plan(kind=kind, label=target, version=version, params=checked, first=step)
+        plan = Plan(kind=kind, label=target, version=version, params=checked, first=step)
         return self._enqueue(plan, items, payloads, keys, options)
 
     def _checked_inputs(self, spec: ModelSpec, inputs: list[Any]) -> list[Any]:
@@ -215,15 +162,15 @@ class Client:
             self.registry.validate_input(spec, value)
         return inputs
 
-    def _enqueue(self, plan: _Plan, inputs: list[Any], payloads: list[bytes], keys: list[str],
+    def _enqueue(self, plan: Plan, inputs: list[Any], payloads: list[bytes], keys: list[str],
                  options: SubmitOptions) -> list[Job]:
-        requests = [_Request(plan, value, payload, key, options)
+        requests = [Request(plan, value, payload, key, options)
                     for value, payload, key in zip(inputs, payloads, keys, strict=True)]
         if len(requests) == 1 and options.idempotency_key is None:
             return [self._group.submit(requests[0])]
         return self._enqueue_requests(requests)
 
-    def _enqueue_requests(self, requests: list[_Request]) -> list[Job]:
+    def _enqueue_requests(self, requests: list[Request]) -> list[Job]:
         """Cache lookup, one INSERT for every row, packed confirmed publishing of the misses."""
         self.publisher.connect()  # a down broker fails here, before anything is written
         cached = self.cache.get_many([r.key for r in requests])
@@ -329,13 +276,13 @@ class Client:
         encoded results by cache key (they are back in Redis under the same keys too)."""
         records = self.store.get_many([job.id for job in jobs])
         payloads = self.store.payloads([job.id for job in jobs])
-        requests: list[_Request] = []
+        requests: list[Request] = []
         for job in jobs:
             record, payload = records.get(job.id), payloads.get(job.id)
             plan = self._plan_of(record) if record is not None else None
             if record is None or payload is None or plan is None:
                 raise ResultUnavailable(job.id)
-            requests.append(_Request(plan, codec.decode(payload), payload, record.cache_key,
+            requests.append(Request(plan, codec.decode(payload), payload, record.cache_key,
                                      SubmitOptions(tenant=record.tenant)))
         again = self._enqueue_requests(requests)
         for job in self.as_completed(again, timeout=timeout):
@@ -347,7 +294,7 @@ class Client:
         return {job.cache_key: data for job, data in zip(again, found, strict=True)
                 if data is not None}
 
-    def _plan_of(self, record: JobRecord) -> _Plan | None:
+    def _plan_of(self, record: JobRecord) -> Plan | None:
         """How to run a recorded job again, or None if its model or op changed version since."""
         if "steps" in record.params and ">" in record.target:
             chain = tuple(Step.from_wire(step) for step in record.params["steps"])
@@ -357,7 +304,7 @@ class Client:
             if step.target not in self.registry.names() or (
                     self.registry.version(step.target) != step.version):
                 return None
-        return _Plan(kind=record.kind, label=record.target, version=record.version,
+        return Plan(kind=record.kind, label=record.target, version=record.version,
                      params=record.params, first=chain[0], rest=chain[1:])
 
     def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None, *,
