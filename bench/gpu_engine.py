@@ -43,9 +43,9 @@ class MemoryStore:
     def claim(self, job_ids: Sequence[str], worker: str, max_attempts: int = 8) -> list[Claim]:
         return [Claim(job_id, JobStatus.RUNNING, 1) for job_id in job_ids]
 
-    def finish(self, outcomes: Sequence[Outcome]) -> int:
+    def finish_returning(self, outcomes: Sequence[Outcome]) -> set[str]:
         self.finished += len(outcomes)
-        return len(outcomes)
+        return {outcome.id for outcome in outcomes}
 
 
 class MemoryCache:

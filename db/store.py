@@ -108,6 +108,7 @@ _FINISH = text(
                 CAST(:statuses AS text[]), CAST(:errors AS text[]))
          AS u(id, attempt, status, error)
     WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
+    RETURNING jobs.id
     """
 )
 
@@ -250,8 +251,12 @@ class JobStore:
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """Record how each run ended, in one statement; returns how many rows changed. A row whose
         attempt moved on, or that was cancelled meanwhile, is left alone."""
+        return len(self.finish_returning(outcomes))
+
+    def finish_returning(self, outcomes: Sequence[Outcome]) -> set[str]:
+        """``finish``, returning the ids it changed (only those get a completion notice)."""
         if not outcomes:
-            return 0
+            return set()
         params: dict[str, Any] = {
             "ids": [o.id for o in outcomes],
             "attempts": [o.attempt for o in outcomes],
@@ -259,15 +264,17 @@ class JobStore:
             "errors": [o.error for o in outcomes],
         }
         with self._begin() as connection:
-            return connection.execute(_FINISH, params).rowcount
+            return {str(row.id) for row in connection.execute(_FINISH, params)}
 
     def cancel(self, job_id: str) -> JobStatus:
-        """Cancel a queued job; returns the job's status afterwards (unchanged if not queued)."""
+        """Cancel a job that has not finished; returns its status afterwards (unchanged if it had
+        finished). A queued job never runs; a running one is not recorded as finished by the
+        worker, whose results it discards, and the next step of a pipeline never starts."""
         with self._begin() as connection:
             row = connection.execute(
                 text(
                     "UPDATE jobs SET status = 'cancelled', finished_at = now() "
-                    "WHERE id = :id AND status = 'queued' RETURNING status"
+                    "WHERE id = :id AND status IN ('queued', 'running') RETURNING status"
                 ),
                 {"id": _uuid(job_id)},
             ).first()

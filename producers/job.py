@@ -46,7 +46,9 @@ class Job:
         return self._client.results_of([self], timeout)[0]
 
     def cancel(self) -> bool:
-        """Cancel the job if it has not started; returns True if it is now cancelled."""
+        """Cancel the job unless it has finished; True if it is now cancelled. A queued job never
+        runs; a running one stops at the next batch boundary: the batch in hand completes but
+        its result is not reported, and no further pipeline step starts."""
         status = self._client.store.cancel(self.id)
         if status is JobStatus.CANCELLED:
             self._client.tracker.record(self.id, status)

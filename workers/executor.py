@@ -230,8 +230,14 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
     for queue, wires in forwards.items():
         for start in range(0, len(wires), runtime.settings.pack_size):
             runtime.forward(queue, wires[start : start + runtime.settings.pack_size])
-    runtime.store.finish(outcomes)
-    runtime.cache.notify(notices)
+    changed = runtime.store.finish_returning(outcomes)
+    # No notice for a job whose row did not change (cancelled meanwhile, or a stale attempt):
+    # its client learns the recorded status instead.
+    reported = {o.id for o in outcomes if o.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)}
+    runtime.cache.notify({
+        reply_to: [n for n in items if n.job_id in changed or n.job_id not in reported]
+        for reply_to, items in notices.items()
+    })
     failed = sum(1 for o in outcomes if o.status is JobStatus.FAILED)
     return BatchReport(
         received=len(ids),

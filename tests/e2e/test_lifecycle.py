@@ -143,3 +143,14 @@ def test_result_lost_from_redis_is_recomputed(workers: object, client: Client,
     tokens = pipeline.result(timeout=60)
     client.cache.client.delete(client.cache.result_key(pipeline.cache_key))
     assert pipeline.result(timeout=60) == tokens
+
+
+def test_cancelling_a_running_job_drops_its_result(workers: object, client: Client,
+                                                   store: JobStore) -> None:
+    job = _occupy_gpu_worker(client, seconds=2.0)  # running now
+    assert job.cancel() is True
+    follower = client.infer("toy-classifier", "after the cancelled running job")
+    follower.result(timeout=120)  # the worker has moved past the cancelled job's batch
+    assert store.get(job.id).status is JobStatus.CANCELLED
+    with pytest.raises(JobCancelled):
+        job.result(timeout=5)

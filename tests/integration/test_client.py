@@ -381,14 +381,14 @@ def test_cancel_a_queued_job(ns_client: Client, store: JobStore) -> None:
     assert store.claim([job.id], "worker-x") == []  # and it never runs
 
 
-def test_cancel_of_a_running_or_finished_job_returns_false(ns_client: Client,
-                                                           store: JobStore) -> None:
+def test_cancel_of_a_running_job_succeeds_and_of_a_finished_one_fails(ns_client: Client,
+                                                                      store: JobStore) -> None:
     running, finished = ns_client.infer_many(TOY, ["running", "finished"])
     store.claim([running.id, finished.id], "worker-x")
     store.finish([Outcome(finished.id, 1, JobStatus.SUCCEEDED)])
-    assert running.cancel() is False
+    assert running.cancel() is True
     assert finished.cancel() is False
-    assert store.get(running.id).status is JobStatus.RUNNING
+    assert store.get(running.id).status is JobStatus.CANCELLED
     assert store.get(finished.id).status is JobStatus.SUCCEEDED
 
 

@@ -188,7 +188,7 @@ def test_finish_writes_error_text_per_job_in_one_call(store: JobStore,
     assert store.finish([]) == 0
 
 
-def test_cancel_queued_cancels_and_leaves_others_unchanged(store: JobStore,
+def test_cancel_cancels_unfinished_jobs_and_leaves_finished_ones(store: JobStore,
                                                           new_job: NewJobFactory) -> None:
     queued, running, succeeded = new_job(), new_job(), new_job(status=JobStatus.SUCCEEDED)
     store.insert_jobs([queued, running, succeeded])
@@ -200,8 +200,10 @@ def test_cancel_queued_cancels_and_leaves_others_unchanged(store: JobStore,
     assert record.finished_at is not None
     assert store.claim([queued.id], "worker-a") == []  # a cancelled job never runs
 
-    assert store.cancel(running.id) is JobStatus.RUNNING
-    assert store.get(running.id).status is JobStatus.RUNNING
+    assert store.cancel(running.id) is JobStatus.CANCELLED  # stops at the next batch boundary
+    assert store.finish([Outcome(running.id, store.get(running.id).attempts,
+                                 JobStatus.SUCCEEDED)]) == 0  # the worker's result is dropped
+    assert store.get(running.id).status is JobStatus.CANCELLED
     assert store.cancel(succeeded.id) is JobStatus.SUCCEEDED
     assert store.get(succeeded.id).status is JobStatus.SUCCEEDED
     assert store.cancel(queued.id) is JobStatus.CANCELLED  # cancelling twice is harmless

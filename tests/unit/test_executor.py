@@ -60,15 +60,18 @@ class FakeStore:
         return claims
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
+        return len(self.finish_returning(outcomes))
+
+    def finish_returning(self, outcomes: Sequence[Outcome]) -> set[str]:
         self.events.append("finish")
-        changed = 0
+        changed = set()
         for outcome in outcomes:
             assert outcome.status.terminal, outcome
             if (self.status.get(outcome.id) is JobStatus.RUNNING
                     and self.attempts[outcome.id] == outcome.attempt):
                 self.status[outcome.id] = outcome.status
                 self.finished[outcome.id] = outcome
-                changed += 1
+                changed.add(outcome.id)
         return changed
 
     def close(self) -> None:
@@ -502,3 +505,19 @@ def test_identical_jobs_in_one_batch_run_once(harness: Harness) -> None:
     assert report.succeeded == 4
     assert {harness.store.status[e["id"]] for e in [*twins, other]} == {JobStatus.SUCCEEDED}
     assert len(harness.cache.notices["client-a"]) == 4
+
+
+def test_a_job_cancelled_while_running_gets_no_notice_and_stays_cancelled(
+        harness: Harness) -> None:
+    kept, cancelled = harness.entry("recorder", "kept"), harness.entry("recorder", "dropped")
+    original = harness.store.claim
+
+    def claim_then_cancel(job_ids: Any, worker: str, max_attempts: int = 8) -> Any:
+        claims = original(job_ids, worker, max_attempts)
+        harness.store.status[cancelled["id"]] = JobStatus.CANCELLED  # cancel() while it runs
+        return claims
+
+    harness.store.claim = claim_then_cancel  # type: ignore[method-assign]
+    harness.run([kept, cancelled])
+    assert harness.store.status[cancelled["id"]] is JobStatus.CANCELLED
+    assert [n.job_id for n in harness.cache.notices["client-a"]] == [kept["id"]]
