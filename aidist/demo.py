@@ -25,6 +25,7 @@ from rich.table import Table
 
 from aidist.config import Settings
 from aidist.jobs import JobStatus
+from aidist.processes import warm_stop
 from aidist.routing import queue_name
 from db import setup as db_setup
 from producers import Client, Job
@@ -106,16 +107,11 @@ class DemoWorkers:
         console.print(f"workers ready ({pids}); logs in {self.log_dir}")
 
     def stop(self, console: Console) -> None:
-        for process in self.processes.values():
+        for process in self.processes.values():  # both shut down at once
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for pool, process in self.processes.items():
-            try:
-                code = process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
-            console.print(f"{pool} worker stopped (exit code {code})")
+            console.print(f"{pool} worker stopped (exit code {warm_stop(process)})")
 
 
 def _wait_with_progress(client: Client, groups: dict[str, Sequence[Job]],

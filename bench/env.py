@@ -20,6 +20,7 @@ import pika.exceptions
 from sqlalchemy import make_url
 
 from aidist.config import Settings
+from aidist.processes import warm_stop
 from aidist.routing import dead_letter_exchange, dead_letter_queue, jobs_exchange, queue_name
 from bench.config import REPO
 from db import setup as db_setup
@@ -106,14 +107,7 @@ class Worker:
 
     def stop(self) -> int:
         """Warm shutdown (SIGTERM); SIGKILL if it does not stop within ``STOP_TIMEOUT_S``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return warm_stop(self.process, STOP_TIMEOUT_S)
 
 
 @dataclass

@@ -7,7 +7,6 @@ A service that is down makes the tests that need it fail (never skip): `.ci/run`
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from sqlalchemy import make_url
 
 from aidist.config import Settings
+from aidist.processes import warm_stop
 from aidist.routing import dead_letter_exchange, dead_letter_queue, jobs_exchange, queue_name
 from db import setup as db_setup
 from db.cache import ResultCache
@@ -149,14 +149,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 60.0) -> int:
         """Warm shutdown (SIGTERM), as an operator would; SIGKILL if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return warm_stop(self.process, timeout)
 
 
 def start_worker(settings: Settings, pool: str, log_dir: Path, *extra: str,
