@@ -6,7 +6,7 @@ reads the environment itself.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def __repr_args__(self) -> Any:
+        # Settings end up in logs and tracebacks: never with the passwords inside the URLs.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name is not None and name.endswith("_url") else value
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``AIDIST_*`` variables, to hand to a child process (a worker)."""

@@ -158,3 +158,13 @@ def test_as_env_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPa
     for name, value in original.as_env().items():
         monkeypatch.setenv(name, value)
     assert Settings(_env_file=None) == original  # type: ignore[call-arg]
+
+
+def test_settings_never_show_passwords_in_repr_or_str() -> None:
+    settings = Settings(broker_url="amqp://user:s3cret@host:5672//",
+                        redis_url="redis://:hunter2@host:6379/0",
+                        database_url="postgresql+psycopg://app:pa55@host/db")
+    for text in (repr(settings), str(settings)):
+        assert "s3cret" not in text and "hunter2" not in text and "pa55" not in text
+        assert "amqp://user:***@host:5672//" in text
+    assert settings.broker_url == "amqp://user:s3cret@host:5672//"  # the value itself is intact
