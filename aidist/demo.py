@@ -25,7 +25,7 @@ from rich.table import Table
 
 from aidist.config import Settings
 from aidist.jobs import JobStatus
-from aidist.processes import warm_stop
+from aidist.processes import wait_or_kill
 from aidist.routing import queue_name
 from db import setup as db_setup
 from producers import Client, Job
@@ -111,7 +111,7 @@ class DemoWorkers:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for pool, process in self.processes.items():
-            console.print(f"{pool} worker stopped (exit code {warm_stop(process)})")
+            console.print(f"{pool} worker stopped (exit code {wait_or_kill(process)})")
 
 
 def _wait_with_progress(client: Client, groups: dict[str, Sequence[Job]],

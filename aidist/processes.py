@@ -9,12 +9,17 @@ from typing import Any
 
 
 def warm_stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> int:
-    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; returns the exit code."""
+    """SIGTERM (once), wait up to ``timeout`` seconds, then SIGKILL; returns the exit code."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return wait_or_kill(process, timeout)
+
+
+def wait_or_kill(process: subprocess.Popen[Any], timeout: float = 60.0) -> int:
+    """Wait for a process already told to stop; SIGKILL it after ``timeout`` seconds."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     return process.returncode

@@ -238,9 +238,14 @@ class BackgroundRunner:
                 return out
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until every submitted batch has run (warm shutdown)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
+        """Wait until every submitted batch has run (warm shutdown). Polls without taking the
+        lock: it is called from a signal handler, which may have interrupted a holder of it."""
+        deadline = time.monotonic() + timeout
+        while self._unfinished:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _loop(self) -> None:
         while True:

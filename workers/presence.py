@@ -41,7 +41,8 @@ class WorkerPresence:
         self.queue_of = queue_of
         self.consume = consume
         self.started = time.monotonic()
-        self._stop = threading.Event()
+        self._stopped = False  # a plain flag: stop() runs in a signal handler, so it takes no lock
+        self._pause = threading.Event()  # only ever waited on, by the heartbeat thread
         self._thread = threading.Thread(target=self._loop, name="aidist-presence", daemon=True)
 
     def start(self) -> None:
@@ -49,17 +50,18 @@ class WorkerPresence:
         self._thread.start()
 
     def stop(self) -> None:
-        """End heartbeats; the announcement expires on its own."""
-        self._stop.set()
+        """End heartbeats; the announcement expires on its own. Safe in a signal handler (Celery
+        calls it from its SIGTERM handler, which a second SIGTERM can re-enter)."""
+        self._stopped = True
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopped:
             try:
                 self.cache.put_presence(self.node, self.info, ttl_s=HEARTBEAT_S * 3)
                 self._check_waiting()
             except AidistError as exc:
                 log.warning("presence heartbeat failed: %s", exc)
-            self._stop.wait(HEARTBEAT_S if not self.waiting else min(HEARTBEAT_S, 1.0))
+            self._pause.wait(HEARTBEAT_S if not self.waiting else min(HEARTBEAT_S, 1.0))
 
     def _check_waiting(self) -> None:
         if not self.waiting or time.monotonic() - self.started < self.settings.load_failure_grace_s:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import signal
+from pathlib import Path
 
 import pytest
 
+from aidist.config import Settings
+from aidist.processes import wait_or_kill
 from producers import Client
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, start_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -41,3 +45,13 @@ def test_gpu_pool_is_one_process_that_loads_each_model_once(
     assert "minilm" in names and "toy-classifier" in names
     assert sorted(names) == sorted(set(names))
     assert all(device == "cpu" for _, device, _ in loads)  # no GPU on this machine
+
+
+def test_worker_shuts_down_cleanly_on_repeated_sigterm(settings: Settings,
+                                                       tmp_path: Path) -> None:
+    """An operator (or a supervisor) may send SIGTERM twice: the warm shutdown must not hang."""
+    worker = start_worker(settings, "gpu", tmp_path, "--models", "toy-classifier",
+                          serving=["toy-classifier"])
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.send_signal(signal.SIGTERM)
+    assert wait_or_kill(worker.process, timeout=60) == 0, worker.log()[-2000:]
