@@ -49,9 +49,11 @@ def test_gpu_pool_is_one_process_that_loads_each_model_once(
 
 def test_worker_shuts_down_cleanly_on_repeated_sigterm(settings: Settings,
                                                        tmp_path: Path) -> None:
-    """An operator (or a supervisor) may send SIGTERM twice: the warm shutdown must not hang."""
+    """An operator (or a supervisor) may send SIGTERM twice: the worker must not hang (the second
+    signal may turn the warm shutdown into Celery's cold one; unacked messages are redelivered)."""
     worker = start_worker(settings, "gpu", tmp_path, "--models", "toy-classifier",
                           serving=["toy-classifier"])
     worker.process.send_signal(signal.SIGTERM)
     worker.process.send_signal(signal.SIGTERM)
-    assert wait_or_kill(worker.process, timeout=60) == 0, worker.log()[-2000:]
+    code = wait_or_kill(worker.process, timeout=60)
+    assert code in (0, -signal.SIGTERM), worker.log()[-2000:]  # -SIGKILL: it hung and was killed
