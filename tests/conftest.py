@@ -126,11 +126,6 @@ def aidist_command() -> str:
     return str(Path(sys.executable).parent / "aidist")
 
 
-def consumer_count(settings: Settings, queue: str) -> int:
-    """Consumers on ``queue`` right now (0 if it does not exist yet), read over AMQP with pika."""
-    return queue_stats(settings.broker_url, [queue])[0].consumers
-
-
 def queue_depth(settings: Settings, queue: str) -> int:
     """Ready messages in ``queue`` (0 if it does not exist)."""
     return queue_stats(settings.broker_url, [queue])[0].messages

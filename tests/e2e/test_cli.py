@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
@@ -75,14 +74,12 @@ def test_unknown_model_and_bad_input_are_one_line_errors(settings: Settings) -> 
 def test_service_down_is_named_quickly_without_traceback(settings: Settings, field: str,
                                                          url: str, service: str) -> None:
     broken = make_settings(**{**settings.model_dump(), field: url})
-    started = time.monotonic()
-    done = _run(broken, "submit", "toy-classifier", "hello", timeout=60)
-    elapsed = time.monotonic() - started
+    # the bound, 10 s, plus 5 s for the interpreter to start: past it, TimeoutExpired
+    done = _run(broken, "submit", "toy-classifier", "hello", timeout=10 + 5)
     assert done.returncode == 3
     assert f"{service} is unavailable at" in done.stderr
     assert "127.0.0.1:1" in done.stderr and "secret" not in done.stderr
     assert "Traceback" not in done.stderr
-    assert elapsed < 10 + 5  # spec: under 10 s to fail; +5 s for interpreter start-up
 
 
 def test_celery_inspect_sees_aidist_workers(workers: object, settings: Settings) -> None:
