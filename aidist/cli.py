@@ -21,10 +21,13 @@ from aidist import demo as demo_module
 from aidist.config import Settings, redact_url
 from aidist.errors import AidistError, ConfigError, JobError, ServiceUnavailable
 from aidist.jobs import JobStatus
+from db import JobStore
 from db import setup as db_setup
 from producers import Client
 from producers.progress import job_progress
+from producers.publisher import Publisher
 from workers.launch import run_worker
+from workers.sweeper import sweep_once
 
 app = typer.Typer(help="aidist: AI inference and preprocessing as durable jobs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -177,6 +180,26 @@ def models() -> None:
         table.add_row(m.name, m.kind, m.pool, m.version, str(m.max_batch_size), where,
                       m.description)
     out.print(table)
+
+
+@app.command()
+def sweep(
+    older_than: Annotated[
+        float | None, typer.Option(help="Seconds a job must have waited unsent "
+                                        "(default AIDIST_SWEEP_AFTER_S).")
+    ] = None,
+) -> None:
+    """Publish queued jobs whose message was never sent (their client or the broker failed in
+    between). Every worker does this every AIDIST_SWEEP_INTERVAL_S; this is one pass now."""
+    settings = _settings()
+    store = JobStore.connect(settings.database_url, settings.connect_timeout_s)
+    publisher = Publisher(settings.broker_url, settings.namespace, settings.connect_timeout_s)
+    try:
+        count = sweep_once(settings, store, publisher.publish, older_than)
+    finally:
+        publisher.close()
+        store.close()
+    out.print(f"published {count} unsent job(s)")
 
 
 @db_app.command("upgrade")

@@ -75,8 +75,23 @@ class Settings(BaseSettings):
     device: str = Field(default="cpu", description="Default torch device of gpu-pool workers.")
     max_attempts: int = Field(
         default=8, ge=1, le=1000,
-        description="Runs a job may start (every pipeline step, worker death and redelivery "
-                    "counts) before it is failed instead of run again.")
+        description="Runs a job may start (its first run, and every takeover after a worker "
+                    "death or redelivery, count) before it is failed instead of run again.")
+    durable_results: bool = Field(
+        default=True,
+        description="Keep a copy of each result in its Postgres row, so a flushed or restarted "
+                    "Redis costs a read, not a second run of the model.")
+    job_time_limit_s: float = Field(
+        default=600.0, gt=0, le=1700,
+        description="Longest one batch (or cpu-pool message) may run. Past it the worker process "
+                    "exits so its messages go to another run (the attempt budget ends a job "
+                    "that always hangs). Below RabbitMQ's consumer_timeout (30 min).")
+    sweep_after_s: float = Field(
+        default=30.0, gt=0,
+        description="A queued job whose message was never confirmed sent is published by a "
+                    "worker's sweeper after this long (its client or the broker died between).")
+    sweep_interval_s: float = Field(
+        default=10.0, gt=0, description="How often each worker runs the sweeper.")
     task_events: bool = Field(
         default=False,
         description="Workers send Celery task events (for Flower); three small messages per "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 RUN_JOBS_TASK = "aidist.run_jobs"
@@ -90,6 +90,15 @@ class Step:
             raise ValueError(f"pipeline step lacks field {exc.args[0]!r}") from exc
 
 
+def recorded_steps(kind: JobKind, target: str, version: str, params: dict[str, Any]
+                   ) -> tuple[Step, ...]:
+    """The steps of a job as recorded in its row: a pipeline keeps its chain in ``params``
+    under its label ``a>b``; any other job is one step."""
+    if "steps" in params and ">" in target:
+        return tuple(Step.from_wire(step) for step in params["steps"])
+    return (Step(kind, target, version, params),)
+
+
 def pipeline_key(steps: list[Step], input_bytes: bytes) -> str:
     """Content key of a pipeline's final result: every step's target, version and params."""
     described = [[s.kind.value, s.target, s.version, canonical_params(s.params)] for s in steps]
@@ -110,6 +119,9 @@ class JobEntry:
     reply_to: str | None = None
     steps: tuple[Step, ...] = ()
     each: bool = False
+    step: int = 0  # pipeline step this message runs (0: the first)
+    attempt: int = 0  # for a later step: the run (attempt number) that forwarded it
+    takeover: bool = False  # redelivered: may take over a run whose worker is gone
 
     def to_wire(self) -> dict[str, Any]:
         """Plain dict for JSON/msgpack; never pickle."""
@@ -128,16 +140,24 @@ class JobEntry:
             wire["steps"] = [step.to_wire() for step in self.steps]
         if self.each:
             wire["each"] = True
+        if self.step:
+            wire["step"], wire["attempt"] = self.step, self.attempt
+        if self.takeover:
+            wire["takeover"] = True
         return wire
 
-    def next_step(self, output: Any) -> JobEntry:
-        """The entry that carries this job to its next pipeline step, with ``output`` as input;
-        a list output is run item by item there (``each``)."""
+    def taking_over(self) -> JobEntry:
+        """This entry as delivered again: it may take over a run whose worker is gone."""
+        return replace(self, takeover=True)
+
+    def next_step(self, output: Any, attempt: int) -> JobEntry:
+        """The entry that carries this job to its next pipeline step, with ``output`` as input
+        (a list output is run item by item there, ``each``), fenced on the run ``attempt``."""
         step = self.steps[0]
         return JobEntry(id=self.id, kind=step.kind, target=step.target, version=step.version,
                         input=output, cache_key=self.cache_key, params=step.params,
                         reply_to=self.reply_to, steps=self.steps[1:],
-                        each=isinstance(output, list))
+                        each=isinstance(output, list), step=self.step + 1, attempt=attempt)
 
     @classmethod
     def from_wire(cls, data: Any) -> JobEntry:
@@ -154,6 +174,9 @@ class JobEntry:
             if not isinstance(steps, list):
                 raise ValueError("steps must be a list")
             each = bool(data.get("each", False))
+            step, attempt = data.get("step", 0), data.get("attempt", 0)
+            if not (isinstance(step, int) and isinstance(attempt, int) and step >= 0):
+                raise ValueError("step and attempt must be non-negative integers")
             if each and not isinstance(data["input"], list):
                 raise ValueError("an 'each' entry needs a list input")
             return cls(
@@ -167,6 +190,9 @@ class JobEntry:
                 reply_to=data.get("reply_to"),
                 steps=tuple(Step.from_wire(step) for step in steps),
                 each=each,
+                step=step,
+                attempt=attempt,
+                takeover=bool(data.get("takeover", False)),
             )
         except KeyError as exc:
             raise ValueError(f"job entry lacks field {exc.args[0]!r}") from exc

@@ -53,6 +53,33 @@ class JobRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a delivery asks of a job's row. A first delivery (step 0) takes a queued job only: a
+    running one is held by another worker, whose unacked message comes back if that worker dies.
+    A ``takeover`` (a redelivered message: the previous holder is gone) may take a running one.
+    A later pipeline step continues the run that forwarded it, fenced on its ``attempt``."""
+
+    id: str
+    step: int = 0
+    attempt: int = 0
+    takeover: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnsentJob:
+    """A queued job whose message was never confirmed: what the sweeper needs to publish it."""
+
+    id: str
+    kind: JobKind
+    target: str
+    version: str
+    params: dict[str, Any]
+    cache_key: str
+    payload: bytes
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """Result of claiming a job for a run: ``status`` is running (go), or expired (skip)."""
 
@@ -69,3 +96,4 @@ class Outcome:
     attempt: int
     status: JobStatus
     error: str | None = None
+    result: bytes | None = None

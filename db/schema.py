@@ -67,10 +67,15 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
+    step: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_cache_key", "cache_key"),
+        Index("ix_jobs_unsent", "created_at",
+              postgresql_where=text("status = 'queued' AND sent_at IS NULL")),
         Index(
             "ux_jobs_idempotency",
             text("coalesce(tenant, '')"),

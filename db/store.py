@@ -1,14 +1,15 @@
 """The job store: every SQL statement aidist runs lives here. Rows leave as frozen dataclasses.
 
 Hot-path writes are one statement per batch: ``insert_jobs`` (multi-row INSERT), ``claim`` and
-``finish`` (``UPDATE ... FROM unnest(...)``). ``claim`` and ``finish`` fence on the attempt number
-so a stale run can never overwrite a newer one.
+``finish`` (``UPDATE ... FROM unnest(...)``). ``claim`` fences on status, pipeline step and attempt
+so a duplicate or stale message never starts a second run; ``finish`` fences on the attempt so a
+stale run can never overwrite a newer one.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError, SQLAl
 from aidist.config import redact_url
 from aidist.errors import AidistError, ConfigError, ServiceUnavailable, UnknownJob
 from aidist.jobs import JobKind, JobStatus
-from db.records import Claim, JobRecord, NewJob, Outcome
+from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
 from db.schema import jobs_table
 
 SERVICE = "PostgreSQL"
@@ -80,33 +81,48 @@ def _record(row: RowMapping) -> JobRecord:
     )
 
 
-_RECORD_COLUMNS = [c for c in jobs_table.c if c.name != "payload"]
+_RECORD_COLUMNS = [c for c in jobs_table.c
+                   if c.name not in ("payload", "result", "sent_at", "step")]
 
+# Which deliveries may start a run (see ClaimRequest): a first delivery takes a queued job; a
+# redelivery may take over a running one at the same step; a pipeline step continues the run
+# that forwarded it (same attempt, previous step). Starting a run of step 0, or taking one over,
+# counts against the attempt budget; continuing a pipeline does not.
 _CLAIM = text(
     """
     UPDATE jobs SET
-        status = CASE WHEN deadline IS NOT NULL AND deadline < now() THEN 'expired'
-                      WHEN attempts >= :max_attempts THEN 'failed'
+        status = CASE WHEN jobs.deadline IS NOT NULL AND jobs.deadline < now() THEN 'expired'
+                      WHEN u.counts AND jobs.attempts >= :max_attempts THEN 'failed'
                       ELSE 'running' END,
-        error = CASE WHEN (deadline IS NULL OR deadline >= now()) AND attempts >= :max_attempts
-                     THEN :gave_up ELSE error END,
-        attempts = attempts + 1,
+        error = CASE WHEN (jobs.deadline IS NULL OR jobs.deadline >= now())
+                          AND u.counts AND jobs.attempts >= :max_attempts
+                     THEN :gave_up ELSE jobs.error END,
+        attempts = jobs.attempts + CASE WHEN u.counts THEN 1 ELSE 0 END,
+        step = u.step,
         started_at = now(),
-        finished_at = CASE WHEN (deadline IS NOT NULL AND deadline < now())
-                                OR attempts >= :max_attempts
+        finished_at = CASE WHEN (jobs.deadline IS NOT NULL AND jobs.deadline < now())
+                                OR (u.counts AND jobs.attempts >= :max_attempts)
                            THEN now() ELSE NULL END,
         worker = :worker
-    WHERE id = ANY(:ids) AND status IN ('queued', 'running')
-    RETURNING id, status, attempts
+    FROM (SELECT r.*, (r.takeover OR r.step = 0) AS counts
+          FROM unnest(CAST(:ids AS uuid[]), CAST(:steps AS int[]), CAST(:attempts AS int[]),
+                      CAST(:takeovers AS boolean[])) AS r(id, step, attempt, takeover)) AS u
+    WHERE jobs.id = u.id AND (
+        (u.step = 0 AND jobs.status = 'queued')
+        OR (u.step = 0 AND u.takeover AND jobs.status = 'running' AND jobs.step = 0)
+        OR (u.step > 0 AND jobs.status = 'running' AND jobs.attempts = u.attempt
+            AND (jobs.step = u.step - 1 OR (u.takeover AND jobs.step = u.step))))
+    RETURNING jobs.id, jobs.status, jobs.attempts
     """
 )
 
 _FINISH = text(
     """
-    UPDATE jobs SET status = u.status, error = u.error, finished_at = now()
+    UPDATE jobs SET status = u.status, error = u.error, finished_at = now(),
+                    result = coalesce(u.result, jobs.result)
     FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
-                CAST(:statuses AS text[]), CAST(:errors AS text[]))
-         AS u(id, attempt, status, error)
+                CAST(:statuses AS text[]), CAST(:errors AS text[]), CAST(:results AS bytea[]))
+         AS u(id, attempt, status, error, result)
     WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
     RETURNING jobs.id
     """
@@ -233,15 +249,20 @@ class JobStore:
             counts = {JobStatus(status): n for status, n in connection.execute(query)}
         return {status: counts.get(status, 0) for status in JobStatus}
 
-    def claim(self, job_ids: Sequence[str], worker: str,
+    def claim(self, requests: Sequence[ClaimRequest], worker: str,
               max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[Claim]:
-        """Start a run of each job still queued (or running, after a lost worker) in one UPDATE.
+        """Start a run of each job its delivery may run (see ``ClaimRequest``), in one UPDATE.
         Jobs past their deadline come back expired; jobs that already had ``max_attempts`` runs
         (worker deaths and redeliveries count: a message that kills its worker comes back every
-        time) come back failed; finished or cancelled ones do not come back."""
-        if not job_ids:
+        time) come back failed; jobs that are finished, cancelled, or held by another run do not
+        come back, and their delivery must not run them."""
+        valid = [r for r in requests if _is_uuid(r.id)]
+        if not valid:
             return []
-        params = {"ids": _uuids(job_ids), "worker": worker, "max_attempts": max_attempts,
+        params = {"ids": [_uuid(r.id) for r in valid], "steps": [r.step for r in valid],
+                  "attempts": [r.attempt for r in valid],
+                  "takeovers": [r.takeover for r in valid],
+                  "worker": worker, "max_attempts": max_attempts,
                   "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
                              "interrupted: worker deaths or redeliveries)"}
         with self._begin() as connection:
@@ -262,6 +283,7 @@ class JobStore:
             "attempts": [o.attempt for o in outcomes],
             "statuses": [o.status.value for o in outcomes],
             "errors": [o.error for o in outcomes],
+            "results": [o.result for o in outcomes],
         }
         with self._begin() as connection:
             return {str(row.id) for row in connection.execute(_FINISH, params)}
@@ -279,6 +301,56 @@ class JobStore:
                 {"id": _uuid(job_id)},
             ).first()
         return JobStatus(row.status) if row is not None else self.get(job_id).status
+
+    def mark_sent(self, job_ids: Sequence[str]) -> None:
+        """Record that the jobs' messages were confirmed by the broker (they leave the outbox)."""
+        if not job_ids:
+            return
+        with self._begin() as connection:
+            connection.execute(
+                text("UPDATE jobs SET sent_at = now() WHERE id = ANY(:ids) AND sent_at IS NULL"),
+                {"ids": _uuids(job_ids)},
+            )
+
+    def sweep_unsent(self, older_than_s: float, limit: int,
+                     publish: Callable[[list[UnsentJob]], Sequence[str]]) -> int:
+        """Hand queued jobs that were never confirmed sent (older than ``older_than_s``) to
+        ``publish``, and mark those it returns as sent, in one transaction. Rows are locked with
+        SKIP LOCKED, so sweepers in several workers never publish the same row at once; should
+        a job still end up with two messages, the claim fencing runs it once."""
+        query = text(
+            "SELECT id, kind, target, version, params, cache_key, payload, priority FROM jobs "
+            "WHERE status = 'queued' AND sent_at IS NULL AND payload IS NOT NULL "
+            "AND created_at < now() - make_interval(secs => :age) "
+            "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+        )
+        with self._begin() as connection:
+            rows = [
+                UnsentJob(str(r.id), JobKind(r.kind), r.target, r.version, r.params, r.cache_key,
+                          r.payload, r.priority)
+                for r in connection.execute(query, {"age": older_than_s, "limit": limit})
+            ]
+            if not rows:
+                return 0
+            sent = list(publish(rows))
+            connection.execute(
+                text("UPDATE jobs SET sent_at = now() WHERE id = ANY(:ids)"),
+                {"ids": _uuids(sent)},
+            )
+            return len(sent)
+
+    def results_by_key(self, cache_keys: Sequence[str]) -> dict[str, bytes]:
+        """Durable copies of results by cache key (any job with that key), for a result that
+        has left Redis."""
+        if not cache_keys:
+            return {}
+        query = text(
+            "SELECT DISTINCT ON (cache_key) cache_key, result FROM jobs "
+            "WHERE cache_key = ANY(:keys) AND status = 'succeeded' AND result IS NOT NULL"
+        )
+        with self._begin() as connection:
+            return {r.cache_key: r.result
+                    for r in connection.execute(query, {"keys": list(set(cache_keys))})}
 
     def fail_unsent(self, job_ids: Sequence[str], error: str) -> None:
         """Mark queued jobs failed when their message could not be published."""
@@ -313,6 +385,14 @@ def _uuid(value: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError as exc:
         raise UnknownJob(f"{value!r} is not a job id (a UUID)") from exc
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _uuids(values: Sequence[str]) -> list[uuid.UUID]:

@@ -3,6 +3,7 @@ results."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -10,8 +11,16 @@ from typing import Any, cast
 
 from aidist import codec
 from aidist.config import Settings
-from aidist.errors import InvalidInput, JobTimeout, ResultUnavailable
-from aidist.jobs import JobEntry, JobKind, JobStatus, Step, cache_key, pipeline_key
+from aidist.errors import InvalidInput, JobTimeout, ResultUnavailable, ServiceUnavailable
+from aidist.jobs import (
+    JobEntry,
+    JobKind,
+    JobStatus,
+    Step,
+    cache_key,
+    pipeline_key,
+    recorded_steps,
+)
 from aidist.routing import queue_name
 from db import JobRecord, JobStore, NewJob, ResultCache
 from models import ModelInfo, ModelSpec, Registry, build_registry
@@ -21,6 +30,8 @@ from producers.progress import job_progress
 from producers.publisher import Publisher
 from producers.submission import Deadline, Plan, Request, SubmitOptions, submit_options
 from producers.waiting import CompletionTracker
+
+log = logging.getLogger("aidist.client")
 
 
 class Client:
@@ -219,6 +230,12 @@ class Client:
                 self.store.fail_unsent(unsent, "not published: the broker failed mid-submit")
                 raise
             sent.update(e["id"] for e in entries)
+        try:
+            self.store.mark_sent(list(sent))
+        except ServiceUnavailable:
+            # The messages are out and will run; the sweeper may send them again later, and the
+            # claim fencing makes sure each job still runs once.
+            log.warning("could not mark %d published jobs as sent", len(sent))
         return [Job(self, row.id, r.plan.kind, r.plan.label, row.cache_key)
                 for row, r in zip(rows, requests, strict=True)]
 
@@ -264,6 +281,13 @@ class Client:
         for job, (status, error) in zip(jobs, statuses, strict=True):
             raise_for_status(job.id, status, error)
         raw = self.cache.get_many([job.cache_key for job in jobs])
+        if any(data is None for data in raw):
+            durable = self.store.results_by_key(
+                [job.cache_key for job, data in zip(jobs, raw, strict=True) if data is None])
+            if durable:
+                self.cache.put_many(durable, self.settings.result_ttl_s)
+                raw = [durable.get(job.cache_key) if data is None else data
+                       for job, data in zip(jobs, raw, strict=True)]
         missing = [job for job, data in zip(jobs, raw, strict=True) if data is None]
         if missing:
             recomputed = self._recompute(missing, timeout)
@@ -296,10 +320,7 @@ class Client:
 
     def _plan_of(self, record: JobRecord) -> Plan | None:
         """How to run a recorded job again, or None if its model or op changed version since."""
-        if "steps" in record.params and ">" in record.target:
-            chain = tuple(Step.from_wire(step) for step in record.params["steps"])
-        else:
-            chain = (Step(record.kind, record.target, record.version, record.params),)
+        chain = recorded_steps(record.kind, record.target, record.version, record.params)
         for step in chain:
             if step.target not in self.registry.names() or (
                     self.registry.version(step.target) != step.version):

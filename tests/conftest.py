@@ -50,7 +50,10 @@ def settings() -> Iterator[Settings]:
     )
     isolated = make_settings(database_url=database_url, namespace=_unique("t"),
                              plugins=["tests.plugins"], load_failure_grace_s=2.0,
-                             task_events=True, max_attempts=3)
+                             task_events=True, max_attempts=3,
+                             # Tests insert rows they never publish; workers must not sweep them
+                             # (the fault suite turns the sweeper on where it tests it).
+                             sweep_after_s=86_400.0)
     db_setup.upgrade(isolated.database_url)
     yield isolated
     cache = ResultCache.connect(isolated.redis_url, isolated.namespace)

@@ -118,6 +118,8 @@ class MessageBatcher:
             log.error("requeueing a redelivered message, cannot split it now: %s", exc)
             message.reject(requeue=True)
             return
+        if redelivered:
+            entries = [entry.taking_over() for entry in entries]
         self._held.append(_Held(message, entries, problems))
         if self.events is not None:
             self.events.received(message)

@@ -28,7 +28,7 @@ from aidist import codec
 from aidist.errors import AidistError, InvalidInput, ServiceUnavailable
 from aidist.jobs import JobEntry, JobStatus, canonical_params
 from aidist.routing import queue_name
-from db import Notice, Outcome
+from db import ClaimRequest, Notice, Outcome
 from models import Runner
 from workers.runtime import WorkerRuntime
 
@@ -148,7 +148,7 @@ def split_redelivered(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> bo
         return False
     for entry in entries:
         runtime.forward(queue_name(runtime.settings.namespace, entry.kind, entry.target),
-                        [entry.to_wire()])
+                        [entry.taking_over().to_wire()])
     log.warning("split a redelivered message into %d single-job messages", len(entries))
     return True
 
@@ -156,9 +156,11 @@ def split_redelivered(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> bo
 def execute(runtime: WorkerRuntime, raw_entries: Any, redelivered: bool = False) -> BatchReport:
     """Run every job of one message. Raises ``PoisonMessage`` for a message that is unusable."""
     entries, problems = parse_entries(raw_entries)
-    if redelivered and not problems and split_redelivered(runtime, entries):
-        return BatchReport(received=len(entries), ran=0, succeeded=0, failed=0,
-                           skipped=len(entries), expired=0)
+    if redelivered:
+        if not problems and split_redelivered(runtime, entries):
+            return BatchReport(received=len(entries), ran=0, succeeded=0, failed=0,
+                               skipped=len(entries), expired=0)
+        entries = [entry.taking_over() for entry in entries]
     return run_retrying(runtime, entries, problems)
 
 
@@ -173,8 +175,11 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         unique.setdefault(entry.id, entry)
     entries = list(unique.values())
     ids = [e.id for e in entries] + [i for i in problems if i not in unique]
-    claims = {c.id: c for c in runtime.store.claim(ids, runtime.name,
+    requests = [ClaimRequest(e.id, e.step, e.attempt, e.takeover) for e in entries]
+    requests += [ClaimRequest(i, takeover=True) for i in problems if i not in unique]
+    claims = {c.id: c for c in runtime.store.claim(requests, runtime.name,
                                                    runtime.settings.max_attempts)}
+    durable = runtime.settings.durable_results
     notices: dict[str, list[Notice]] = defaultdict(list)
     outcomes: list[Outcome] = []
     for job_id, problem in problems.items():
@@ -200,16 +205,25 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
                     f"gave up after {runtime.settings.max_attempts} attempts"))
             continue
         groups[(entry.target, entry.version, canonical_params(entry.params))].append(entry)
+    done_before = _results_already_stored(runtime, groups)
 
     results: dict[str, bytes] = {}
     forwards: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in (e for group in groups.values() for e in group if e.cache_key in done_before):
+        outcomes.append(Outcome(entry.id, claims[entry.id].attempt, JobStatus.SUCCEEDED,
+                                result=done_before[entry.cache_key] if durable else None))
+        if entry.reply_to:
+            notices[entry.reply_to].append(Notice(entry.id, JobStatus.SUCCEEDED.value))
     for (target, version, _), group in groups.items():
-        for entry, output, run_error in _run_group(runtime, target, version, group):
+        to_run = [entry for entry in group if entry.cache_key not in done_before]
+        if not to_run:
+            continue
+        for entry, output, run_error in _run_group(runtime, target, version, to_run):
             claim = claims[entry.id]
             error = run_error
             if error is None and entry.steps:
                 # a pipeline goes on: the job stays running, its next step gets this output
-                following = entry.next_step(_plain(output))
+                following = entry.next_step(_plain(output), claim.attempt)
                 queue = queue_name(runtime.settings.namespace, following.kind, following.target)
                 forwards[queue].append(following.to_wire())
                 continue
@@ -219,7 +233,8 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
                 except (TypeError, ValueError) as exc:
                     error = f"output cannot be encoded: {exc}"
             if error is None:
-                outcomes.append(Outcome(entry.id, claim.attempt, JobStatus.SUCCEEDED))
+                outcomes.append(Outcome(entry.id, claim.attempt, JobStatus.SUCCEEDED,
+                                        result=results[entry.cache_key] if durable else None))
             else:
                 outcomes.append(Outcome(entry.id, claim.attempt, JobStatus.FAILED, error))
             if entry.reply_to:
@@ -247,6 +262,18 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         skipped=len(ids) - len(claims),
         expired=expired,
     )
+
+
+def _results_already_stored(runtime: WorkerRuntime,
+                            groups: dict[tuple[str, str, str], list[JobEntry]]) -> dict[str, bytes]:
+    """Results already in Redis for jobs about to run (an identical job finished since these
+    were submitted, in another flush or on another worker): those jobs take the stored result
+    instead of running the model again. One MGET per flush."""
+    keys = list({entry.cache_key for group in groups.values() for entry in group})
+    if not keys:
+        return {}
+    found = runtime.cache.get_many(keys)
+    return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
 
 
 def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[JobEntry]

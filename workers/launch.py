@@ -13,11 +13,13 @@ from kombu.connection import Connection
 from aidist.config import Settings, redact_url
 from aidist.errors import ConfigError, ServiceUnavailable
 from aidist.routing import dead_letter_declarations
-from db.cache import ResultCache
+from db import JobStore, ResultCache
 from models import build_registry
+from producers.publisher import Publisher
 from workers.app import batch_policy, create_app, pool_targets, queues_for
 from workers.presence import WorkerPresence
 from workers.runtime import RuntimeHolder
+from workers.sweeper import Sweeper
 
 POOLS = ("gpu", "cpu")
 log = logging.getLogger("aidist.worker")
@@ -99,8 +101,12 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
                                                strict=True)),
         consume=lambda queue: app.control.add_consumer(queue, destination=[node], reply=False),
     )
-    worker_ready.connect(lambda **_: presence.start(), weak=False)
-    worker_shutting_down.connect(lambda **_: presence.stop(), weak=False)
+    sweeper = Sweeper(
+        settings, JobStore.connect(settings.database_url, settings.connect_timeout_s),
+        Publisher(settings.broker_url, settings.namespace, settings.connect_timeout_s).publish)
+    for thread in (presence, sweeper):
+        worker_ready.connect(lambda thread=thread, **_: thread.start(), weak=False)
+        worker_shutting_down.connect(lambda thread=thread, **_: thread.stop(), weak=False)
     workers = concurrency or os.cpu_count() or 1
     app.worker_main(worker_argv(pool, queues_for(settings, registry, ready), workers, node,
                                 loglevel))

@@ -18,7 +18,7 @@ from aidist.config import Settings
 from aidist.jobs import JobKind, JobStatus
 from db import setup as db_setup
 from db.cache import ResultCache
-from db.records import NewJob
+from db.records import ClaimRequest, NewJob
 from db.store import JobStore
 from producers import Client
 from tests.conftest import delete_queues, make_settings
@@ -106,3 +106,13 @@ def new_job() -> NewJobFactory:
         return NewJob(**values)
 
     return build
+
+
+def first(*ids: str) -> list[ClaimRequest]:
+    """Claims of first deliveries."""
+    return [ClaimRequest(job_id) for job_id in ids]
+
+
+def takeover(*ids: str) -> list[ClaimRequest]:
+    """Claims of redeliveries (the previous holder is gone)."""
+    return [ClaimRequest(job_id, takeover=True) for job_id in ids]

@@ -36,7 +36,13 @@ from db.schema import jobs_table
 from db.store import JobStore
 from producers import Client
 from tests.conftest import make_settings, pika_connection, queue_depth
-from tests.integration.conftest import clean_namespace, isolated_settings, total_jobs, unique
+from tests.integration.conftest import (
+    clean_namespace,
+    first,
+    isolated_settings,
+    total_jobs,
+    unique,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -377,13 +383,13 @@ def test_cancel_a_queued_job(ns_client: Client, store: JobStore) -> None:
         job.result(timeout=1)
     assert raised.value.job_id == job.id
     assert job.cancel() is True  # still cancelled: cancelling again is harmless
-    assert store.claim([job.id], "worker-x") == []  # and it never runs
+    assert store.claim(first(job.id), "worker-x") == []  # and it never runs
 
 
 def test_cancel_of_a_running_job_succeeds_and_of_a_finished_one_fails(ns_client: Client,
                                                                       store: JobStore) -> None:
     running, finished = ns_client.infer_many(TOY, ["running", "finished"])
-    store.claim([running.id, finished.id], "worker-x")
+    store.claim(first(running.id, finished.id), "worker-x")
     store.finish([Outcome(finished.id, 1, JobStatus.SUCCEEDED)])
     assert running.cancel() is True
     assert finished.cancel() is False

@@ -48,11 +48,12 @@ def test_upgraded_jobs_table_has_the_design_columns(scratch_database_url: str) -
         assert inspector.get_pk_constraint("jobs")["constrained_columns"] == ["id"]
         for required in ("kind", "target", "status", "attempts", "cache_hit", "created_at"):
             assert columns[required]["nullable"] is False, required
-        for optional in ("started_at", "finished_at", "worker", "error"):
+        assert {"step", "sent_at", "result"} <= set(columns)  # fencing, outbox, durable results
+        for optional in ("started_at", "finished_at", "worker", "error", "sent_at", "result"):
             assert columns[optional]["nullable"] is True, optional
         with engine.connect() as connection:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert revision == "0001"
+        assert revision == "0002"
     finally:
         engine.dispose()
 

@@ -14,9 +14,9 @@ from sqlalchemy import text
 from aidist.errors import AidistError, ConfigError, ServiceUnavailable, UnknownJob
 from aidist.jobs import JobKind, JobStatus
 from db import setup as db_setup
-from db.records import Claim, Outcome
+from db.records import Claim, ClaimRequest, Outcome, UnsentJob
 from db.store import JobStore
-from tests.integration.conftest import NewJobFactory
+from tests.integration.conftest import NewJobFactory, first, takeover
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_get_of_unknown_id_raises_unknown_job(store: JobStore, job_id: str) -> N
 def test_claim_moves_queued_to_running(store: JobStore, new_job: NewJobFactory) -> None:
     row = new_job()
     store.insert_jobs([row])
-    claims = store.claim([row.id], "worker-a")
+    claims = store.claim(first(row.id), "worker-a")
     assert claims == [Claim(row.id, JobStatus.RUNNING, 1)]
     record = store.get(row.id)
     assert record.status is JobStatus.RUNNING
@@ -88,8 +88,10 @@ def test_claim_moves_queued_to_running(store: JobStore, new_job: NewJobFactory) 
     assert record.started_at is not None
     assert record.finished_at is None
 
-    # a lost worker's job can be claimed again: a new attempt by another worker
-    assert store.claim([row.id], "worker-b") == [Claim(row.id, JobStatus.RUNNING, 2)]
+    # a duplicate first delivery does not start a second run while it runs
+    assert store.claim(first(row.id), "worker-b") == []
+    # a lost worker's job is taken over by its redelivery: a new attempt by another worker
+    assert store.claim(takeover(row.id), "worker-b") == [Claim(row.id, JobStatus.RUNNING, 2)]
     again = store.get(row.id)
     assert (again.attempts, again.worker) == (2, "worker-b")
 
@@ -99,7 +101,7 @@ def test_claim_of_a_job_past_its_deadline_expires_it(store: JobStore,
     late = new_job(deadline=datetime.now(UTC) - timedelta(minutes=1))
     timely = new_job(deadline=datetime.now(UTC) + timedelta(hours=1))
     store.insert_jobs([late, timely])
-    claims = {claim.id: claim for claim in store.claim([late.id, timely.id], "worker-a")}
+    claims = {claim.id: claim for claim in store.claim(first(late.id, timely.id), "worker-a")}
     assert claims[late.id].status is JobStatus.EXPIRED
     assert claims[timely.id].status is JobStatus.RUNNING
     record = store.get(late.id)
@@ -107,7 +109,7 @@ def test_claim_of_a_job_past_its_deadline_expires_it(store: JobStore,
     assert record.finished_at is not None
     assert store.get(timely.id).finished_at is None
     # expired is terminal: it is never claimed again
-    assert store.claim([late.id], "worker-b") == []
+    assert store.claim(first(late.id), "worker-b") == []
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,7 @@ def test_claim_skips_finished_jobs(store: JobStore, new_job: NewJobFactory,
     finished = new_job(status=status)
     queued = new_job()
     store.insert_jobs([finished, queued])
-    claims = store.claim([finished.id, queued.id, "not-a-uuid"], "worker-a")
+    claims = store.claim(first(finished.id, queued.id, "not-a-uuid"), "worker-a")
     assert claims == [Claim(queued.id, JobStatus.RUNNING, 1)]
     record = store.get(finished.id)
     assert record.status is status
@@ -128,16 +130,16 @@ def test_claim_skips_finished_jobs(store: JobStore, new_job: NewJobFactory,
 
 
 def test_claim_of_nothing_returns_nothing(store: JobStore) -> None:
-    assert store.claim([], "worker-a") == []
-    assert store.claim([str(uuid.uuid4())], "worker-a") == []
+    assert store.claim(first(), "worker-a") == []
+    assert store.claim(first(str(uuid.uuid4())), "worker-a") == []
 
 
 def test_finish_with_a_stale_attempt_changes_nothing(store: JobStore,
                                                      new_job: NewJobFactory) -> None:
     row = new_job()
     store.insert_jobs([row])
-    store.claim([row.id], "worker-a")
-    store.claim([row.id], "worker-b")  # attempt 2 took over
+    store.claim(first(row.id), "worker-a")
+    store.claim(takeover(row.id), "worker-b")  # attempt 2 took over
     assert store.finish([Outcome(row.id, 1, JobStatus.FAILED, "stale run")]) == 0
     record = store.get(row.id)
     assert record.status is JobStatus.RUNNING
@@ -158,7 +160,7 @@ def test_finish_leaves_a_job_cancelled_meanwhile_cancelled(store: JobStore,
     queued, running = new_job(), new_job()
     store.insert_jobs([queued, running])
     assert store.cancel(queued.id) is JobStatus.CANCELLED
-    store.claim([running.id], "worker-a")
+    store.claim(first(running.id), "worker-a")
     with store.engine.begin() as connection:  # cancelled while it ran (an operator's UPDATE)
         connection.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :id"),
                            {"id": uuid.UUID(running.id)})
@@ -173,7 +175,7 @@ def test_finish_writes_error_text_per_job_in_one_call(store: JobStore,
                                                       new_job: NewJobFactory) -> None:
     good, bad = new_job(), new_job()
     store.insert_jobs([good, bad])
-    store.claim([good.id, bad.id], "worker-a")
+    store.claim(first(good.id, bad.id), "worker-a")
     error = "ValueError: flaky model refuses 'boom' — ünïcode kept"
     changed = store.finish([Outcome(good.id, 1, JobStatus.SUCCEEDED),
                             Outcome(bad.id, 1, JobStatus.FAILED, error)])
@@ -192,13 +194,13 @@ def test_cancel_cancels_unfinished_jobs_and_leaves_finished_ones(store: JobStore
                                                           new_job: NewJobFactory) -> None:
     queued, running, succeeded = new_job(), new_job(), new_job(status=JobStatus.SUCCEEDED)
     store.insert_jobs([queued, running, succeeded])
-    store.claim([running.id], "worker-a")
+    store.claim(first(running.id), "worker-a")
 
     assert store.cancel(queued.id) is JobStatus.CANCELLED
     record = store.get(queued.id)
     assert record.status is JobStatus.CANCELLED
     assert record.finished_at is not None
-    assert store.claim([queued.id], "worker-a") == []  # a cancelled job never runs
+    assert store.claim(first(queued.id), "worker-a") == []  # a cancelled job never runs
 
     assert store.cancel(running.id) is JobStatus.CANCELLED  # stops at the next batch boundary
     assert store.finish([Outcome(running.id, store.get(running.id).attempts,
@@ -246,7 +248,7 @@ def test_fail_unsent_marks_only_queued_jobs_failed(store: JobStore,
                                                    new_job: NewJobFactory) -> None:
     queued, running, cancelled = new_job(), new_job(), new_job(status=JobStatus.CANCELLED)
     store.insert_jobs([queued, running, cancelled])
-    store.claim([running.id], "worker-a")
+    store.claim(first(running.id), "worker-a")
     store.fail_unsent([queued.id, running.id, cancelled.id], "not published: broker gone")
     failed = store.get(queued.id)
     assert failed.status is JobStatus.FAILED
@@ -317,7 +319,7 @@ def test_finished_among_reports_only_terminal_jobs(store: JobStore,
                                                    new_job: NewJobFactory) -> None:
     queued, ran, failed, cancelled = (new_job() for _ in range(4))
     store.insert_jobs([queued, ran, failed, cancelled])
-    claims = {c.id: c for c in store.claim([ran.id, failed.id], "w")}
+    claims = {c.id: c for c in store.claim(first(ran.id, failed.id), "w")}
     store.finish([Outcome(ran.id, claims[ran.id].attempt, JobStatus.SUCCEEDED),
                   Outcome(failed.id, claims[failed.id].attempt, JobStatus.FAILED, "bad")])
     store.cancel(cancelled.id)
@@ -332,11 +334,60 @@ def test_claim_fails_a_job_that_used_up_its_attempts(store: JobStore,
     job = new_job()
     store.insert_jobs([job])
     for attempt in (1, 2):  # two runs interrupted (worker deaths): redelivered each time
-        (claim,) = store.claim([job.id], "w", max_attempts=2)
+        (claim,) = store.claim(takeover(job.id), "w", max_attempts=2)
         assert claim.status is JobStatus.RUNNING and claim.attempt == attempt
-    (claim,) = store.claim([job.id], "w", max_attempts=2)
+    (claim,) = store.claim(takeover(job.id), "w", max_attempts=2)
     assert claim.status is JobStatus.FAILED
     record = store.get(job.id)
     assert record.status is JobStatus.FAILED and record.finished_at is not None
     assert record.error is not None and "gave up after 2 attempts" in record.error
-    assert store.claim([job.id], "w", max_attempts=2) == []  # final now
+    assert store.claim(takeover(job.id), "w", max_attempts=2) == []  # final now
+
+
+def test_a_pipeline_step_continues_only_the_run_that_forwarded_it(
+        store: JobStore, new_job: NewJobFactory) -> None:
+    job = new_job()
+    store.insert_jobs([job])
+    (claim,) = store.claim(first(job.id), "step-0")
+    assert store.claim([ClaimRequest(job.id, step=1, attempt=claim.attempt + 1)], "w") == []
+    (step1,) = store.claim([ClaimRequest(job.id, step=1, attempt=claim.attempt)], "step-1")
+    assert step1 == Claim(job.id, JobStatus.RUNNING, claim.attempt)  # not a new attempt
+    assert store.claim([ClaimRequest(job.id, step=1, attempt=claim.attempt)], "w") == []
+    # a stale redelivery of step 0 does not restart a job that has moved on
+    assert store.claim(takeover(job.id), "w") == []
+    # the redelivery of step 1 (its worker died) takes over, as a new attempt
+    (again,) = store.claim([ClaimRequest(job.id, step=1, attempt=claim.attempt,
+                                         takeover=True)], "w")
+    assert again.attempt == claim.attempt + 1
+
+
+def test_finish_keeps_a_durable_copy_found_by_cache_key(store: JobStore,
+                                                        new_job: NewJobFactory) -> None:
+    job, other = new_job(), new_job()
+    store.insert_jobs([job, other])
+    claims = {c.id: c for c in store.claim(first(job.id, other.id), "w")}
+    store.finish([Outcome(job.id, claims[job.id].attempt, JobStatus.SUCCEEDED, result=b"\x01v"),
+                  Outcome(other.id, claims[other.id].attempt, JobStatus.FAILED, "bad")])
+    assert store.results_by_key([job.cache_key, other.cache_key, "absent"]) == {
+        job.cache_key: b"\x01v"}
+    assert store.results_by_key([]) == {}
+
+
+def test_sweep_hands_over_only_old_unsent_queued_jobs_once(store: JobStore,
+                                                           new_job: NewJobFactory) -> None:
+    unsent, sent, running = new_job(), new_job(), new_job()
+    store.insert_jobs([unsent, sent, running])
+    store.mark_sent([sent.id])
+    store.claim(first(running.id), "w")
+    assert store.sweep_unsent(3600, 100, lambda rows: [r.id for r in rows]) == 0  # too young
+    seen: list[str] = []
+
+    def publish(rows: list[UnsentJob]) -> list[str]:
+        seen.extend(row.id for row in rows)
+        return [row.id for row in rows if row.id == unsent.id]
+
+    store.sweep_unsent(0, 100_000, publish)
+    assert unsent.id in seen and sent.id not in seen and running.id not in seen
+    again: list[str] = []
+    store.sweep_unsent(0, 100_000, lambda rows: again.extend(r.id for r in rows) or [])
+    assert unsent.id not in again  # marked sent by the first sweep

@@ -1,8 +1,10 @@
 """workers.executor and workers.runtime with in-memory doubles of the job store and result cache.
 
 The doubles implement our own interfaces (``db.store.JobStore.claim/finish``,
-``db.cache.ResultCache.put_many/notify``) with the same semantics: claim returns running claims
-for queued or running jobs, expired claims for jobs past their deadline, nothing for finished ones.
+``db.cache.ResultCache.get_many/put_many/notify``) with the same semantics: claim starts queued
+jobs, takes over running ones only for a redelivery at the same step, continues a pipeline only
+from the run that forwarded it, returns expired claims for jobs past their deadline, nothing for
+finished ones.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from aidist import codec
 from aidist.config import Settings
 from aidist.errors import ModelLoadError
 from aidist.jobs import JobKind, JobStatus, cache_key
-from db import Claim, Notice, Outcome
+from db import Claim, ClaimRequest, Notice, Outcome
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
 from workers.executor import BatchReport, PoisonMessage, execute, parse_entries
 from workers.runtime import WorkerRuntime
@@ -33,6 +35,7 @@ class FakeStore:
         self.events = events
         self.status: dict[str, JobStatus] = {}
         self.attempts: dict[str, int] = {}
+        self.steps: dict[str, int] = {}
         self.past_deadline: set[str] = set()
         self.claim_calls: list[tuple[list[str], str]] = []
         self.finished: dict[str, Outcome] = {}
@@ -44,15 +47,27 @@ class FakeStore:
         if expired:
             self.past_deadline.add(job_id)
 
-    def claim(self, job_ids: Sequence[str], worker: str, max_attempts: int = 8) -> list[Claim]:
+    def _may_claim(self, request: ClaimRequest) -> bool:
+        status, step = self.status.get(request.id), self.steps.get(request.id, 0)
+        if request.step == 0:
+            return status is JobStatus.QUEUED or (
+                request.takeover and status is JobStatus.RUNNING and step == 0)
+        return (status is JobStatus.RUNNING and self.attempts[request.id] == request.attempt
+                and (step == request.step - 1 or (request.takeover and step == request.step)))
+
+    def claim(self, requests: Sequence[ClaimRequest], worker: str,
+              max_attempts: int = 8) -> list[Claim]:
         self.events.append("claim")
-        self.claim_calls.append((list(job_ids), worker))
+        self.claim_calls.append(([r.id for r in requests], worker))
         claims = []
-        for job_id in job_ids:
-            if self.status.get(job_id) not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        for request in requests:
+            if not self._may_claim(request):
                 continue
-            out_of_attempts = self.attempts[job_id] >= max_attempts
-            self.attempts[job_id] += 1
+            job_id = request.id
+            counts = request.takeover or request.step == 0
+            out_of_attempts = counts and self.attempts[job_id] >= max_attempts
+            self.attempts[job_id] += 1 if counts else 0
+            self.steps[job_id] = request.step
             new = (JobStatus.EXPIRED if job_id in self.past_deadline
                    else JobStatus.FAILED if out_of_attempts else JobStatus.RUNNING)
             self.status[job_id] = new
@@ -86,6 +101,9 @@ class FakeCache:
         self.results: dict[str, bytes] = {}
         self.ttls: list[int] = []
         self.notices: dict[str, list[Notice]] = {}
+
+    def get_many(self, cache_keys: Sequence[str]) -> list[bytes | None]:
+        return [self.results.get(key) for key in cache_keys]
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
         self.events.append("put_many")
@@ -433,12 +451,53 @@ def test_array_outputs_are_stored_as_typed_binary(harness: Harness) -> None:
     np.testing.assert_array_equal(stored, vector)
 
 
-def test_outcomes_carry_the_claimed_attempt(harness: Harness) -> None:
+def test_a_redelivery_takes_over_the_run_of_a_lost_worker(harness: Harness) -> None:
     entry = harness.entry("flaky", "again")
     harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=2)  # lost worker earlier
-    harness.run([entry])
+    execute(harness.runtime, [entry], redelivered=True)
     assert harness.outcome(entry).attempt == 3
     assert harness.store.status[entry["id"]] is JobStatus.SUCCEEDED
+
+
+def test_a_duplicate_first_delivery_of_a_running_job_does_not_run_it(harness: Harness) -> None:
+    entry = harness.entry("recorder", "held elsewhere")
+    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=1)  # another worker has it
+    report = harness.run([entry])
+    assert report.skipped == 1 and report.ran == 0
+    assert harness.recorder.calls == []
+    assert harness.store.status[entry["id"]] is JobStatus.RUNNING
+    assert harness.store.attempts[entry["id"]] == 1
+
+
+def test_a_pipeline_step_runs_only_for_the_run_that_forwarded_it(harness: Harness) -> None:
+    entry = harness.entry("recorder", "step two")
+    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=2)
+    stale = {**entry, "step": 1, "attempt": 1}  # forwarded by attempt 1, since taken over
+    assert harness.run([stale]).skipped == 1
+    assert harness.recorder.calls == []
+    current = {**entry, "step": 1, "attempt": 2}
+    assert harness.run([current]).succeeded == 1
+    assert harness.outcome(entry).attempt == 2  # continuing a pipeline is not a new attempt
+    assert harness.run([current]).skipped == 1  # the same step delivered twice runs once
+    assert harness.recorder.inputs == ["step two"]
+
+
+def test_a_job_whose_result_is_already_stored_does_not_run_again(harness: Harness) -> None:
+    first = harness.entry("recorder", "same text")
+    harness.run([first])
+    twin = harness.entry("recorder", "same text")  # submitted while the first one was running
+    report = harness.run([twin])
+    assert report.succeeded == 1
+    assert harness.recorder.inputs == ["same text"]
+    assert harness.store.status[twin["id"]] is JobStatus.SUCCEEDED
+    assert harness.outcome(twin).result == harness.cache.results[twin["key"]]
+
+
+def test_succeeded_outcomes_carry_a_durable_copy_of_the_result(harness: Harness) -> None:
+    entry = harness.entry("recorder", "keep me")
+    harness.run([entry])
+    stored = harness.outcome(entry).result
+    assert stored is not None and codec.decode(stored) == "keep me:"
 
 
 def test_malformed_entries_that_name_a_job_are_failed(harness: Harness) -> None:
@@ -512,8 +571,8 @@ def test_a_job_cancelled_while_running_gets_no_notice_and_stays_cancelled(
     kept, cancelled = harness.entry("recorder", "kept"), harness.entry("recorder", "dropped")
     original = harness.store.claim
 
-    def claim_then_cancel(job_ids: Any, worker: str, max_attempts: int = 8) -> Any:
-        claims = original(job_ids, worker, max_attempts)
+    def claim_then_cancel(requests: Any, worker: str, max_attempts: int = 8) -> Any:
+        claims = original(requests, worker, max_attempts)
         harness.store.status[cancelled["id"]] = JobStatus.CANCELLED  # cancel() while it runs
         return claims
 

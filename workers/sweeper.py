@@ -1,0 +1,102 @@
+"""The outbox sweeper: publishes queued jobs whose message was never confirmed sent.
+
+A client writes a job's row, then publishes its message, then marks the row sent. If the client
+dies, or the broker fails, between the write and the confirm, the row is there but no message
+is: nothing would ever run the job. Every worker runs this sweeper in a thread; it finds such rows
+older than ``sweep_after_s`` and publishes them (rows are locked with SKIP LOCKED, so several
+workers never publish the same one at once). Should a message be published twice after all (the
+client's publish went through but it died before marking the row), the claim fencing runs the job
+once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aidist import codec
+from aidist.config import Settings
+from aidist.errors import AidistError
+from aidist.jobs import JobEntry, recorded_steps
+from aidist.routing import queue_name
+from db import JobStore, UnsentJob
+
+log = logging.getLogger("aidist.sweeper")
+SWEEP_LIMIT = 1000
+
+Publish = Callable[[str, list[dict[str, Any]], int], Any]
+
+
+def entry_of(job: UnsentJob) -> JobEntry:
+    """The first message entry of a recorded job (no reply list: its client may be gone; a
+    client still waiting falls back to reading Postgres)."""
+    first, *rest = recorded_steps(job.kind, job.target, job.version, job.params)
+    return JobEntry(job.id, first.kind, first.target, first.version, codec.decode(job.payload),
+                    job.cache_key, first.params, None, steps=tuple(rest))
+
+
+def sweep_once(settings: Settings, store: JobStore, publish: Publish,
+               older_than_s: float | None = None) -> int:
+    """Publish every unsent queued job older than ``older_than_s`` (default
+    ``settings.sweep_after_s``); returns how many were published."""
+
+    def publish_rows(rows: list[UnsentJob]) -> Sequence[str]:
+        outgoing: dict[tuple[str, int], list[JobEntry]] = defaultdict(list)
+        for row in rows:
+            try:
+                entry = entry_of(row)
+            except (ValueError, TypeError) as exc:  # a row no release of ours wrote
+                log.error("cannot rebuild the message of job %s: %s", row.id, exc)
+                continue
+            queue = queue_name(settings.namespace, entry.kind, entry.target)
+            outgoing[(queue, row.priority)].append(entry)
+        sent: list[str] = []
+        for (queue, priority), entries in outgoing.items():
+            for start in range(0, len(entries), settings.pack_size):
+                pack = entries[start : start + settings.pack_size]
+                publish(queue, [entry.to_wire() for entry in pack], priority)
+                sent.extend(entry.id for entry in pack)
+        return sent
+
+    age = settings.sweep_after_s if older_than_s is None else older_than_s
+    total = 0
+    while True:
+        published = store.sweep_unsent(age, SWEEP_LIMIT, publish_rows)
+        total += published
+        if published < SWEEP_LIMIT:
+            break
+    if total:
+        log.warning("published %d queued jobs that had no message (their client or the broker "
+                    "failed between writing and sending them)", total)
+    return total
+
+
+class Sweeper:
+    """Runs ``sweep_once`` every ``sweep_interval_s`` in a daemon thread until ``stop()``."""
+
+    def __init__(self, settings: Settings, store: JobStore, publish: Publish) -> None:
+        self.settings = settings
+        self.store = store
+        self.publish = publish
+        self._stopped = False  # a plain flag: stop() runs in a signal handler, so it takes no lock
+        self._pause = threading.Event()  # only ever waited on, by the sweeper thread
+        self._thread = threading.Thread(target=self._loop, name="aidist-sweeper", daemon=True)
+
+    def start(self) -> None:
+        """Begin sweeping."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current pass. Safe in a signal handler."""
+        self._stopped = True
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            try:
+                sweep_once(self.settings, self.store, self.publish)
+            except AidistError as exc:
+                log.warning("sweeper pass failed (will retry): %s", exc)
+            self._pause.wait(self.settings.sweep_interval_s)
