@@ -86,29 +86,30 @@ _RECORD_COLUMNS = [c for c in jobs_table.c
 
 # Which deliveries may start a run (see ClaimRequest): a first delivery takes a queued job; a
 # redelivery may take over a running one at the same step; a pipeline step continues the run
-# that forwarded it (same attempt, previous step). Starting a run of step 0, or taking one over,
-# counts against the attempt budget; continuing a pipeline does not.
+# that forwarded it (same attempt, previous step); and a worker may claim again what it holds
+# itself (its claim is retried after a lost connection). Starting a run of step 0, or taking one
+# over, counts against the attempt budget; continuing a pipeline, or claiming again, does not.
+_OWN = "(jobs.status = 'running' AND jobs.worker = :worker AND jobs.step = u.step)"
+_COUNTS = f"((u.takeover OR u.step = 0) AND NOT {_OWN})"
+_GIVE_UP = f"({_COUNTS} AND jobs.attempts >= :max_attempts)"
+_PAST_DEADLINE = "(jobs.deadline IS NOT NULL AND jobs.deadline < now())"
 _CLAIM = text(
-    """
+    f"""
     UPDATE jobs SET
-        status = CASE WHEN jobs.deadline IS NOT NULL AND jobs.deadline < now() THEN 'expired'
-                      WHEN u.counts AND jobs.attempts >= :max_attempts THEN 'failed'
+        status = CASE WHEN {_PAST_DEADLINE} THEN 'expired'
+                      WHEN {_GIVE_UP} THEN 'failed'
                       ELSE 'running' END,
-        error = CASE WHEN (jobs.deadline IS NULL OR jobs.deadline >= now())
-                          AND u.counts AND jobs.attempts >= :max_attempts
-                     THEN :gave_up ELSE jobs.error END,
-        attempts = jobs.attempts + CASE WHEN u.counts THEN 1 ELSE 0 END,
+        error = CASE WHEN NOT {_PAST_DEADLINE} AND {_GIVE_UP} THEN :gave_up ELSE jobs.error END,
+        attempts = jobs.attempts + CASE WHEN {_COUNTS} THEN 1 ELSE 0 END,
         step = u.step,
         started_at = now(),
-        finished_at = CASE WHEN (jobs.deadline IS NOT NULL AND jobs.deadline < now())
-                                OR (u.counts AND jobs.attempts >= :max_attempts)
-                           THEN now() ELSE NULL END,
+        finished_at = CASE WHEN {_PAST_DEADLINE} OR {_GIVE_UP} THEN now() ELSE NULL END,
         worker = :worker
-    FROM (SELECT r.*, (r.takeover OR r.step = 0) AS counts
-          FROM unnest(CAST(:ids AS uuid[]), CAST(:steps AS int[]), CAST(:attempts AS int[]),
-                      CAST(:takeovers AS boolean[])) AS r(id, step, attempt, takeover)) AS u
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:steps AS int[]), CAST(:attempts AS int[]),
+                CAST(:takeovers AS boolean[])) AS u(id, step, attempt, takeover)
     WHERE jobs.id = u.id AND (
         (u.step = 0 AND jobs.status = 'queued')
+        OR ({_OWN} AND (u.step = 0 OR jobs.attempts = u.attempt))
         OR (u.step = 0 AND u.takeover AND jobs.status = 'running' AND jobs.step = 0)
         OR (u.step > 0 AND jobs.status = 'running' AND jobs.attempts = u.attempt
             AND (jobs.step = u.step - 1 OR (u.takeover AND jobs.step = u.step))))

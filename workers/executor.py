@@ -9,11 +9,13 @@ claim step skips jobs that already finished.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 from tenacity import (
@@ -117,27 +119,47 @@ class ServicesDown(AidistError):
 
 
 SERVICE_RETRY_S = 30.0
+T = TypeVar("T")
+IO = Callable[[Callable[[], T]], T]
+
+
+def _direct(call: Callable[[], T]) -> T:
+    return call()
+
+
+class ServiceRetry:
+    """Runs one I/O step at a time, retried with exponential backoff and jitter while Postgres,
+    Redis or RabbitMQ is unreachable, all steps of one run sharing one time budget. Retrying a
+    step, not the whole run, means a database that restarts after the model ran costs a wait,
+    not a second run of the model."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.deadline = time.monotonic() + budget_s
+
+    def __call__(self, call: Callable[[], T]) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception_type(ServiceUnavailable),
+            wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
+            stop=stop_after_delay(max(self.deadline - time.monotonic(), 0.0)),
+            reraise=False,
+        )
+        try:
+            return retrying(call)
+        except RetryError as exc:
+            error = exc.last_attempt.exception()
+            raise ServicesDown(str(error)) from error
 
 
 def run_retrying(runtime: WorkerRuntime, entries: Sequence[JobEntry],
                  problems: dict[str, str] | None = None,
                  budget_s: float | None = None) -> BatchReport:
-    """``run_entries``, retried with exponential backoff and jitter while Postgres or Redis is
-    unreachable; ``ServicesDown`` once ``budget_s`` (default ``SERVICE_RETRY_S``) has passed.
-    Retrying is safe: claims are fenced and a finished job is never claimed again."""
-    retrying = Retrying(
-        retry=retry_if_exception_type(ServiceUnavailable),
-        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-        stop=stop_after_delay(SERVICE_RETRY_S if budget_s is None else budget_s),
-        reraise=False,
-    )
-    try:
-        for attempt in retrying:
-            with attempt:
-                report = run_entries(runtime, entries, problems)
-    except RetryError as exc:
-        raise ServicesDown(str(exc.last_attempt.exception())) from exc.last_attempt.exception()
-    return report
+    """``run_entries`` with each of its I/O steps retried while a service is unreachable;
+    ``ServicesDown`` once ``budget_s`` (default ``SERVICE_RETRY_S``) has passed, and the caller
+    requeues the messages. Retrying is safe: claims are fenced and a finished job is never
+    claimed again. The run is watched: past ``job_time_limit_s`` the process ends."""
+    retry = ServiceRetry(SERVICE_RETRY_S if budget_s is None else budget_s)
+    with runtime.watchdog.guard(f"a batch of {len(entries)} jobs"):
+        return run_entries(runtime, entries, problems, io=retry)
 
 
 def split_redelivered(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> bool:
@@ -165,10 +187,10 @@ def execute(runtime: WorkerRuntime, raw_entries: Any, redelivered: bool = False)
 
 
 def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
-                problems: dict[str, str] | None = None) -> BatchReport:
+                problems: dict[str, str] | None = None, io: IO[Any] = _direct) -> BatchReport:
     """Run parsed entries, possibly gathered from several messages: one claim, grouped batches,
     one results pipeline, one state statement, one notice pipeline. An id present twice (the same
-    job delivered twice) runs once."""
+    job delivered twice) runs once. Each I/O step goes through ``io`` (a retry policy)."""
     problems = problems or {}
     unique: dict[str, JobEntry] = {}
     for entry in entries:
@@ -177,8 +199,8 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
     ids = [e.id for e in entries] + [i for i in problems if i not in unique]
     requests = [ClaimRequest(e.id, e.step, e.attempt, e.takeover) for e in entries]
     requests += [ClaimRequest(i, takeover=True) for i in problems if i not in unique]
-    claims = {c.id: c for c in runtime.store.claim(requests, runtime.name,
-                                                   runtime.settings.max_attempts)}
+    claims = {c.id: c for c in io(lambda: runtime.store.claim(
+        requests, runtime.name, runtime.settings.max_attempts))}
     durable = runtime.settings.durable_results
     notices: dict[str, list[Notice]] = defaultdict(list)
     outcomes: list[Outcome] = []
@@ -205,7 +227,7 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
                     f"gave up after {runtime.settings.max_attempts} attempts"))
             continue
         groups[(entry.target, entry.version, canonical_params(entry.params))].append(entry)
-    done_before = _results_already_stored(runtime, groups)
+    done_before: dict[str, bytes] = io(lambda: _results_already_stored(runtime, groups))
 
     results: dict[str, bytes] = {}
     forwards: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -241,18 +263,18 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
                 status = JobStatus.SUCCEEDED if error is None else JobStatus.FAILED
                 notices[entry.reply_to].append(Notice(entry.id, status.value, error))
 
-    runtime.cache.put_many(results, runtime.settings.result_ttl_s)
+    io(lambda: runtime.cache.put_many(results, runtime.settings.result_ttl_s))
     for queue, wires in forwards.items():
         for start in range(0, len(wires), runtime.settings.pack_size):
-            runtime.forward(queue, wires[start : start + runtime.settings.pack_size])
-    changed = runtime.store.finish_returning(outcomes)
+            io(partial(runtime.forward, queue, wires[start : start + runtime.settings.pack_size]))
+    changed: set[str] = io(lambda: runtime.store.finish_returning(outcomes))
     # No notice for a job whose row did not change (cancelled meanwhile, or a stale attempt):
     # its client learns the recorded status instead.
     reported = {o.id for o in outcomes if o.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)}
-    runtime.cache.notify({
+    io(lambda: runtime.cache.notify({
         reply_to: [n for n in items if n.job_id in changed or n.job_id not in reported]
         for reply_to, items in notices.items()
-    })
+    }))
     failed = sum(1 for o in outcomes if o.status is JobStatus.FAILED)
     return BatchReport(
         received=len(ids),
@@ -300,6 +322,11 @@ def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Jo
     first_with_key: dict[str, int] = {}
     for index, entry in enumerate(group):
         if not entry.each:
+            try:
+                runtime.registry.validate_input(spec, entry.input)
+            except InvalidInput as exc:  # published around the client: checked here as well
+                errors[index] = str(exc)
+                continue
             if entry.cache_key in first_with_key:
                 same_as[index] = first_with_key[entry.cache_key]
                 continue

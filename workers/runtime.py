@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from aidist.errors import AidistError, ModelLoadError
 from db import JobStore, ResultCache
 from models import LoadContext, Registry, Runner, build_registry
 from producers.publisher import Publisher
+from workers.watchdog import Watchdog
 
 log = logging.getLogger("aidist.worker")
 
@@ -37,6 +39,10 @@ class WorkerRuntime:
     load_errors: dict[str, str] = field(default_factory=dict)
     dtype_override: str | None = None
     publisher: Publisher | None = None
+    watchdog: Watchdog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watchdog = Watchdog(self.settings.job_time_limit_s)
 
     def forward(self, queue: str, entries: list[dict[str, Any]]) -> None:
         """Publish pipeline continuations (confirmed) to the next step's queue."""
@@ -118,5 +124,7 @@ class RuntimeHolder:
                                       settings.connect_timeout_s),
             context=LoadContext(device=self.device, torch_threads=settings.torch_threads),
             dtype_override=self.dtype,
-            name=f"{socket.gethostname()}:{os.getpid()}",
+            # Unique per process start, even where a restarted container gets the same host name
+            # and pid: the claim fencing tells a worker's own runs from a dead one's by it.
+            name=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
         )

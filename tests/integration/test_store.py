@@ -334,14 +334,14 @@ def test_claim_fails_a_job_that_used_up_its_attempts(store: JobStore,
     job = new_job()
     store.insert_jobs([job])
     for attempt in (1, 2):  # two runs interrupted (worker deaths): redelivered each time
-        (claim,) = store.claim(takeover(job.id), "w", max_attempts=2)
+        (claim,) = store.claim(takeover(job.id), f"w{attempt}", max_attempts=2)
         assert claim.status is JobStatus.RUNNING and claim.attempt == attempt
-    (claim,) = store.claim(takeover(job.id), "w", max_attempts=2)
+    (claim,) = store.claim(takeover(job.id), "w3", max_attempts=2)
     assert claim.status is JobStatus.FAILED
     record = store.get(job.id)
     assert record.status is JobStatus.FAILED and record.finished_at is not None
     assert record.error is not None and "gave up after 2 attempts" in record.error
-    assert store.claim(takeover(job.id), "w", max_attempts=2) == []  # final now
+    assert store.claim(takeover(job.id), "w4", max_attempts=2) == []  # final now
 
 
 def test_a_pipeline_step_continues_only_the_run_that_forwarded_it(
@@ -391,3 +391,13 @@ def test_sweep_hands_over_only_old_unsent_queued_jobs_once(store: JobStore,
     again: list[str] = []
     store.sweep_unsent(0, 100_000, lambda rows: again.extend(r.id for r in rows) or [])
     assert unsent.id not in again  # marked sent by the first sweep
+
+
+def test_a_worker_may_claim_again_what_it_holds_without_a_new_attempt(
+        store: JobStore, new_job: NewJobFactory) -> None:
+    job = new_job()
+    store.insert_jobs([job])
+    assert store.claim(first(job.id), "w") == [Claim(job.id, JobStatus.RUNNING, 1)]
+    # its claim retried after a lost connection: still attempt 1, so its finish still counts
+    assert store.claim(first(job.id), "w") == [Claim(job.id, JobStatus.RUNNING, 1)]
+    assert store.claim(first(job.id), "other") == []

@@ -1,0 +1,71 @@
+"""The job time limit: a run that overstays it ends the worker process.
+
+A model call that hangs (a deadlocked kernel, a stuck download, an endless loop in user code) cannot
+be interrupted from Python, and a hung worker holds its messages unacked until RabbitMQ's
+``consumer_timeout`` (30 minutes) closes the channel. So a watchdog thread ends the process once a
+run passes ``job_time_limit_s``: its unacked messages go back to the queue at once, are split into
+one message per job, and the job that hangs keeps coming back alone until its attempt budget runs
+out, when it is failed with the reason. A supervisor (Celery's prefork parent for the cpu pool;
+systemd, Kubernetes or compose ``restart:`` for a gpu worker) starts a fresh process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("aidist.worker")
+EXIT_OVERRUN = 75  # EX_TEMPFAIL: the process is fine to restart
+
+
+def end_process(what: str, limit_s: float) -> None:
+    """Log why, flush the logs, and end the process without cleanup (a hung call would block
+    any orderly shutdown)."""
+    log.critical("%s ran past the job time limit (%.0fs, AIDIST_JOB_TIME_LIMIT_S): ending this "
+                 "worker process so its messages go to a fresh run", what, limit_s)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(EXIT_OVERRUN)
+
+
+class Watchdog:
+    """Watches one run at a time (``guard``) from a daemon thread of this process."""
+
+    def __init__(self, limit_s: float,
+                 on_overrun: Callable[[str, float], None] = end_process) -> None:
+        self.limit_s = limit_s
+        self.on_overrun = on_overrun
+        self._deadline: float | None = None
+        self._what = ""
+        self._pid: int | None = None
+        self._tick = threading.Event()  # only ever waited on, by the watchdog thread
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Watch the run inside the block."""
+        self._start()
+        self._what = what
+        self._deadline = time.monotonic() + self.limit_s
+        try:
+            yield
+        finally:
+            self._deadline = None
+
+    def _start(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()  # a forked child starts a watchdog of its own
+        threading.Thread(target=self._loop, name="aidist-watchdog", daemon=True).start()
+
+    def _loop(self) -> None:
+        check_s = min(1.0, self.limit_s / 10)
+        while True:
+            self._tick.wait(check_s)
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self.on_overrun(self._what, self.limit_s)
+                return
