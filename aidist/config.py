@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     )
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    publish_retry_s: float = Field(
+        default=15.0, ge=0,
+        description="Client: how long a publish is retried when the broker fails mid-submit "
+                    "(a restart); past it the unsent jobs are failed and ServiceUnavailable "
+                    "raised. A broker that is down before a submit fails it at once.")
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     pack_size: int = Field(
         default=128, ge=1, le=10_000, description="Jobs per message when packing."

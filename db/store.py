@@ -225,6 +225,15 @@ class JobStore:
         with self._begin() as connection:
             return [(str(r.id), JobStatus(r.status), r.error) for r in connection.execute(query)]
 
+    def existing(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` that have a row."""
+        ids = _uuids(job_ids)
+        if not ids:
+            return set()
+        with self._begin() as connection:
+            return {str(row.id) for row in
+                    connection.execute(select(jobs_table.c.id).where(_id_in(ids)))}
+
     def payloads(self, job_ids: Sequence[str]) -> dict[str, bytes]:
         """Stored input bytes by job id (for republishing or recomputing)."""
         with self._begin() as connection:

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
 from aidist import codec
 from aidist.config import Settings
 from aidist.errors import InvalidInput, JobTimeout, ResultUnavailable, ServiceUnavailable
@@ -240,9 +242,15 @@ class Client:
                 for row, r in zip(rows, requests, strict=True)]
 
     def _publish(self, queue: str, entries: list[dict[str, Any]], priority: int) -> None:
+        """Publish packed, each message confirmed; a broker that fails mid-submit (a restart)
+        is retried with backoff for ``publish_retry_s`` (a duplicate from a lost confirm is
+        harmless: the claim fencing runs each job once)."""
         pack = self.settings.pack_size
+        retrying = Retrying(retry=retry_if_exception_type(ServiceUnavailable),
+                            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
+                            stop=stop_after_delay(self.settings.publish_retry_s), reraise=True)
         for start in range(0, len(entries), pack):
-            self.publisher.publish(queue, entries[start : start + pack], priority)
+            retrying(self.publisher.publish, queue, entries[start : start + pack], priority)
 
     # -- waiting and results ----------------------------------------------------------------------
 

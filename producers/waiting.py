@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobStatus
 from db import JobStore, Notice, ResultCache
 
@@ -42,6 +43,7 @@ class CompletionTracker:
         self._order: list[str] = []  # ids in the order they were learned, for cheap scans
         self._state_lock = threading.Lock()
         self._reader_lock = threading.Lock()
+        self._outage = threading.Event()  # never set: a pause while Redis is unreachable
 
     def record(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
         """Remember a terminal status learned some other way (cache hit, cancel)."""
@@ -60,6 +62,10 @@ class CompletionTracker:
             return
         try:
             notices: list[Notice] = self.cache.wait_notices(self.reply_to, timeout_s)
+        except ServiceUnavailable:
+            # Redis is restarting: wait it out here; Postgres polling still brings completions.
+            self._outage.wait(timeout_s)
+            return
         finally:
             self._reader_lock.release()
         with self._state_lock:
@@ -70,10 +76,17 @@ class CompletionTracker:
                     notice.job_id, JobStatus(notice.status), notice.error
                 )
 
-    def _poll_store(self, job_ids: Sequence[str]) -> None:
-        for start in range(0, len(job_ids), 10_000):
-            for job_id, status, error in self.store.finished_among(job_ids[start : start + 10_000]):
-                self.record(job_id, status, error)
+    def _poll_store(self, job_ids: Sequence[str], final: bool = False) -> None:
+        """Read terminal statuses from Postgres. While it is unreachable a wait goes on (a
+        restarting database costs time, not the wait), except for the ``final`` poll."""
+        try:
+            for start in range(0, len(job_ids), 10_000):
+                chunk = job_ids[start : start + 10_000]
+                for job_id, status, error in self.store.finished_among(chunk):
+                    self.record(job_id, status, error)
+        except ServiceUnavailable:
+            if final:
+                raise
 
     def _learned_since(self, cursor: int) -> tuple[list[str], int]:
         with self._state_lock:
@@ -112,7 +125,7 @@ class CompletionTracker:
                 last_progress = now
                 poll_every = POLL_START_S
             if deadline is not None and now >= deadline:
-                self._poll_store(sorted(pending))
+                self._poll_store(sorted(pending), final=True)
                 learned, cursor = self._learned_since(cursor)
                 for job_id in learned:
                     if job_id in pending:

@@ -167,16 +167,21 @@ class MessageBatcher:
         if outcome.requeue is not None:
             log.error("requeueing %d messages, a service is down: %s", len(held), outcome.requeue)
             for item in held:
-                item.message.reject(requeue=True)
+                _settle_one(item.message, "requeue")
                 self._event("task-retried", item, exception=outcome.requeue)
             return
         if outcome.dead is not None:
             for item in held:
-                item.message.reject(requeue=False)
+                _settle_one(item.message, "dead")
                 self._event("task-failed", item, exception=outcome.dead)
             return
         for item in held:
-            item.message.ack()
+            ids = {e.id for e in item.entries} | set(item.problems)
+            if outcome.missing and ids <= outcome.missing:
+                _settle_one(item.message, "dead")  # no row for any of its jobs: never run blind
+                self._event("task-failed", item, exception="jobs have no row in the job store")
+                continue
+            _settle_one(item.message, "ack")
             self._event("task-succeeded", item, result=f"{len(item.entries)} jobs",
                         runtime=outcome.seconds)
         self.batches += 1
@@ -186,11 +191,26 @@ class MessageBatcher:
             self.events.send(kind, item.message, **fields)
 
 
+def _settle_one(message: Any, how: str) -> None:
+    """Ack, requeue or dead-letter one message. If the broker connection was lost meanwhile
+    (a RabbitMQ restart), the broker has already put the message back: it comes again, and the
+    claim skips its finished jobs, so a failed ack loses nothing."""
+    try:
+        if how == "ack":
+            message.ack()
+        else:
+            message.reject(requeue=how == "requeue")
+    except Exception as exc:  # kombu raises several types for a dead channel
+        log.warning("could not %s a message (%s: %s); the broker redelivers it", how,
+                    type(exc).__name__, exc)
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     seconds: float = 0.0
     requeue: str | None = None
     dead: str | None = None
+    missing: frozenset[str] = frozenset()
 
 
 def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
@@ -208,7 +228,7 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
     seconds = time.perf_counter() - started
     log.debug("batch of %d messages, %d jobs (%d ok, %d failed) in %.1f ms", len(held),
               report.received, report.succeeded, report.failed, seconds * 1000)
-    return _Outcome(seconds=seconds)
+    return _Outcome(seconds=seconds, missing=report.missing)
 
 
 class BackgroundRunner:

@@ -52,6 +52,7 @@ class BatchReport:
     failed: int
     skipped: int
     expired: int
+    missing: frozenset[str] = frozenset()  # ids with no row at all: not run, dead-lettered
 
 
 def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
@@ -202,6 +203,14 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
     claims = {c.id: c for c in io(lambda: runtime.store.claim(
         requests, runtime.name, runtime.settings.max_attempts))}
     durable = runtime.settings.durable_results
+    missing: frozenset[str] = frozenset()
+    unclaimed = [job_id for job_id in ids if job_id not in claims]
+    if unclaimed:  # finished, held by another run, or never recorded: only the last is poison
+        known: set[str] = io(lambda: runtime.store.existing(unclaimed))
+        missing = frozenset(job_id for job_id in unclaimed if job_id not in known)
+        if missing:
+            log.error("%d job(s) have no row in the job store (e.g. %s): not running them "
+                      "blind; their message is dead-lettered", len(missing), next(iter(missing)))
     notices: dict[str, list[Notice]] = defaultdict(list)
     outcomes: list[Outcome] = []
     for job_id, problem in problems.items():
@@ -283,6 +292,7 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         failed=failed,
         skipped=len(ids) - len(claims),
         expired=expired,
+        missing=missing,
     )
 
 

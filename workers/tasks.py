@@ -26,6 +26,8 @@ def run_jobs(holder: RuntimeHolder, entries: Any, redelivered: bool = False) -> 
     except (ServicesDown, ServiceUnavailable) as exc:
         log.error("requeueing a message, a service is down: %s", exc)
         raise Reject(str(exc), requeue=True) from exc
+    if report.missing and len(report.missing) == report.received:
+        raise Reject("no job of this message has a row in the job store", requeue=False)
     return {
         "received": report.received,
         "succeeded": report.succeeded,

@@ -187,3 +187,30 @@ def test_background_runner_runs_batches_off_the_consumer_thread(harness: Harness
     assert log == ["ack m1", "ack m2"]
     assert {harness.store.status[e["id"]] for e in e1 + e2} == {JobStatus.SUCCEEDED}
     runner.stop()
+
+
+def test_a_message_whose_jobs_have_no_row_is_dead_lettered_and_others_acked(
+        harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    good, _ = _message(harness, log, "good", "real")
+    ghost = Message(([[harness.entry("recorder", "ghost", known=False)]], {}, {}), log, "ghost")
+    batcher.add(good)
+    batcher.add(ghost)
+    timers.fire()
+    assert sorted(log) == ["ack good", "reject ghost requeue=False"]
+    assert harness.recorder.inputs == ["real"]
+
+
+def test_an_ack_on_a_lost_connection_is_logged_not_raised(harness: Harness) -> None:
+    class DeadChannel(Message):
+        def ack(self) -> None:
+            raise ConnectionResetError("connection lost (broker restart)")
+
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    entry = harness.entry("recorder", "stored before the broker went away")
+    batcher.add(DeadChannel(([[entry]], {}, {}), [], "m"))
+    timers.fire()  # must not raise into Celery's consumer
+    assert harness.store.status[entry["id"]] is JobStatus.SUCCEEDED

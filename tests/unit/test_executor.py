@@ -74,6 +74,9 @@ class FakeStore:
             claims.append(Claim(job_id, new, self.attempts[job_id]))
         return claims
 
+    def existing(self, job_ids: Sequence[str]) -> set[str]:
+        return {job_id for job_id in job_ids if job_id in self.status}
+
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         return len(self.finish_returning(outcomes))
 
@@ -580,3 +583,10 @@ def test_a_job_cancelled_while_running_gets_no_notice_and_stays_cancelled(
     harness.run([kept, cancelled])
     assert harness.store.status[cancelled["id"]] is JobStatus.CANCELLED
     assert [n.job_id for n in harness.cache.notices["client-a"]] == [kept["id"]]
+
+
+def test_jobs_without_a_row_are_reported_missing_not_run(harness: Harness) -> None:
+    ghost = harness.entry("recorder", "nobody wrote my row", known=False)
+    report = harness.run([ghost])
+    assert report.missing == {ghost["id"]}
+    assert harness.recorder.calls == []
