@@ -8,6 +8,7 @@ tests can observe queued and running states), and ``unloadable`` never loads.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -57,6 +58,39 @@ def load_crashing(context: LoadContext) -> Runner:
     return run
 
 
+EXEC_LOG_ENV = "AIDIST_TEST_EXEC_LOG"
+PER_ITEM_S = 0.001  # a little work per item, so faults land in the middle of batches
+
+
+def load_logged(context: LoadContext) -> Runner:
+    """Echoes ``done:<input>`` and appends every input it ran to an execution log, one file per
+    process (``$AIDIST_TEST_EXEC_LOG/<pid>.log``, lines ``<call number>\t<input>``), written
+    after the batch is computed: the fault suite counts model executions from it, never from
+    aidist's own records. Inputs starting with "boom" raise; with "hang" never return."""
+    directory = os.environ.get(EXEC_LOG_ENV)
+    calls = 0
+    handle: int | None = None
+    hung = threading.Event()  # never set
+
+    def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+        nonlocal calls, handle
+        for text in inputs:
+            if text.startswith("boom"):
+                raise ValueError(f"logged model refuses {text!r}")
+            if text.startswith("hang"):
+                hung.wait()
+        time.sleep(PER_ITEM_S * len(inputs))
+        if directory:
+            if handle is None:
+                handle = os.open(os.path.join(directory, f"{os.getpid()}.log"),
+                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            calls += 1
+            os.write(handle, "".join(f"{calls}\t{text}\n" for text in inputs).encode())
+        return [f"done:{text}" for text in inputs]
+
+    return run
+
+
 def load_unloadable(context: LoadContext) -> Runner:
     raise RuntimeError("weights file is corrupt (on purpose)")
 
@@ -72,5 +106,9 @@ def register_models(registry: Registry) -> None:
                                 max_batch_size=64))
     registry.register(ModelSpec(name="crashing", kind=JobKind.PREPROCESS, loader=load_crashing,
                                 version="crashing-1", pool="cpu", max_batch_size=16))
+    registry.register(ModelSpec(name="logged", kind=JobKind.INFER, loader=load_logged,
+                                version="logged-1", pool="gpu", max_batch_size=64))
+    registry.register(ModelSpec(name="logged-cpu", kind=JobKind.PREPROCESS, loader=load_logged,
+                                version="logged-1", pool="cpu", max_batch_size=64))
     registry.register(ModelSpec(name="unloadable", kind=JobKind.INFER, loader=load_unloadable,
                                 version="unloadable-1", pool="gpu"))

@@ -120,6 +120,14 @@ class MessageBatcher:
             return
         if redelivered:
             entries = [entry.taking_over() for entry in entries]
+        if any(entry.takeover for entry in entries):
+            # A job delivered again may be the one that killed the last process (a crash, or a
+            # hang ended by the watchdog): it runs in a batch of its own, so a job that kills
+            # every process it runs in never takes its neighbours down with it again.
+            self.flush()
+            self._held.append(_Held(message, entries, problems))
+            self.flush()
+            return
         self._held.append(_Held(message, entries, problems))
         if self.events is not None:
             self.events.received(message)
