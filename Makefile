@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv services db demo test test-unit test-integration test-e2e lint bench clean
+.PHONY: venv services db demo test test-unit test-integration test-e2e faults lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test-integration: db
 
 test-e2e: db
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The fault suite alone (also part of `make test`): kills workers, restarts RabbitMQ, PostgreSQL
+# and Redis (needs root, as on the CI machine), prints a tally line per scenario.
+faults: db
+	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 # Benchmarks: every scenario with its baselines in one run (~15 min on 2 cores), a table on stdout,
 # JSON + PNG in bench/out/<timestamp>/. Smoke run: make bench BENCH_ARGS=--quick (see bench/README.md).

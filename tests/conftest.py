@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import make_url
 
 from aidist.config import Settings
+from aidist.jobs import RUN_JOBS_TASK
 from aidist.processes import warm_stop
 from aidist.routing import dead_letter_exchange, dead_letter_queue, jobs_exchange, queue_name
 from db import setup as db_setup
@@ -85,6 +86,27 @@ def pika_connection(settings: Settings) -> pika.BlockingConnection:
     if url.endswith("//"):
         url = url[:-1] + "%2F"
     return pika.BlockingConnection(pika.URLParameters(url))
+
+
+def publish_raw(settings: Settings, queue: str, body: bytes, content_type: str,
+                task: str = RUN_JOBS_TASK) -> None:
+    """Publish a message straight into ``queue`` with pika, around aidist's client (for poison
+    and duplicate messages)."""
+    task_id = str(uuid.uuid4())
+    connection = pika_connection(settings)
+    try:
+        connection.channel().basic_publish(
+            exchange=jobs_exchange(settings.namespace).name,
+            routing_key=queue,
+            body=body,
+            properties=pika.BasicProperties(
+                content_type=content_type, content_encoding="binary", delivery_mode=2,
+                headers={"lang": "py", "task": task, "id": task_id, "root_id": task_id,
+                         "retries": 0, "timelimit": [None, None], "argsrepr": "", "eta": None},
+            ),
+        )
+    finally:
+        connection.close()
 
 
 def delete_queues(settings: Settings) -> None:

@@ -7,35 +7,15 @@ import pickle
 import uuid
 
 import msgpack
-import pika
 import pytest
 
 from aidist.config import Settings
-from aidist.jobs import RUN_JOBS_TASK, JobKind
-from aidist.routing import dead_letter_queue, jobs_exchange, queue_name
+from aidist.jobs import JobKind
+from aidist.routing import dead_letter_queue, queue_name
 from producers import Client
-from tests.conftest import pika_connection, queue_depth, wait_for
+from tests.conftest import publish_raw, queue_depth, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def _publish_raw(settings: Settings, body: bytes, content_type: str,
-                 task: str = RUN_JOBS_TASK) -> None:
-    task_id = str(uuid.uuid4())
-    connection = pika_connection(settings)
-    try:
-        connection.channel().basic_publish(
-            exchange=jobs_exchange(settings.namespace).name,
-            routing_key=queue_name(settings.namespace, JobKind.INFER, "toy-classifier"),
-            body=body,
-            properties=pika.BasicProperties(
-                content_type=content_type, content_encoding="binary", delivery_mode=2,
-                headers={"lang": "py", "task": task, "id": task_id, "root_id": task_id,
-                         "retries": 0, "timelimit": [None, None], "argsrepr": "", "eta": None},
-            ),
-        )
-    finally:
-        connection.close()
 
 
 def _dead(settings: Settings) -> int:
@@ -56,7 +36,8 @@ def test_poison_message_is_dead_lettered_and_worker_carries_on(
         workers: object, client: Client, settings: Settings, body: bytes,
         content_type: str) -> None:
     before = _dead(settings)
-    _publish_raw(settings, body, content_type)
+    publish_raw(settings, queue_name(settings.namespace, JobKind.INFER, "toy-classifier"),
+                body, content_type)
     wait_for(lambda: _dead(settings) > before, timeout=60, message="message to be dead-lettered")
     assert client.infer("toy-classifier", f"after poison {uuid.uuid4()}").result(
         timeout=60).shape == (4,)

@@ -51,12 +51,16 @@ class Tally:
     executed_twice: int  # jobs the model ran more than once (crash re-runs excluded, see below)
     rerun_after_crash: int  # runs of work in flight in a process that was killed
     seconds: float
+    refused_submits: int = 0  # submits refused while a service was down (nothing written)
+    worker_restarts: int = 0  # processes the supervisor started after one died
 
     def line(self) -> str:
         return (f"{self.scenario}: submitted={self.submitted} succeeded={self.succeeded} "
                 f"failed={self.failed} cancelled={self.cancelled} expired={self.expired} "
                 f"lost={self.lost} executed-twice={self.executed_twice} "
-                f"(re-run after crash={self.rerun_after_crash}) in {self.seconds:.1f}s")
+                f"(re-run after crash={self.rerun_after_crash}) refused-submits="
+                f"{self.refused_submits} worker-restarts={self.worker_restarts} "
+                f"in {self.seconds:.1f}s")
 
 
 # -- execution log --------------------------------------------------------------------------------
@@ -369,7 +373,7 @@ class Scenario:
         spec = self.client.registry.get(target)
         return queue_name(self.settings.namespace, spec.kind, target)
 
-    def tally(self, name: str, bound_s: float) -> Tally:
+    def tally(self, name: str, bound_s: float, producers: Sequence[Producer] = ()) -> Tally:
         counts = settle(self.store, bound_s)
         twice, rerun = self.log.duplicates(self.fleet.crashed)
         return Tally(
@@ -383,6 +387,8 @@ class Scenario:
             executed_twice=twice,
             rerun_after_crash=rerun,
             seconds=time.monotonic() - self.started,
+            refused_submits=sum(p.refused for p in producers),
+            worker_restarts=self.fleet.restarts,
         )
 
     def check_results(self, jobs: Sequence[Job], inputs: Sequence[str]) -> None:
@@ -390,3 +396,14 @@ class Scenario:
         by_id = dict(zip([job.id for job in jobs], inputs, strict=True))
         results = self.client.results_of(list(jobs), timeout=120)
         assert results == [f"done:{by_id[job.id]}" for job in jobs]
+
+
+def queue_messages(queue: str) -> int:
+    """Messages in ``queue``, ready and unacknowledged together (rabbitmqctl, as root)."""
+    done = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name",
+                           "messages"], timeout=60, capture_output=True, check=True, text=True)
+    for line in done.stdout.splitlines():
+        name, _, count = line.strip().partition("\t")
+        if name == queue:
+            return int(count)
+    return 0

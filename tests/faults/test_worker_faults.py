@@ -27,7 +27,8 @@ def test_sigkill_gpu_workers_in_the_middle_of_batches(scenario: Scenario) -> Non
             scenario.fleet.kill(live[kills % len(live)])
             kills += 1
     jobs = producer.finish()
-    tally = record(scenario.tally("1. SIGKILL gpu workers mid-batch", bound_s=240))
+    tally = record(scenario.tally("1. SIGKILL gpu workers mid-batch", bound_s=240,
+                                  producers=[producer]))
     assert kills == 3
     assert tally.lost == 0
     assert tally.executed_twice == 0
@@ -48,7 +49,8 @@ def test_sigkill_cpu_pool_processes_in_the_middle_of_jobs(scenario: Scenario) ->
         if pid is not None:
             killed.append(pid)
     jobs = producer.finish()
-    tally = record(scenario.tally("1b. SIGKILL cpu pool processes mid-job", bound_s=240))
+    tally = record(scenario.tally("1b. SIGKILL cpu pool processes mid-job", bound_s=240,
+                                  producers=[producer]))
     assert len(killed) == 3
     assert tally.lost == 0
     assert tally.executed_twice == 0
@@ -69,7 +71,8 @@ def test_sigterm_gpu_workers_mid_batch_while_jobs_keep_coming(scenario: Scenario
         exit_codes.append(scenario.fleet.terminate(scenario.fleet.live()[0]))
         scenario.gpu_worker()  # a replacement, as a rolling restart would start
     jobs = producer.finish()
-    tally = record(scenario.tally("2. SIGTERM gpu workers mid-batch", bound_s=240))
+    tally = record(scenario.tally("2. SIGTERM gpu workers mid-batch", bound_s=240,
+                                  producers=[producer]))
     assert exit_codes == [0, 0]  # warm shutdowns, within the grace period
     assert scenario.fleet.crashed == set()
     assert tally.lost == 0

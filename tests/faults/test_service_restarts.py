@@ -1,0 +1,61 @@
+"""Fault scenarios 3 to 5: RabbitMQ, PostgreSQL and Redis restarted (as an operator does, with their
+own tools) while a producer submits and workers run. Clients and workers reconnect, publishes are
+confirmed or retried, and no job is lost or run twice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.faults.conftest import record
+from tests.faults.harness import (
+    Producer,
+    Scenario,
+    flush_redis,
+    restart_postgres,
+    restart_rabbitmq,
+    restart_redis,
+    unique_inputs,
+    when,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.timeout(600)]
+
+
+def _run_through(scenario: Scenario, name: str, faults: list[Callable[[], None]],
+                 count: int = 2000) -> None:
+    for _ in range(2):
+        scenario.gpu_worker()
+    scenario.cpu_worker()
+    scenario.consumers(scenario.queue("logged"), 2)
+    scenario.consumers(scenario.queue("logged-cpu"), 1)
+    gpu_inputs = unique_inputs(f"{name}-gpu", count)
+    cpu_inputs = unique_inputs(f"{name}-cpu", count // 4)
+    producers = [Producer(scenario.client, "logged", gpu_inputs, chunk=40, pause=0.01),
+                 Producer(scenario.client, "logged-cpu", cpu_inputs, chunk=10, pause=0.01)]
+    for producer in producers:
+        producer.start()
+    step = count // (len(faults) + 1)
+    for index, fault in enumerate(faults, start=1):
+        when(lambda t=index * step: scenario.log.count() >= t, 240, f"{index * step} executions")
+        fault()
+    jobs = [producer.finish() for producer in producers]
+    tally = record(scenario.tally(name, bound_s=300, producers=producers))
+    assert tally.lost == 0
+    assert tally.executed_twice == 0
+    assert tally.succeeded == tally.submitted == len(gpu_inputs) + len(cpu_inputs)
+    for finished, inputs in zip(jobs, (gpu_inputs, cpu_inputs), strict=True):
+        scenario.check_results(finished, inputs)
+
+
+def test_rabbitmq_restarts_during_a_run(scenario: Scenario) -> None:
+    _run_through(scenario, "3. RabbitMQ restart", [restart_rabbitmq])
+
+
+def test_postgres_restarts_during_a_run(scenario: Scenario) -> None:
+    _run_through(scenario, "4. PostgreSQL restart", [restart_postgres])
+
+
+def test_redis_restarts_and_flushes_during_a_run(scenario: Scenario) -> None:
+    _run_through(scenario, "5. Redis restart and flush", [restart_redis, flush_redis])
