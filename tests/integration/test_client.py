@@ -133,7 +133,7 @@ def test_unknown_model_lists_known_names_and_writes_nothing(
     assert isinstance(error, AidistError) and isinstance(error, LookupError)
     assert error.known == sorted(error.known) and error.known
     assert set(error.known) <= {"minilm", TOY, "flaky", "sleepy", "unloadable", "oom-on-batches",
-                                "crashing",
+                                "crashing", "logged", "logged-cpu",
                                 "tokenize",
                                 "chunk", "normalize"}
     for name in error.known:

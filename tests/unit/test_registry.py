@@ -191,7 +191,8 @@ def test_duplicate_registration_is_a_config_error(registry: Registry) -> None:
 def test_plugins_register_test_models() -> None:
     with_plugins = build_registry(["tests.plugins"])
     names = {s.name for s in with_plugins.specs()}
-    assert names == BUILTINS | {"flaky", "sleepy", "unloadable", "oom-on-batches", "crashing"}
+    assert names == BUILTINS | {"flaky", "sleepy", "unloadable", "oom-on-batches", "crashing",
+                                "logged", "logged-cpu"}
     assert with_plugins.get("flaky").kind is JobKind.INFER
 
 
