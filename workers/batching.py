@@ -189,6 +189,10 @@ class MessageBatcher:
                 _settle_one(item.message, "dead")  # no row for any of its jobs: never run blind
                 self._event("task-failed", item, exception="jobs have no row in the job store")
                 continue
+            if outcome.gave_up and ids <= outcome.gave_up:
+                _settle_one(item.message, "dead")  # the reason is in the job's row
+                self._event("task-failed", item, exception="out of attempts")
+                continue
             _settle_one(item.message, "ack")
             self._event("task-succeeded", item, result=f"{len(item.entries)} jobs",
                         runtime=outcome.seconds)
@@ -219,6 +223,7 @@ class _Outcome:
     requeue: str | None = None
     dead: str | None = None
     missing: frozenset[str] = frozenset()
+    gave_up: frozenset[str] = frozenset()
 
 
 def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
@@ -236,7 +241,7 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
     seconds = time.perf_counter() - started
     log.debug("batch of %d messages, %d jobs (%d ok, %d failed) in %.1f ms", len(held),
               report.received, report.succeeded, report.failed, seconds * 1000)
-    return _Outcome(seconds=seconds, missing=report.missing)
+    return _Outcome(seconds=seconds, missing=report.missing, gave_up=report.gave_up)
 
 
 class BackgroundRunner:

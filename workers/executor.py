@@ -53,6 +53,7 @@ class BatchReport:
     skipped: int
     expired: int
     missing: frozenset[str] = frozenset()  # ids with no row at all: not run, dead-lettered
+    gave_up: frozenset[str] = frozenset()  # failed out of attempts: their message dead-lettered
 
 
 def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
@@ -218,6 +219,7 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         if job_id in claims:
             outcomes.append(Outcome(job_id, claims[job_id].attempt, JobStatus.FAILED, problem))
     groups: dict[tuple[str, str, str], list[JobEntry]] = defaultdict(list)
+    gave_up: set[str] = set()
     expired = 0
     for entry in entries:
         claim = claims.get(entry.id)
@@ -229,7 +231,9 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
                 notices[entry.reply_to].append(Notice(entry.id, JobStatus.EXPIRED.value))
             continue
         if claim.status is JobStatus.FAILED:  # out of attempts: recorded by the claim itself
-            log.error("job %s failed: out of attempts (%d)", entry.id, claim.attempt - 1)
+            log.error("job %s failed: out of attempts (%d); its message goes to the dead-letter "
+                      "queue", entry.id, claim.attempt - 1)
+            gave_up.add(entry.id)
             if entry.reply_to:
                 notices[entry.reply_to].append(Notice(
                     entry.id, JobStatus.FAILED.value,
@@ -293,6 +297,7 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         skipped=len(ids) - len(claims),
         expired=expired,
         missing=missing,
+        gave_up=frozenset(gave_up),
     )
 
 

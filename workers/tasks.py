@@ -28,6 +28,8 @@ def run_jobs(holder: RuntimeHolder, entries: Any, redelivered: bool = False) -> 
         raise Reject(str(exc), requeue=True) from exc
     if report.missing and len(report.missing) == report.received:
         raise Reject("no job of this message has a row in the job store", requeue=False)
+    if report.gave_up and len(report.gave_up) == report.received:
+        raise Reject("out of attempts (the reason is in the job's row)", requeue=False)
     return {
         "received": report.received,
         "succeeded": report.succeeded,

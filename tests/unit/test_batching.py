@@ -214,3 +214,17 @@ def test_an_ack_on_a_lost_connection_is_logged_not_raised(harness: Harness) -> N
     batcher.add(DeadChannel(([[entry]], {}, {}), [], "m"))
     timers.fire()  # must not raise into Celery's consumer
     assert harness.store.status[entry["id"]] is JobStatus.SUCCEEDED
+
+
+def test_a_job_out_of_attempts_is_failed_and_its_message_dead_lettered(harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    message, (entry,) = _message(harness, log, "poison", "kills its worker")
+    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=8)  # died 8 times already
+    message.delivery_info = {"redelivered": True}  # type: ignore[attr-defined]
+    batcher.add(message)
+    timers.fire()
+    assert log == ["reject poison requeue=False"]
+    assert harness.store.status[entry["id"]] is JobStatus.FAILED
+    assert harness.recorder.calls == []
