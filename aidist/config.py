@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         default=8, ge=1, le=1000,
         description="Runs a job may start (its first run, and every takeover after a worker "
                     "death or redelivery, count) before it is failed instead of run again.")
+    transient_retries: int = Field(
+        default=3, ge=0, le=20,
+        description="Retries (exponential backoff with jitter) of a model call that raised "
+                    "aidist.errors.TransientError, before its jobs fail.")
     durable_results: bool = Field(
         default=True,
         description="Keep a copy of each result in its Postgres row, so a flushed or restarted "

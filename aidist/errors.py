@@ -106,3 +106,9 @@ class ResultUnavailable(JobError):
 
 class ModelLoadError(AidistError):
     """A registered model could not be loaded in this worker."""
+
+
+class TransientError(AidistError):
+    """Raised by a model or op for a failure worth trying again (a remote service timing out, a
+    device that is briefly busy). The worker retries the call with exponential backoff and
+    jitter, ``AIDIST_TRANSIENT_RETRIES`` times, before failing the jobs with the last error."""

@@ -22,12 +22,13 @@ from tenacity import (
     RetryError,
     Retrying,
     retry_if_exception_type,
+    stop_after_attempt,
     stop_after_delay,
     wait_exponential_jitter,
 )
 
 from aidist import codec
-from aidist.errors import AidistError, InvalidInput, ServiceUnavailable
+from aidist.errors import AidistError, InvalidInput, ServiceUnavailable, TransientError
 from aidist.jobs import JobEntry, JobStatus, canonical_params
 from aidist.routing import queue_name
 from db import ClaimRequest, Notice, Outcome
@@ -89,15 +90,30 @@ def _error_text(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
-def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any]
-               ) -> list[tuple[Any, str | None]]:
+TRANSIENT_WAIT = wait_exponential_jitter(multiplier=0.2, max=5.0)
+
+
+def _call(runner: Runner, inputs: list[Any], params: dict[str, Any], retries: int) -> list[Any]:
+    """One model call, tried again with backoff and jitter while it raises ``TransientError``."""
+    retrying = Retrying(retry=retry_if_exception_type(TransientError), wait=TRANSIENT_WAIT,
+                        stop=stop_after_attempt(retries + 1), reraise=True)
+    outputs: list[Any] = retrying(runner, inputs, params)
+    return outputs
+
+
+def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any],
+               retries: int = 0) -> list[tuple[Any, str | None]]:
     """Outputs (or error texts) for a batch; if the batch call fails (a bad input, or running out
-    of memory on the whole batch), each item runs alone so one bad input fails only its own job."""
+    of memory on the whole batch), each item runs alone so one bad input fails only its own job.
+    A ``TransientError`` is retried first, ``retries`` times."""
     try:
-        outputs = runner(list(inputs), params)
+        outputs = _call(runner, list(inputs), params, retries)
         if len(outputs) != len(inputs):
             raise RuntimeError(f"model returned {len(outputs)} outputs for {len(inputs)} inputs")
         return [(output, None) for output in outputs]
+    except TransientError as still_failing:  # not about one input: no item-by-item re-run
+        log.warning("a batch of %d failed %d times: %s", len(inputs), retries + 1, still_failing)
+        return [(None, _error_text(still_failing)) for _ in inputs]
     except Exception as batch_error:
         if len(inputs) == 1:
             log.info("an input failed: %s", batch_error)
@@ -107,7 +123,7 @@ def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any]
     results: list[tuple[Any, str | None]] = []
     for value in inputs:
         try:
-            (output,) = runner([value], params)
+            (output,) = _call(runner, [value], params, retries)
             results.append((output, None))
         except Exception as exc:
             log.info("an input failed: %s", exc)
@@ -363,7 +379,8 @@ def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Jo
     for start in range(0, len(items), size):
         batch = items[start : start + size]
         try:
-            pairs = _run_batch(runner, [value for _, _, value in batch], params)
+            pairs = _run_batch(runner, [value for _, _, value in batch], params,
+                               runtime.settings.transient_retries)
         except Exception:  # a runner bug outside any one input: fail the batch, keep the worker
             text = traceback.format_exc(limit=3)[-MAX_ERROR_CHARS:]
             pairs = [(None, text) for _ in batch]

@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tenacity import wait_none
 
 from aidist import codec
 from aidist.config import Settings
-from aidist.errors import ModelLoadError
+from aidist.errors import ModelLoadError, TransientError
 from aidist.jobs import JobKind, JobStatus, cache_key
 from db import Claim, ClaimRequest, Notice, Outcome
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
+from workers import executor
 from workers.executor import BatchReport, PoisonMessage, execute, parse_entries
 from workers.runtime import WorkerRuntime
 
@@ -590,3 +592,41 @@ def test_jobs_without_a_row_are_reported_missing_not_run(harness: Harness) -> No
     report = harness.run([ghost])
     assert report.missing == {ghost["id"]}
     assert harness.recorder.calls == []
+
+
+def _register_transient(harness: Harness, failures: int) -> list[int]:
+    calls: list[int] = []
+
+    def load(context: LoadContext) -> Runner:
+        def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+            calls.append(len(inputs))
+            if len(calls) <= failures:
+                raise TransientError("remote tokenizer timed out")
+            return [text.upper() for text in inputs]
+
+        return run
+
+    harness.registry.register(ModelSpec(name="transient", kind=JobKind.INFER, loader=load,
+                                        version="t-1", max_batch_size=8))
+    return calls
+
+
+def test_a_transient_error_is_retried_with_backoff_then_succeeds(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor, "TRANSIENT_WAIT", wait_none())
+    calls = _register_transient(harness, failures=2)
+    entries = [harness.entry("transient", text) for text in ("a", "b")]
+    assert harness.run(entries).succeeded == 2
+    assert calls == [2, 2, 2]  # the whole batch, tried again twice
+    assert [harness.result(e) for e in entries] == ["A", "B"]
+
+
+def test_a_transient_error_that_persists_fails_the_batch_once(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor, "TRANSIENT_WAIT", wait_none())
+    calls = _register_transient(harness, failures=1000)
+    entries = [harness.entry("transient", text) for text in ("a", "b")]
+    report = harness.run(entries)
+    assert report.failed == 2
+    assert calls == [2] * (harness.runtime.settings.transient_retries + 1)  # no item-by-item
+    assert "remote tokenizer timed out" in (harness.outcome(entries[0]).error or "")
