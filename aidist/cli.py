@@ -152,7 +152,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
         table = Table("field", "value", show_header=False)
         for name in ("id", "kind", "target", "version", "status", "attempts", "cache_hit",
                      "priority", "tenant", "deadline", "created_at", "started_at", "finished_at",
-                     "worker", "error", "params", "cache_key"):
+                     "worker", "error", "follows", "params", "cache_key"):
             value = getattr(record, name)
             table.add_row(name, "" if value is None else str(getattr(value, "value", value)))
         if record.status is JobStatus.SUCCEEDED:

@@ -50,6 +50,7 @@ class JobRecord:
     finished_at: datetime | None
     worker: str | None
     error: str | None
+    follows: str | None = None  # the identical job whose run this one took its end from
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class Claim:
     id: str
     status: JobStatus
     attempt: int
+    follows: str | None = None  # an identical job is running: this one takes its end, not a run
 
 
 @dataclass(frozen=True, slots=True)

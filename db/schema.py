@@ -70,12 +70,14 @@ class JobRow(Base):
     step: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    follows: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_cache_key", "cache_key"),
         Index("ix_jobs_unsent", "created_at",
               postgresql_where=text("status = 'queued' AND sent_at IS NULL")),
+        Index("ix_jobs_follows", "follows", postgresql_where=text("follows IS NOT NULL")),
         Index(
             "ux_jobs_idempotency",
             text("coalesce(tenant, '')"),

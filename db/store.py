@@ -78,6 +78,7 @@ def _record(row: RowMapping) -> JobRecord:
         finished_at=row["finished_at"],
         worker=row["worker"],
         error=row["error"],
+        follows=str(row["follows"]) if row["follows"] is not None else None,
     )
 
 
@@ -89,6 +90,8 @@ _RECORD_COLUMNS = [c for c in jobs_table.c
 # that forwarded it (same attempt, previous step); and a worker may claim again what it holds
 # itself (its claim is retried after a lost connection). Starting a run of step 0, or taking one
 # over, counts against the attempt budget; continuing a pipeline, or claiming again, does not.
+# A fresh start of a job identical to one already running (same cache key) does not run: it
+# follows that job (``follows``) and takes its end state and result when it finishes.
 _OWN = "(jobs.status = 'running' AND jobs.worker = :worker AND jobs.step = u.step)"
 _COUNTS = f"((u.takeover OR u.step = 0) AND NOT {_OWN})"
 _GIVE_UP = f"({_COUNTS} AND jobs.attempts >= :max_attempts)"
@@ -104,7 +107,15 @@ _CLAIM = text(
         step = u.step,
         started_at = now(),
         finished_at = CASE WHEN {_PAST_DEADLINE} OR {_GIVE_UP} THEN now() ELSE NULL END,
-        worker = :worker
+        worker = :worker,
+        follows = CASE WHEN u.step = 0 AND jobs.status = 'queued'
+                            AND NOT {_PAST_DEADLINE} AND NOT {_GIVE_UP}
+                       THEN (SELECT leader.id FROM jobs AS leader
+                             WHERE leader.cache_key = jobs.cache_key
+                               AND leader.status = 'running' AND leader.follows IS NULL
+                               AND leader.id <> jobs.id
+                             LIMIT 1)
+                       END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:steps AS int[]), CAST(:attempts AS int[]),
                 CAST(:takeovers AS boolean[])) AS u(id, step, attempt, takeover)
     WHERE jobs.id = u.id AND (
@@ -113,19 +124,49 @@ _CLAIM = text(
         OR (u.step = 0 AND u.takeover AND jobs.status = 'running' AND jobs.step = 0)
         OR (u.step > 0 AND jobs.status = 'running' AND jobs.attempts = u.attempt
             AND (jobs.step = u.step - 1 OR (u.takeover AND jobs.step = u.step))))
-    RETURNING jobs.id, jobs.status, jobs.attempts
+    RETURNING jobs.id, jobs.status, jobs.attempts, jobs.follows
     """
 )
 
+# The end states of a batch, and (same statement) of the jobs that follow them.
 _FINISH = text(
     """
-    UPDATE jobs SET status = u.status, error = u.error, finished_at = now(),
-                    result = coalesce(u.result, jobs.result)
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
-                CAST(:statuses AS text[]), CAST(:errors AS text[]), CAST(:results AS bytea[]))
-         AS u(id, attempt, status, error, result)
-    WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
-    RETURNING jobs.id
+    WITH done AS (
+        UPDATE jobs SET status = u.status, error = u.error, finished_at = now(),
+                        result = coalesce(u.result, jobs.result)
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
+                    CAST(:statuses AS text[]), CAST(:errors AS text[]),
+                    CAST(:results AS bytea[])) AS u(id, attempt, status, error, result)
+        WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
+        RETURNING jobs.id, jobs.status, jobs.error, jobs.result
+    ), followed AS (
+        UPDATE jobs AS follower
+        SET status = done.status, error = done.error, result = done.result, finished_at = now()
+        FROM done
+        WHERE follower.follows = done.id AND follower.status = 'running'
+        RETURNING follower.id
+    )
+    SELECT id FROM done
+    """
+)
+
+# Followers whose leader ended without them (cancelled, expired, failed out of attempts, or a
+# race with its finish): take a finished leader's end, or go back to the queue unsent, where the
+# sweeper publishes them.
+_SETTLE_FOLLOWERS = text(
+    """
+    UPDATE jobs AS follower SET
+        status = CASE WHEN leader.status IN ('succeeded', 'failed') THEN leader.status
+                      ELSE 'queued' END,
+        error = CASE WHEN leader.status IN ('succeeded', 'failed') THEN leader.error END,
+        result = CASE WHEN leader.status = 'succeeded' THEN leader.result END,
+        finished_at = CASE WHEN leader.status IN ('succeeded', 'failed') THEN now() END,
+        sent_at = CASE WHEN leader.status IN ('succeeded', 'failed') THEN follower.sent_at END,
+        follows = NULL
+    FROM jobs AS leader
+    WHERE follower.follows = leader.id AND follower.status = 'running'
+      AND leader.status IN ('succeeded', 'failed', 'cancelled', 'expired')
+    RETURNING follower.id
     """
 )
 
@@ -277,7 +318,8 @@ class JobStore:
                              "interrupted: worker deaths or redeliveries)"}
         with self._begin() as connection:
             rows = connection.execute(_CLAIM, params)
-            return [Claim(str(r.id), JobStatus(r.status), r.attempts) for r in rows]
+            return [Claim(str(r.id), JobStatus(r.status), r.attempts,
+                          str(r.follows) if r.follows is not None else None) for r in rows]
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """Record how each run ended, in one statement; returns how many rows changed. A row whose
@@ -348,6 +390,12 @@ class JobStore:
                 {"ids": _uuids(sent)},
             )
             return len(sent)
+
+    def settle_followers(self) -> int:
+        """End (or requeue, unsent) the followers of leaders that have ended; returns how many.
+        The sweeper runs this each pass."""
+        with self._begin() as connection:
+            return len(connection.execute(_SETTLE_FOLLOWERS).all())
 
     def results_by_key(self, cache_keys: Sequence[str]) -> dict[str, bytes]:
         """Durable copies of results by cache key (any job with that key), for a result that

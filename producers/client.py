@@ -274,10 +274,15 @@ class Client:
             raise JobTimeout(late.id, timeout or 0.0, late.status().value)
 
     def results_of(self, jobs: Sequence[Job], timeout: float | None = 300.0) -> list[Any]:
-        """Results of finished jobs, in order, read in one round trip; raises for the first job
-        that failed, was cancelled or expired. A result that has left Redis (TTL, eviction, a
+        """Results of jobs, in order, read in one round trip once they have all ended (waiting up
+        to ``timeout``, else ``JobTimeout``); raises for the first job that failed, was
+        cancelled or expired. A result that has left Redis (TTL, eviction, a
         flushed or restarted Redis) is recomputed from the input kept in Postgres, by the same
         model version, within ``timeout``; if the model has changed since, ``ResultUnavailable``."""
+        unfinished = [job for job in jobs if self.tracker.known(job.id) is None]
+        if unfinished:  # wait for them first: a result is only read once its job has ended
+            for _ in self.as_completed(unfinished, timeout=timeout):
+                pass
         statuses = []
         for job in jobs:
             finished = self.tracker.known(job.id)

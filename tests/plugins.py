@@ -66,7 +66,8 @@ def load_logged(context: LoadContext) -> Runner:
     """Echoes ``done:<input>`` and appends every input it ran to an execution log, one file per
     process (``$AIDIST_TEST_EXEC_LOG/<pid>.log``, lines ``<call number>\t<input>``), written
     after the batch is computed: the fault suite counts model executions from it, never from
-    aidist's own records. Inputs starting with "boom" raise; with "hang" never return."""
+    aidist's own records. Inputs starting with "boom" raise; with "hang" never return; with
+    "slow" take half a second."""
     directory = os.environ.get(EXEC_LOG_ENV)
     calls = 0
     handle: int | None = None
@@ -79,6 +80,8 @@ def load_logged(context: LoadContext) -> Runner:
                 raise ValueError(f"logged model refuses {text!r}")
             if text.startswith("hang"):
                 hung.wait()
+            if text.startswith("slow"):
+                time.sleep(0.5)
         time.sleep(PER_ITEM_S * len(inputs))
         if directory:
             if handle is None:

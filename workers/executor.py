@@ -55,6 +55,7 @@ class BatchReport:
     expired: int
     missing: frozenset[str] = frozenset()  # ids with no row at all: not run, dead-lettered
     gave_up: frozenset[str] = frozenset()  # failed out of attempts: their message dead-lettered
+    coalesced: int = 0  # identical to a job running elsewhere: they take its end, not a run
 
 
 def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
@@ -236,10 +237,13 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
             outcomes.append(Outcome(job_id, claims[job_id].attempt, JobStatus.FAILED, problem))
     groups: dict[tuple[str, str, str], list[JobEntry]] = defaultdict(list)
     gave_up: set[str] = set()
-    expired = 0
+    expired = coalesced = 0
     for entry in entries:
         claim = claims.get(entry.id)
         if claim is None:
+            continue
+        if claim.follows is not None:  # finished with its leader, in the leader's finish
+            coalesced += 1
             continue
         if claim.status is JobStatus.EXPIRED:
             expired += 1
@@ -314,6 +318,7 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         expired=expired,
         missing=missing,
         gave_up=frozenset(gave_up),
+        coalesced=coalesced,
     )
 
 

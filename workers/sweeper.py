@@ -61,6 +61,9 @@ def sweep_once(settings: Settings, store: JobStore, publish: Publish,
                 sent.extend(entry.id for entry in pack)
         return sent
 
+    settled = store.settle_followers()
+    if settled:
+        log.info("settled %d coalesced jobs whose leader had ended", settled)
     age = settings.sweep_after_s if older_than_s is None else older_than_s
     total = 0
     while True:

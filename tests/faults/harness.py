@@ -115,6 +115,7 @@ class Member:
     process: subprocess.Popen[bytes]
     log_path: Path
     stopping: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -150,16 +151,17 @@ class Fleet:
         self._thread = threading.Thread(target=self._supervise, daemon=True)
         self._thread.start()
 
-    def _spawn(self, args: list[str]) -> Member:
+    def _spawn(self, args: list[str], extra_env: dict[str, str] | None = None) -> Member:
         log_path = self.log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
-        env = {**settings_env(self.settings), EXEC_LOG_ENV: str(self.exec_dir)}
+        env = {**settings_env(self.settings), EXEC_LOG_ENV: str(self.exec_dir),
+               **(extra_env or {})}
         with log_path.open("wb") as handle:
             process = subprocess.Popen([aidist_command(), "worker", *args], env=env, cwd=REPO,
                                        stdout=handle, stderr=subprocess.STDOUT)
-        return Member(args, process, log_path)
+        return Member(args, process, log_path, extra_env=extra_env or {})
 
-    def start(self, *args: str) -> Member:
-        member = self._spawn(list(args))
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Member:
+        member = self._spawn(list(args), env)
         with self._lock:
             self.members.append(member)
         return member
@@ -199,7 +201,7 @@ class Fleet:
                         continue
                     if code != 0:  # killed, or ended by the watchdog
                         self.crashed.add(member.process.pid)
-                    self.members[index] = self._spawn(member.args)
+                    self.members[index] = self._spawn(member.args, member.extra_env)
                     self.restarts += 1
 
     def logs(self) -> str:
@@ -355,8 +357,8 @@ class Scenario:
     log: ExecLog
     started: float = field(default_factory=time.monotonic)
 
-    def gpu_worker(self, target: str = "logged") -> Member:
-        return self.fleet.start("--pool", "gpu", "--models", target)
+    def gpu_worker(self, target: str = "logged", env: dict[str, str] | None = None) -> Member:
+        return self.fleet.start("--pool", "gpu", "--models", target, env=env)
 
     def cpu_worker(self, target: str = "logged-cpu", concurrency: int = 2) -> Member:
         return self.fleet.start("--pool", "cpu", "--models", target,

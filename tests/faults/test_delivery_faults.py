@@ -16,6 +16,7 @@ from aidist.errors import InvalidInput
 from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
 from aidist.routing import dead_letter_queue
 from db import NewJob
+from producers import Client
 from producers.publisher import Publisher
 from tests.conftest import REPO, publish_raw, queue_depth, settings_env, wait_for
 from tests.faults.conftest import record
@@ -115,6 +116,26 @@ def test_duplicate_deliveries_run_each_job_once(scenario: Scenario) -> None:
     assert tally.succeeded == tally.submitted == len(inputs)
     assert queue_depth(scenario.settings, dead_letter_queue(scenario.settings.namespace)) == 0
     scenario.check_results(jobs, inputs)
+
+
+def test_identical_jobs_in_flight_run_once(scenario: Scenario) -> None:
+    for _ in range(2):  # one message in hand each: the twins go to the worker that is free
+        scenario.gpu_worker(env={"AIDIST_BATCH_PREFETCH": "1"})
+    scenario.consumers(scenario.queue("logged"), 2)
+    inputs = unique_inputs("slow", 4)
+    first = scenario.client.submit_many("logged", inputs)
+    wait_for(lambda: all(scenario.store.get(j.id).status is JobStatus.RUNNING for j in first),
+             timeout=60, message="the first copies to be running")
+    with Client(scenario.settings) as other:  # another application submits the same inputs
+        twins = other.submit_many("logged", inputs)
+        assert other.results_of(twins, timeout=60) == [f"done:{text}" for text in inputs]
+    tally = record(scenario.tally("7b. identical jobs in flight", bound_s=60))
+    assert tally.lost == 0 and tally.executed_twice == 0
+    assert tally.succeeded == tally.submitted == 2 * len(inputs)
+    assert scenario.log.count() == len(inputs)  # the twins took the running jobs' results
+    records = scenario.store.get_many([job.id for job in twins])
+    assert {records[twin.id].follows for twin in twins} == {job.id for job in first}
+    scenario.check_results(first, inputs)
 
 
 @pytest.mark.parametrize("point", ["before-publish", "after-publish"])

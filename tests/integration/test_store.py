@@ -401,3 +401,49 @@ def test_a_worker_may_claim_again_what_it_holds_without_a_new_attempt(
     # its claim retried after a lost connection: still attempt 1, so its finish still counts
     assert store.claim(first(job.id), "w") == [Claim(job.id, JobStatus.RUNNING, 1)]
     assert store.claim(first(job.id), "other") == []
+
+
+def test_a_twin_of_a_running_job_follows_it_and_ends_with_it(store: JobStore,
+                                                             new_job: NewJobFactory) -> None:
+    leader = new_job()
+    twin, twin_in_flush = new_job(cache_key=leader.cache_key), new_job(cache_key=leader.cache_key)
+    store.insert_jobs([leader, twin, twin_in_flush])
+    (lead,) = store.claim(first(leader.id), "w1")
+    assert lead.follows is None
+    (follow,) = store.claim(first(twin.id), "w2")
+    assert follow.status is JobStatus.RUNNING and follow.follows == leader.id
+    changed = store.finish([Outcome(leader.id, lead.attempt, JobStatus.SUCCEEDED,
+                                    result=b"\x01shared")])
+    assert changed == 1  # the leader's row; its follower ended in the same statement
+    record = store.get(twin.id)
+    assert record.status is JobStatus.SUCCEEDED and record.finished_at is not None
+    # a twin that starts after the leader finished runs (or takes the stored result) itself
+    (late,) = store.claim(first(twin_in_flush.id), "w3")
+    assert late.follows is None
+
+
+def test_followers_of_a_leader_that_ended_without_them_are_settled(
+        store: JobStore, new_job: NewJobFactory) -> None:
+    cancelled_leader, failed_leader = new_job(), new_job()
+    orphan = new_job(cache_key=cancelled_leader.cache_key)
+    failing = new_job(cache_key=failed_leader.cache_key)
+    store.insert_jobs([cancelled_leader, failed_leader, orphan, failing])
+    store.claim(first(cancelled_leader.id, failed_leader.id), "w1")
+    assert all(c.follows for c in store.claim(first(orphan.id, failing.id), "w2"))
+    store.cancel(cancelled_leader.id)
+    # the other leader fails without a finish statement, as a claim out of attempts does
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE jobs SET status = 'failed', error = 'out of attempts' "
+                                "WHERE id = :id"), {"id": failed_leader.id})
+    assert store.settle_followers() >= 2
+    requeued, failed = store.get(orphan.id), store.get(failing.id)
+    assert requeued.status is JobStatus.QUEUED  # runs on its own now: unsent, for the sweeper
+    assert failed.status is JobStatus.FAILED and failed.error == "out of attempts"
+    swept: list[str] = []
+
+    def publish(rows: list[UnsentJob]) -> list[str]:
+        swept.extend(row.id for row in rows if row.id == orphan.id)
+        return swept
+
+    store.sweep_unsent(0, 100_000, publish)
+    assert swept == [orphan.id]
