@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aidist.config import Settings
 from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
-from db import Claim, Notice, Outcome
+from db import Claim, ClaimRequest, Notice, Outcome
 from models import LoadContext, build_registry
 from workers.batching import BackgroundRunner, BatchPolicy, MessageBatcher
 from workers.executor import run_entries
@@ -40,8 +40,12 @@ class MemoryStore:
     def __init__(self) -> None:
         self.finished = 0
 
-    def claim(self, job_ids: Sequence[str], worker: str, max_attempts: int = 8) -> list[Claim]:
-        return [Claim(job_id, JobStatus.RUNNING, 1) for job_id in job_ids]
+    def claim(self, requests: Sequence[ClaimRequest], worker: str,
+              max_attempts: int = 8) -> list[Claim]:
+        return [Claim(request.id, JobStatus.RUNNING, 1) for request in requests]
+
+    def existing(self, job_ids: Sequence[str]) -> set[str]:
+        return set(job_ids)
 
     def finish_returning(self, outcomes: Sequence[Outcome]) -> set[str]:
         self.finished += len(outcomes)
@@ -50,6 +54,9 @@ class MemoryStore:
 
 class MemoryCache:
     """Keeps nothing: the engine still encodes every result it would store."""
+
+    def get_many(self, cache_keys: Sequence[str]) -> list[bytes | None]:
+        return [None] * len(cache_keys)
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
         return None
