@@ -17,9 +17,10 @@ from db import JobStore, ResultCache
 from models import build_registry
 from producers.publisher import Publisher
 from workers.app import batch_policy, create_app, pool_targets, queues_for
+from workers.periodic import Periodic
 from workers.presence import WorkerPresence
 from workers.runtime import RuntimeHolder
-from workers.sweeper import Sweeper
+from workers.sweeper import sweeper
 
 POOLS = ("gpu", "cpu")
 log = logging.getLogger("aidist.worker")
@@ -101,10 +102,10 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
                                                strict=True)),
         consume=lambda queue: app.control.add_consumer(queue, destination=[node], reply=False),
     )
-    sweeper = Sweeper(
+    sweeping = sweeper(
         settings, JobStore.connect(settings.database_url, settings.connect_timeout_s),
         Publisher(settings.broker_url, settings.namespace, settings.connect_timeout_s).publish)
-    for thread in (presence, sweeper):
+    for thread in (Periodic("aidist-presence", presence.beat, retry_s=1.0), sweeping):
         worker_ready.connect(lambda thread=thread, **_: thread.start(), weak=False)
         worker_shutting_down.connect(lambda thread=thread, **_: thread.stop(), weak=False)
     workers = concurrency or os.cpu_count() or 1

@@ -12,12 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
 
 from aidist.config import Settings
-from aidist.errors import AidistError
 from db.cache import ResultCache
 from workers.broker import queue_stats
 
@@ -26,7 +24,7 @@ HEARTBEAT_S = 5.0
 
 
 class WorkerPresence:
-    """Runs in a daemon thread of the worker process until ``stop()``."""
+    """One heartbeat per ``beat()``; run it with ``workers.periodic.Periodic``."""
 
     def __init__(self, settings: Settings, cache: ResultCache, *, node: str, pool: str,
                  device: str, ready: list[str], not_ready: Mapping[str, str],
@@ -41,27 +39,13 @@ class WorkerPresence:
         self.queue_of = queue_of
         self.consume = consume
         self.started = time.monotonic()
-        self._stopped = False  # a plain flag: stop() runs in a signal handler, so it takes no lock
-        self._pause = threading.Event()  # only ever waited on, by the heartbeat thread
-        self._thread = threading.Thread(target=self._loop, name="aidist-presence", daemon=True)
 
-    def start(self) -> None:
-        """Begin heartbeats (and the not-ready watch)."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """End heartbeats; the announcement expires on its own. Safe in a signal handler (Celery
-        calls it from its SIGTERM handler, which a second SIGTERM can re-enter)."""
-        self._stopped = True
-
-    def _loop(self) -> None:
-        while not self._stopped:
-            try:
-                self.cache.put_presence(self.node, self.info, ttl_s=HEARTBEAT_S * 3)
-                self._check_waiting()
-            except AidistError as exc:
-                log.warning("presence heartbeat failed: %s", exc)
-            self._pause.wait(HEARTBEAT_S if not self.waiting else min(HEARTBEAT_S, 1.0))
+    def beat(self) -> float:
+        """Announce this worker (and act on models whose grace period ended); returns the
+        seconds until the next beat. The announcement expires on its own once beats stop."""
+        self.cache.put_presence(self.node, self.info, ttl_s=HEARTBEAT_S * 3)
+        self._check_waiting()
+        return HEARTBEAT_S if not self.waiting else min(HEARTBEAT_S, 1.0)
 
     def _check_waiting(self) -> None:
         if not self.waiting or time.monotonic() - self.started < self.settings.load_failure_grace_s:

@@ -12,17 +12,16 @@ once.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aidist import codec
 from aidist.config import Settings
-from aidist.errors import AidistError
 from aidist.jobs import JobEntry, recorded_steps
 from aidist.routing import queue_name
 from db import JobStore, UnsentJob
+from workers.periodic import Periodic
 
 log = logging.getLogger("aidist.sweeper")
 SWEEP_LIMIT = 1000
@@ -77,29 +76,11 @@ def sweep_once(settings: Settings, store: JobStore, publish: Publish,
     return total
 
 
-class Sweeper:
-    """Runs ``sweep_once`` every ``sweep_interval_s`` in a daemon thread until ``stop()``."""
+def sweeper(settings: Settings, store: JobStore, publish: Publish) -> Periodic:
+    """``sweep_once`` every ``sweep_interval_s`` on a daemon thread (``start()``/``stop()``)."""
 
-    def __init__(self, settings: Settings, store: JobStore, publish: Publish) -> None:
-        self.settings = settings
-        self.store = store
-        self.publish = publish
-        self._stopped = False  # a plain flag: stop() runs in a signal handler, so it takes no lock
-        self._pause = threading.Event()  # only ever waited on, by the sweeper thread
-        self._thread = threading.Thread(target=self._loop, name="aidist-sweeper", daemon=True)
+    def step() -> float:
+        sweep_once(settings, store, publish)
+        return settings.sweep_interval_s
 
-    def start(self) -> None:
-        """Begin sweeping."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current pass. Safe in a signal handler."""
-        self._stopped = True
-
-    def _loop(self) -> None:
-        while not self._stopped:
-            try:
-                sweep_once(self.settings, self.store, self.publish)
-            except AidistError as exc:
-                log.warning("sweeper pass failed (will retry): %s", exc)
-            self._pause.wait(self.settings.sweep_interval_s)
+    return Periodic("aidist-sweeper", step, retry_s=settings.sweep_interval_s)

@@ -360,6 +360,13 @@ class Scenario:
     def gpu_worker(self, target: str = "logged", env: dict[str, str] | None = None) -> Member:
         return self.fleet.start("--pool", "gpu", "--models", target, env=env)
 
+    def gpu_workers(self, count: int, target: str = "logged",
+                    env: dict[str, str] | None = None) -> list[Member]:
+        """Start ``count`` gpu workers and wait until they all consume."""
+        started = [self.gpu_worker(target, env) for _ in range(count)]
+        self.consumers(self.queue(target), count)
+        return started
+
     def cpu_worker(self, target: str = "logged-cpu", concurrency: int = 2) -> Member:
         return self.fleet.start("--pool", "cpu", "--models", target,
                                 "--concurrency", str(concurrency))

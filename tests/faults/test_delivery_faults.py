@@ -84,10 +84,8 @@ def test_poison_inputs_and_messages(scenario: Scenario) -> None:
 
 
 def test_duplicate_deliveries_run_each_job_once(scenario: Scenario) -> None:
-    for _ in range(2):
-        scenario.gpu_worker()
+    scenario.gpu_workers(2)
     queue = scenario.queue("logged")
-    scenario.consumers(queue, 2)
     inputs = unique_inputs("dup", 1500)
     publisher = Publisher(scenario.settings.broker_url, scenario.settings.namespace)
     jobs = []
@@ -119,9 +117,8 @@ def test_duplicate_deliveries_run_each_job_once(scenario: Scenario) -> None:
 
 
 def test_identical_jobs_in_flight_run_once(scenario: Scenario) -> None:
-    for _ in range(2):  # one message in hand each: the twins go to the worker that is free
-        scenario.gpu_worker(env={"AIDIST_BATCH_PREFETCH": "1"})
-    scenario.consumers(scenario.queue("logged"), 2)
+    # one message in hand each: the twins go to the worker that is free
+    scenario.gpu_workers(2, env={"AIDIST_BATCH_PREFETCH": "1"})
     inputs = unique_inputs("slow", 4)
     first = scenario.client.submit_many("logged", inputs)
     wait_for(lambda: all(scenario.store.get(j.id).status is JobStatus.RUNNING for j in first),

@@ -25,10 +25,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.timeout(600)]
 
 def _run_through(scenario: Scenario, name: str, faults: list[Callable[[], None]],
                  count: int = 2000) -> None:
-    for _ in range(2):
-        scenario.gpu_worker()
     scenario.cpu_worker()
-    scenario.consumers(scenario.queue("logged"), 2)
+    scenario.gpu_workers(2)
     scenario.consumers(scenario.queue("logged-cpu"), 1)
     gpu_inputs = unique_inputs(f"{name}-gpu", count)
     cpu_inputs = unique_inputs(f"{name}-cpu", count // 4)

@@ -13,9 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.timeout(600)]
 
 
 def test_sigkill_gpu_workers_in_the_middle_of_batches(scenario: Scenario) -> None:
-    for _ in range(2):
-        scenario.gpu_worker()
-    scenario.consumers(scenario.queue("logged"), 2)
+    scenario.gpu_workers(2)
     inputs = unique_inputs("kill", 3000)
     producer = Producer(scenario.client, "logged", inputs, chunk=100)
     producer.start()
@@ -59,9 +57,7 @@ def test_sigkill_cpu_pool_processes_in_the_middle_of_jobs(scenario: Scenario) ->
 
 
 def test_sigterm_gpu_workers_mid_batch_while_jobs_keep_coming(scenario: Scenario) -> None:
-    for _ in range(2):
-        scenario.gpu_worker()
-    scenario.consumers(scenario.queue("logged"), 2)
+    scenario.gpu_workers(2)
     inputs = unique_inputs("term", 3000)
     producer = Producer(scenario.client, "logged", inputs, chunk=50)
     producer.start()
