@@ -3,7 +3,6 @@ results."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -28,12 +27,11 @@ from db import JobRecord, JobStore, NewJob, ResultCache
 from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
+from producers.outbox import SentMarker
 from producers.progress import job_progress
 from producers.publisher import Publisher
 from producers.submission import Deadline, Plan, Request, SubmitOptions, submit_options
 from producers.waiting import CompletionTracker
-
-log = logging.getLogger("aidist.client")
 
 
 class Client:
@@ -58,6 +56,7 @@ class Client:
             self.cache, self.store, self.cache.reply_key(self.client_id)
         )
         self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_requests)
+        self.sent = SentMarker(self.store)
 
     def __enter__(self) -> Client:
         return self
@@ -66,7 +65,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close connections to RabbitMQ, Redis and Postgres."""
+        """Mark what was published as sent, close connections to RabbitMQ, Redis and Postgres."""
+        self.sent.close()
         self.publisher.close()
         self.cache.close()
         self.store.close()
@@ -232,12 +232,7 @@ class Client:
                 self.store.fail_unsent(unsent, "not published: the broker failed mid-submit")
                 raise
             sent.update(e["id"] for e in entries)
-        try:
-            self.store.mark_sent(list(sent))
-        except ServiceUnavailable:
-            # The messages are out and will run; the sweeper may send them again later, and the
-            # claim fencing makes sure each job still runs once.
-            log.warning("could not mark %d published jobs as sent", len(sent))
+        self.sent.add(list(sent))
         return [Job(self, row.id, r.plan.kind, r.plan.label, row.cache_key)
                 for row, r in zip(rows, requests, strict=True)]
 

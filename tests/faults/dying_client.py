@@ -27,7 +27,7 @@ def main() -> None:
     if where == "before-publish":
         client.publisher.publish = die  # type: ignore[method-assign]
     elif where == "after-publish":
-        client.store.mark_sent = die  # type: ignore[method-assign]
+        client.sent.add = die  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown point {where!r}")
     tag = uuid.uuid4().hex[:8]
