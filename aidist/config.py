@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     publish_retry_s: float = Field(
         default=15.0, ge=0,
         description="Client: how long a publish is retried when the broker fails mid-submit "
-                    "(a restart); past it the unsent jobs are failed and ServiceUnavailable "
-                    "raised. A broker that is down before a submit fails it at once.")
+                    "(a restart); past it the call returns and the jobs, already recorded, wait "
+                    "for a worker's sweeper to publish them. A broker that is down before a "
+                    "submit fails it at once, with nothing recorded.")
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     pack_size: int = Field(
         default=128, ge=1, le=10_000, description="Jobs per message when packing."

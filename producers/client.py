@@ -3,6 +3,7 @@ results."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -32,6 +33,8 @@ from producers.progress import job_progress
 from producers.publisher import Publisher
 from producers.submission import Deadline, Plan, Request, SubmitOptions, submit_options
 from producers.waiting import CompletionTracker
+
+log = logging.getLogger("aidist.client")
 
 
 class Client:
@@ -226,10 +229,17 @@ class Client:
         for (queue, priority), entries in outgoing.items():
             try:
                 self._publish(queue, entries, priority)
+            except ServiceUnavailable as exc:
+                # The rows are the commit point: jobs recorded but not yet sent stay queued and
+                # unsent, and a worker's sweeper publishes them once the broker is back.
+                waiting = sum(len(group) for group in outgoing.values()) - len(sent)
+                log.warning("%d jobs recorded but not yet published (%s); a worker's sweeper "
+                            "publishes them once the broker is back", waiting, exc)
+                break
             except Exception:
                 unsent = [e["id"] for group in outgoing.values() for e in group
                           if e["id"] not in sent]
-                self.store.fail_unsent(unsent, "not published: the broker failed mid-submit")
+                self.store.fail_unsent(unsent, "not published: the broker refused the message")
                 raise
             sent.update(e["id"] for e in entries)
         self.sent.add(list(sent))

@@ -35,6 +35,7 @@ from db.records import Outcome
 from db.schema import jobs_table
 from db.store import JobStore
 from producers import Client
+from producers.publisher import Publisher
 from tests.conftest import make_settings, pika_connection, queue_depth
 from tests.integration.conftest import (
     clean_namespace,
@@ -43,6 +44,7 @@ from tests.integration.conftest import (
     total_jobs,
     unique,
 )
+from workers.sweeper import sweep_once
 
 pytestmark = pytest.mark.integration
 
@@ -530,3 +532,29 @@ def test_dead_service_raises_service_unavailable_fast(settings: Settings, store:
         clean_namespace(make_settings(**{**dead.model_dump(), setting: getattr(settings,
                                                                                setting)}))
 
+
+
+def test_jobs_whose_publish_failed_mid_submit_are_published_by_the_sweeper(
+        ns_settings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ns_settings.model_copy(update={"publish_retry_s": 0.0})
+    queue = _toy_queue(settings)
+    with Client(settings) as client:
+        client.publisher.connect()  # the broker was up when the submit began
+
+        def broker_gone(*_: Any, **__: Any) -> str:
+            raise ServiceUnavailable("RabbitMQ", settings.broker_url, "connection reset")
+
+        monkeypatch.setattr(client.publisher, "publish", broker_gone)
+        jobs = client.infer_many(TOY, [f"outbox {uuid.uuid4()}" for _ in range(3)])
+    assert len(jobs) == 3  # recorded: accepted, to be sent later
+    records = store.get_many([job.id for job in jobs])
+    assert {records[job.id].status for job in jobs} == {JobStatus.QUEUED}
+    assert queue_depth(settings, queue) == 0
+
+    publisher = Publisher(settings.broker_url, settings.namespace)
+    try:
+        assert sweep_once(settings, store, publisher.publish, older_than_s=0) >= 3
+    finally:
+        publisher.close()
+    swept = {entry["id"] for _, entries in _drain(settings, queue) for entry in entries}
+    assert {job.id for job in jobs} <= swept  # (rows other tests left unsent may come along)
