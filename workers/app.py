@@ -70,7 +70,10 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
             settings.batch_prefetch if batching else settings.prefetch_multiplier),
         worker_send_task_events=settings.task_events,
         worker_hijack_root_logger=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A task running when the broker connection drops runs to its end and commits (its ack
+        # then fails and the broker redelivers the message, whose claim skips finished jobs).
+        # Celery's alternative, terminating it, throws away work the model already did.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
         task_create_missing_queues=False,
