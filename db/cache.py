@@ -133,6 +133,21 @@ class ResultCache:
             self.client.set(f"{self.namespace}:worker:{node}", json.dumps(info),
                             px=int(ttl_s * 1000))
 
+    def put_alive(self, runner: str, ttl_s: float) -> None:
+        """Say that the process ``runner`` (a worker runtime's name) is alive for ``ttl_s``: a
+        redelivered job it still runs is not taken over by another worker meanwhile."""
+        with self._guard():
+            self.client.set(f"{self.namespace}:alive:{runner}", b"1", px=int(ttl_s * 1000))
+
+    def alive_among(self, runners: Sequence[str]) -> set[str]:
+        """Those of ``runners`` whose alive mark has not expired."""
+        if not runners:
+            return set()
+        names = list(runners)
+        with self._guard():
+            values = self.client.mget([f"{self.namespace}:alive:{name}" for name in names])
+        return {name for name, value in zip(names, values, strict=True) if value is not None}
+
     def presences(self) -> list[dict[str, object]]:
         """Every live worker's announcement."""
         with self._guard():

@@ -266,6 +266,18 @@ class JobStore:
         with self._begin() as connection:
             return [(str(r.id), JobStatus(r.status), r.error) for r in connection.execute(query)]
 
+    def holders(self, job_ids: Sequence[str], other_than: str) -> dict[str, str]:
+        """job id -> worker, for those of ``job_ids`` that are running on a worker other than
+        ``other_than`` (whether that worker is still alive is the caller's question)."""
+        ids = _uuids(job_ids)
+        if not ids:
+            return {}
+        query = select(jobs_table.c.id, jobs_table.c.worker).where(
+            _id_in(ids), jobs_table.c.status == JobStatus.RUNNING.value,
+            jobs_table.c.worker.is_not(None), jobs_table.c.worker != other_than)
+        with self._begin() as connection:
+            return {str(row.id): row.worker for row in connection.execute(query)}
+
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Those of ``job_ids`` that have a row."""
         ids = _uuids(job_ids)

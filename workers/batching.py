@@ -36,6 +36,7 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("aidist.worker")
 DRAIN_EVERY_S = 0.002
+PARK_S = 1.0  # how often a redelivered job still running on a live worker is looked at again
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +184,12 @@ class MessageBatcher:
                 _settle_one(item.message, "dead")
                 self._event("task-failed", item, exception=outcome.dead)
             return
+        parked: list[_Held] = []
         for item in held:
             ids = {e.id for e in item.entries} | set(item.problems)
+            if outcome.held and ids & outcome.held:
+                parked.append(item)  # its job still runs on a live worker: neither ack nor run
+                continue
             if outcome.missing and ids <= outcome.missing:
                 _settle_one(item.message, "dead")  # no row for any of its jobs: never run blind
                 self._event("task-failed", item, exception="jobs have no row in the job store")
@@ -196,7 +201,14 @@ class MessageBatcher:
             _settle_one(item.message, "ack")
             self._event("task-succeeded", item, result=f"{len(item.entries)} jobs",
                         runtime=outcome.seconds)
+        if parked:
+            self.call_after(PARK_S, lambda: self._retry_parked(parked))
         self.batches += 1
+
+    def _retry_parked(self, parked: list[_Held]) -> None:
+        """Try parked messages again: their jobs have finished (skipped, acked), their worker
+        has died (taken over, run), or they wait another round."""
+        self._settle(parked, execute_held(self.runtime(), parked))
 
     def _event(self, kind: str, item: _Held, **fields: Any) -> None:
         if self.events is not None:
@@ -224,6 +236,7 @@ class _Outcome:
     dead: str | None = None
     missing: frozenset[str] = frozenset()
     gave_up: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()
 
 
 def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
@@ -241,7 +254,8 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
     seconds = time.perf_counter() - started
     log.debug("batch of %d messages, %d jobs (%d ok, %d failed) in %.1f ms", len(held),
               report.received, report.succeeded, report.failed, seconds * 1000)
-    return _Outcome(seconds=seconds, missing=report.missing, gave_up=report.gave_up)
+    return _Outcome(seconds=seconds, missing=report.missing, gave_up=report.gave_up,
+                    held=report.held)
 
 
 class BackgroundRunner:

@@ -56,6 +56,7 @@ class BatchReport:
     missing: frozenset[str] = frozenset()  # ids with no row at all: not run, dead-lettered
     gave_up: frozenset[str] = frozenset()  # failed out of attempts: their message dead-lettered
     coalesced: int = 0  # identical to a job running elsewhere: they take its end, not a run
+    held: frozenset[str] = frozenset()  # redelivered, but still running on a live worker: wait
 
 
 def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
@@ -214,7 +215,8 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
     unique: dict[str, JobEntry] = {}
     for entry in entries:
         unique.setdefault(entry.id, entry)
-    entries = list(unique.values())
+    held: frozenset[str] = io(lambda: _held_elsewhere(runtime, list(unique.values())))
+    entries = [entry for entry in unique.values() if entry.id not in held]
     ids = [e.id for e in entries] + [i for i in problems if i not in unique]
     requests = [ClaimRequest(e.id, e.step, e.attempt, e.takeover) for e in entries]
     requests += [ClaimRequest(i, takeover=True) for i in problems if i not in unique]
@@ -319,7 +321,26 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         missing=missing,
         gave_up=frozenset(gave_up),
         coalesced=coalesced,
+        held=held,
     )
+
+
+def _held_elsewhere(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> frozenset[str]:
+    """Ids of redelivered jobs that another worker is still running and is alive (its mark in
+    Redis is fresh): a broker restart redelivers the message of a job in the middle of its run.
+    Such a job is not taken over; its message waits until that worker commits or dies."""
+    takeovers = [entry.id for entry in entries if entry.takeover]
+    if not takeovers:
+        return frozenset()
+    holders = runtime.store.holders(takeovers, other_than=runtime.name)
+    if not holders:
+        return frozenset()
+    alive = runtime.cache.alive_among(sorted(set(holders.values())))
+    held = frozenset(job_id for job_id, worker in holders.items() if worker in alive)
+    for job_id in held:
+        log.info("job %s is still running on %s: its redelivered message waits", job_id,
+                 holders[job_id])
+    return held
 
 
 def _results_already_stored(runtime: WorkerRuntime,

@@ -20,6 +20,7 @@ from aidist.errors import AidistError, ModelLoadError
 from db import JobStore, ResultCache
 from models import LoadContext, Registry, Runner, build_registry
 from producers.publisher import Publisher
+from workers.periodic import Periodic
 from workers.watchdog import Watchdog
 
 log = logging.getLogger("aidist.worker")
@@ -95,6 +96,24 @@ class WorkerRuntime:
             self.publisher.close()
 
 
+ALIVE_EVERY_S = 1.0
+ALIVE_TTL_S = 5.0
+
+
+def announce_alive(runtime: WorkerRuntime) -> Periodic:
+    """Keep this process's alive mark in Redis fresh from a daemon thread: while it lives, a
+    job it runs is not taken over by a redelivery elsewhere (a broker restart redelivers the
+    messages of jobs still running); once it dies, the mark expires within ``ALIVE_TTL_S``."""
+
+    def beat() -> float:
+        runtime.cache.put_alive(runtime.name, ALIVE_TTL_S)
+        return ALIVE_EVERY_S
+
+    alive = Periodic("aidist-alive", beat, retry_s=ALIVE_EVERY_S)
+    alive.start()
+    return alive
+
+
 class RuntimeHolder:
     """Builds the runtime on first use in each process (a forked child builds its own)."""
 
@@ -107,11 +126,12 @@ class RuntimeHolder:
         self._runtime: WorkerRuntime | None = None
 
     def get(self) -> WorkerRuntime:
-        """This process's runtime."""
+        """This process's runtime (built, and its alive mark started, on first use here)."""
         with self._lock:
             if self._runtime is None or self._pid != os.getpid():
                 self._runtime = self._build()
                 self._pid = os.getpid()
+                announce_alive(self._runtime)
             return self._runtime
 
     def _build(self) -> WorkerRuntime:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery.exceptions import Reject
 
 from aidist.errors import ServiceUnavailable
+from workers.batching import PARK_S
 from workers.executor import PoisonMessage, ServicesDown, execute
 from workers.runtime import RuntimeHolder
 
@@ -20,6 +22,9 @@ def run_jobs(holder: RuntimeHolder, entries: Any, redelivered: bool = False) -> 
     a redelivered message of several jobs is split into one message per job."""
     try:
         report = execute(holder.get(), entries, redelivered)
+        while report.held:  # still running on a live worker (a broker restart redelivered it)
+            time.sleep(PARK_S)
+            report = execute(holder.get(), entries, redelivered)
     except PoisonMessage as exc:
         log.error("dead-lettering a poison message: %s", exc)
         raise Reject(str(exc), requeue=False) from exc

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
+from aidist.jobs import JobStatus
+from tests.conftest import wait_for
 from tests.faults.conftest import record
 from tests.faults.harness import (
     Producer,
@@ -57,3 +59,19 @@ def test_postgres_restarts_during_a_run(scenario: Scenario) -> None:
 
 def test_redis_restarts_and_flushes_during_a_run(scenario: Scenario) -> None:
     _run_through(scenario, "5. Redis restart and flush", [restart_redis, flush_redis])
+
+
+def test_rabbitmq_restarts_while_a_long_batch_runs(scenario: Scenario) -> None:
+    # one message in hand each, and a time limit above the long batch
+    scenario.gpu_workers(2, env={"AIDIST_BATCH_PREFETCH": "1", "AIDIST_JOB_TIME_LIMIT_S": "60"})
+    inputs = unique_inputs("slow", 20)  # one model call of about 10 s
+    jobs = scenario.client.submit_many("logged", inputs)
+    wait_for(lambda: all(r.status is JobStatus.RUNNING
+                         for r in scenario.store.get_many([j.id for j in jobs]).values()),
+             timeout=60, message="the long batch to be running")
+    restart_rabbitmq()  # its message comes back while the batch still runs
+    tally = record(scenario.tally("3b. RabbitMQ restart during a 10 s batch", bound_s=120))
+    assert tally.lost == 0 and tally.executed_twice == 0
+    assert scenario.log.count() == len(inputs)  # the redelivered copy waited, then was skipped
+    assert tally.succeeded == tally.submitted == len(inputs)
+    scenario.check_results(jobs, inputs)

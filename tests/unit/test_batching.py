@@ -228,3 +228,23 @@ def test_a_job_out_of_attempts_is_failed_and_its_message_dead_lettered(harness: 
     assert log == ["reject poison requeue=False"]
     assert harness.store.status[entry["id"]] is JobStatus.FAILED
     assert harness.recorder.calls == []
+
+
+def test_a_redelivered_job_running_on_a_live_worker_is_parked_then_settled(
+        harness: Harness) -> None:
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=10)
+    message, (entry,) = _message(harness, log, "again", "long job")
+    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=1)
+    harness.store.workers[entry["id"]] = "other-worker"
+    harness.cache.alive.add("other-worker")
+    message.delivery_info = {"redelivered": True}  # type: ignore[attr-defined]
+    batcher.add(message)
+    assert log == [] and timers.live == [batching.PARK_S]  # neither acked nor run: parked
+    timers.fire()
+    assert log == [] and timers.live == [batching.PARK_S]  # still running there
+    harness.store.status[entry["id"]] = JobStatus.SUCCEEDED  # the other worker committed
+    timers.fire()
+    assert log == ["ack again"]
+    assert harness.recorder.calls == []

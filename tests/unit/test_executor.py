@@ -38,6 +38,7 @@ class FakeStore:
         self.status: dict[str, JobStatus] = {}
         self.attempts: dict[str, int] = {}
         self.steps: dict[str, int] = {}
+        self.workers: dict[str, str] = {}
         self.past_deadline: set[str] = set()
         self.claim_calls: list[tuple[list[str], str]] = []
         self.finished: dict[str, Outcome] = {}
@@ -70,6 +71,7 @@ class FakeStore:
             out_of_attempts = counts and self.attempts[job_id] >= max_attempts
             self.attempts[job_id] += 1 if counts else 0
             self.steps[job_id] = request.step
+            self.workers[job_id] = worker
             new = (JobStatus.EXPIRED if job_id in self.past_deadline
                    else JobStatus.FAILED if out_of_attempts else JobStatus.RUNNING)
             self.status[job_id] = new
@@ -78,6 +80,11 @@ class FakeStore:
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         return {job_id for job_id in job_ids if job_id in self.status}
+
+    def holders(self, job_ids: Sequence[str], other_than: str) -> dict[str, str]:
+        return {job_id: self.workers[job_id] for job_id in job_ids
+                if self.status.get(job_id) is JobStatus.RUNNING
+                and self.workers.get(job_id, other_than) != other_than}
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         return len(self.finish_returning(outcomes))
@@ -106,9 +113,13 @@ class FakeCache:
         self.results: dict[str, bytes] = {}
         self.ttls: list[int] = []
         self.notices: dict[str, list[Notice]] = {}
+        self.alive: set[str] = set()
 
     def get_many(self, cache_keys: Sequence[str]) -> list[bytes | None]:
         return [self.results.get(key) for key in cache_keys]
+
+    def alive_among(self, runners: Sequence[str]) -> set[str]:
+        return {runner for runner in runners if runner in self.alive}
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
         self.events.append("put_many")
@@ -630,3 +641,17 @@ def test_a_transient_error_that_persists_fails_the_batch_once(
     assert report.failed == 2
     assert calls == [2] * (harness.runtime.settings.transient_retries + 1)  # no item-by-item
     assert "remote tokenizer timed out" in (harness.outcome(entries[0]).error or "")
+
+
+def test_a_redelivery_waits_while_the_job_runs_on_a_live_worker(harness: Harness) -> None:
+    entry = harness.entry("recorder", "still running elsewhere")
+    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=1)
+    harness.store.workers[entry["id"]] = "other-worker"
+    harness.cache.alive.add("other-worker")  # a broker restart redelivered it mid-run
+    report = execute(harness.runtime, [entry], redelivered=True)
+    assert report.held == {entry["id"]}
+    assert harness.recorder.calls == [] and harness.store.attempts[entry["id"]] == 1
+    harness.cache.alive.clear()  # that worker died: its mark expired
+    report = execute(harness.runtime, [entry], redelivered=True)
+    assert report.held == frozenset() and report.succeeded == 1
+    assert harness.store.attempts[entry["id"]] == 2
