@@ -11,6 +11,7 @@ import pytest
 from aidist import codec
 from aidist.config import Settings
 from db.cache import REPLY_TTL_S, Notice, ResultCache
+from tests.conftest import wait_for
 from tests.integration.conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,14 @@ def test_delete_namespace_removes_only_its_own_keys(settings: Settings,
         mine.delete_namespace()
         other.close()
         mine.close()
+
+
+def test_alive_marks_expire(cache: ResultCache) -> None:
+    runner, steady = (f"host:{n}:{uuid.uuid4().hex[:6]}" for n in (1, 2))
+    cache.put_alive(runner, ttl_s=60)
+    cache.put_alive(steady, ttl_s=60)
+    assert cache.alive_among([runner, steady, "never-seen"]) == {runner, steady}
+    cache.put_alive(runner, ttl_s=0.05)  # its last beat: the process died after it
+    wait_for(lambda: runner not in cache.alive_among([runner]), timeout=30,
+             message="the alive mark to expire")
+    assert cache.alive_among([]) == set()

@@ -447,3 +447,14 @@ def test_followers_of_a_leader_that_ended_without_them_are_settled(
 
     store.sweep_unsent(0, 100_000, publish)
     assert swept == [orphan.id]
+
+
+def test_holders_names_the_other_workers_running_jobs(store: JobStore,
+                                                      new_job: NewJobFactory) -> None:
+    mine, theirs, queued = new_job(), new_job(), new_job()
+    store.insert_jobs([mine, theirs, queued])
+    store.claim(first(mine.id), "me")
+    store.claim(first(theirs.id), "them")
+    assert store.holders([mine.id, theirs.id, queued.id, "not-a-uuid"], other_than="me") == {
+        theirs.id: "them"}
+    assert store.holders([], other_than="me") == {}
