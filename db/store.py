@@ -1,4 +1,5 @@
-"""The job store: every SQL statement aidist runs lives here. Rows leave as frozen dataclasses.
+"""The job store: every SQL statement aidist runs lives here (the hot-path ones in db.statements).
+Rows leave as frozen dataclasses.
 
 Hot-path writes are one statement per batch: ``insert_jobs`` (multi-row INSERT), ``claim`` and
 ``finish`` (``UPDATE ... FROM unnest(...)``). ``claim`` fences on status, pipeline step and attempt
@@ -38,6 +39,7 @@ from aidist.errors import AidistError, ConfigError, ServiceUnavailable, UnknownJ
 from aidist.jobs import JobKind, JobStatus
 from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
 from db.schema import jobs_table
+from db.statements import CLAIM, FINISH, SETTLE_FOLLOWERS
 
 SERVICE = "PostgreSQL"
 DEFAULT_MAX_ATTEMPTS = 8
@@ -84,92 +86,6 @@ def _record(row: RowMapping) -> JobRecord:
 
 _RECORD_COLUMNS = [c for c in jobs_table.c
                    if c.name not in ("payload", "result", "sent_at", "step")]
-
-# Which deliveries may start a run (see ClaimRequest): a first delivery takes a queued job; a
-# redelivery may take over a running one at the same step; a pipeline step continues the run
-# that forwarded it (same attempt, previous step); and a worker may claim again what it holds
-# itself (its claim is retried after a lost connection). Starting a run of step 0, or taking one
-# over, counts against the attempt budget; continuing a pipeline, or claiming again, does not.
-# A fresh start of a job identical to one already running (same cache key) does not run: it
-# follows that job (``follows``) and takes its end state and result when it finishes.
-_OWN = "(jobs.status = 'running' AND jobs.worker = :worker AND jobs.step = u.step)"
-_COUNTS = f"((u.takeover OR u.step = 0) AND NOT {_OWN})"
-_GIVE_UP = f"({_COUNTS} AND jobs.attempts >= :max_attempts)"
-_PAST_DEADLINE = "(jobs.deadline IS NOT NULL AND jobs.deadline < now())"
-_CLAIM = text(
-    f"""
-    UPDATE jobs SET
-        status = CASE WHEN {_PAST_DEADLINE} THEN 'expired'
-                      WHEN {_GIVE_UP} THEN 'failed'
-                      ELSE 'running' END,
-        error = CASE WHEN NOT {_PAST_DEADLINE} AND {_GIVE_UP} THEN :gave_up ELSE jobs.error END,
-        attempts = jobs.attempts + CASE WHEN {_COUNTS} THEN 1 ELSE 0 END,
-        step = u.step,
-        started_at = now(),
-        finished_at = CASE WHEN {_PAST_DEADLINE} OR {_GIVE_UP} THEN now() ELSE NULL END,
-        worker = :worker,
-        follows = CASE WHEN u.step = 0 AND jobs.status = 'queued'
-                            AND NOT {_PAST_DEADLINE} AND NOT {_GIVE_UP}
-                       THEN (SELECT leader.id FROM jobs AS leader
-                             WHERE leader.cache_key = jobs.cache_key
-                               AND leader.status = 'running' AND leader.follows IS NULL
-                               AND leader.id <> jobs.id
-                             LIMIT 1)
-                       END
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:steps AS int[]), CAST(:attempts AS int[]),
-                CAST(:takeovers AS boolean[])) AS u(id, step, attempt, takeover)
-    WHERE jobs.id = u.id AND (
-        (u.step = 0 AND jobs.status = 'queued')
-        OR ({_OWN} AND (u.step = 0 OR jobs.attempts = u.attempt))
-        OR (u.step = 0 AND u.takeover AND jobs.status = 'running' AND jobs.step = 0)
-        OR (u.step > 0 AND jobs.status = 'running' AND jobs.attempts = u.attempt
-            AND (jobs.step = u.step - 1 OR (u.takeover AND jobs.step = u.step))))
-    RETURNING jobs.id, jobs.status, jobs.attempts, jobs.follows
-    """
-)
-
-# The end states of a batch, and (same statement) of the jobs that follow them.
-_FINISH = text(
-    """
-    WITH done AS (
-        UPDATE jobs SET status = u.status, error = u.error, finished_at = now(),
-                        result = coalesce(u.result, jobs.result)
-        FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
-                    CAST(:statuses AS text[]), CAST(:errors AS text[]),
-                    CAST(:results AS bytea[])) AS u(id, attempt, status, error, result)
-        WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
-        RETURNING jobs.id, jobs.status, jobs.error, jobs.result
-    ), followed AS (
-        UPDATE jobs AS follower
-        SET status = done.status, error = done.error, result = done.result, finished_at = now()
-        FROM done
-        WHERE follower.follows = done.id AND follower.status = 'running'
-        RETURNING follower.id
-    )
-    SELECT id FROM done
-    """
-)
-
-# Followers whose leader ended without them (cancelled, expired, failed out of attempts, or a
-# race with its finish): take a finished leader's end, or go back to the queue unsent, where the
-# sweeper publishes them.
-_SETTLE_FOLLOWERS = text(
-    """
-    UPDATE jobs AS follower SET
-        status = CASE WHEN leader.status IN ('succeeded', 'failed') THEN leader.status
-                      ELSE 'queued' END,
-        error = CASE WHEN leader.status IN ('succeeded', 'failed') THEN leader.error END,
-        result = CASE WHEN leader.status = 'succeeded' THEN leader.result END,
-        finished_at = CASE WHEN leader.status IN ('succeeded', 'failed') THEN now() END,
-        sent_at = CASE WHEN leader.status IN ('succeeded', 'failed') THEN follower.sent_at END,
-        follows = NULL
-    FROM jobs AS leader
-    WHERE follower.follows = leader.id AND follower.status = 'running'
-      AND leader.status IN ('succeeded', 'failed', 'cancelled', 'expired')
-    RETURNING follower.id
-    """
-)
-
 
 class JobStore:
     """Reads and writes job rows. Thread-safe (one pooled connection per call)."""
@@ -329,7 +245,7 @@ class JobStore:
                   "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
                              "interrupted: worker deaths or redeliveries)"}
         with self._begin() as connection:
-            rows = connection.execute(_CLAIM, params)
+            rows = connection.execute(CLAIM, params)
             return [Claim(str(r.id), JobStatus(r.status), r.attempts,
                           str(r.follows) if r.follows is not None else None) for r in rows]
 
@@ -350,7 +266,7 @@ class JobStore:
             "results": [o.result for o in outcomes],
         }
         with self._begin() as connection:
-            return {str(row.id) for row in connection.execute(_FINISH, params)}
+            return {str(row.id) for row in connection.execute(FINISH, params)}
 
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job that has not finished; returns its status afterwards (unchanged if it had
@@ -407,7 +323,7 @@ class JobStore:
         """End (or requeue, unsent) the followers of leaders that have ended; returns how many.
         The sweeper runs this each pass."""
         with self._begin() as connection:
-            return len(connection.execute(_SETTLE_FOLLOWERS).all())
+            return len(connection.execute(SETTLE_FOLLOWERS).all())
 
     def results_by_key(self, cache_keys: Sequence[str]) -> dict[str, bytes]:
         """Durable copies of results by cache key (any job with that key), for a result that

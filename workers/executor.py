@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,21 +21,19 @@ from tenacity import (
     RetryError,
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
     stop_after_delay,
     wait_exponential_jitter,
 )
 
 from aidist import codec
-from aidist.errors import AidistError, InvalidInput, ServiceUnavailable, TransientError
+from aidist.errors import AidistError, ServiceUnavailable
 from aidist.jobs import JobEntry, JobStatus, canonical_params
 from aidist.routing import queue_name
 from db import ClaimRequest, Notice, Outcome
-from models import Runner
+from workers.model_runs import run_group
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("aidist.worker")
-MAX_ERROR_CHARS = 2000
 
 
 class PoisonMessage(AidistError):
@@ -85,52 +82,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text[:MAX_ERROR_CHARS]
-
-
-TRANSIENT_WAIT = wait_exponential_jitter(multiplier=0.2, max=5.0)
-
-
-def _call(runner: Runner, inputs: list[Any], params: dict[str, Any], retries: int) -> list[Any]:
-    """One model call, tried again with backoff and jitter while it raises ``TransientError``."""
-    retrying = Retrying(retry=retry_if_exception_type(TransientError), wait=TRANSIENT_WAIT,
-                        stop=stop_after_attempt(retries + 1), reraise=True)
-    outputs: list[Any] = retrying(runner, inputs, params)
-    return outputs
-
-
-def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any],
-               retries: int = 0) -> list[tuple[Any, str | None]]:
-    """Outputs (or error texts) for a batch; if the batch call fails (a bad input, or running out
-    of memory on the whole batch), each item runs alone so one bad input fails only its own job.
-    A ``TransientError`` is retried first, ``retries`` times."""
-    try:
-        outputs = _call(runner, list(inputs), params, retries)
-        if len(outputs) != len(inputs):
-            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(inputs)} inputs")
-        return [(output, None) for output in outputs]
-    except TransientError as still_failing:  # not about one input: no item-by-item re-run
-        log.warning("a batch of %d failed %d times: %s", len(inputs), retries + 1, still_failing)
-        return [(None, _error_text(still_failing)) for _ in inputs]
-    except Exception as batch_error:
-        if len(inputs) == 1:
-            log.info("an input failed: %s", batch_error)
-            return [(None, _error_text(batch_error))]
-        log.info("a batch of %d failed (%s); running its items one by one", len(inputs),
-                 batch_error)
-    results: list[tuple[Any, str | None]] = []
-    for value in inputs:
-        try:
-            (output,) = _call(runner, [value], params, retries)
-            results.append((output, None))
-        except Exception as exc:
-            log.info("an input failed: %s", exc)
-            results.append((None, _error_text(exc)))
-    return results
 
 
 class ServicesDown(AidistError):
@@ -275,7 +226,7 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
         to_run = [entry for entry in group if entry.cache_key not in done_before]
         if not to_run:
             continue
-        for entry, output, run_error in _run_group(runtime, target, version, to_run):
+        for entry, output, run_error in run_group(runtime, target, version, to_run):
             claim = claims[entry.id]
             error = run_error
             if error is None and entry.steps:
@@ -353,73 +304,3 @@ def _results_already_stored(runtime: WorkerRuntime,
         return {}
     found = runtime.cache.get_many(keys)
     return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
-
-
-def _run_group(runtime: WorkerRuntime, target: str, version: str, group: list[JobEntry]
-               ) -> list[tuple[JobEntry, Any, str | None]]:
-    """Run jobs that share model, version and params, in batches of the model's size. An
-    ``each`` entry (a pipeline step after a step that returned a list) contributes every item of
-    its list to the batches and gets the list of outputs back."""
-    try:
-        spec = runtime.registry.get(target)
-        have = runtime.registry.version(target)
-        if have != version:
-            raise AidistError(
-                f"model {target!r} version mismatch: job wants {version}, this worker has {have}; "
-                "run workers and clients from the same release"
-            )
-        runner = runtime.runner(target)
-    except AidistError as exc:
-        return [(entry, None, str(exc)) for entry in group]
-    except Exception as exc:  # a plugin's version function or registry bug: fail, do not crash
-        return [(entry, None, _error_text(exc)) for entry in group]
-    errors: dict[int, str] = {}
-    items: list[tuple[int, int, Any]] = []  # (entry index, position in its list, input)
-    same_as: dict[int, int] = {}  # identical jobs (same cache key) run once: duplicate -> first
-    first_with_key: dict[str, int] = {}
-    for index, entry in enumerate(group):
-        if not entry.each:
-            try:
-                runtime.registry.validate_input(spec, entry.input)
-            except InvalidInput as exc:  # published around the client: checked here as well
-                errors[index] = str(exc)
-                continue
-            if entry.cache_key in first_with_key:
-                same_as[index] = first_with_key[entry.cache_key]
-                continue
-            first_with_key[entry.cache_key] = index
-            items.append((index, 0, entry.input))
-            continue
-        try:
-            for value in entry.input:
-                runtime.registry.validate_input(spec, value)
-        except InvalidInput as exc:
-            errors[index] = f"pipeline step {target}: {exc}"
-            continue
-        items.extend((index, position, value) for position, value in enumerate(entry.input))
-    # Similar lengths share a batch: less padding, so more items per second on the same model.
-    items.sort(key=lambda item: len(item[2]) if isinstance(item[2], str | list) else 0)
-    outputs: dict[int, dict[int, Any]] = defaultdict(dict)
-    params = group[0].params
-    size = max(spec.max_batch_size, 1)
-    for start in range(0, len(items), size):
-        batch = items[start : start + size]
-        try:
-            pairs = _run_batch(runner, [value for _, _, value in batch], params,
-                               runtime.settings.transient_retries)
-        except Exception:  # a runner bug outside any one input: fail the batch, keep the worker
-            text = traceback.format_exc(limit=3)[-MAX_ERROR_CHARS:]
-            pairs = [(None, text) for _ in batch]
-        for (index, position, _), (output, error) in zip(batch, pairs, strict=True):
-            if error is not None:
-                errors.setdefault(index, error)
-            outputs[index][position] = output
-    out: list[tuple[JobEntry, Any, str | None]] = []
-    for index, entry in enumerate(group):
-        source = same_as.get(index, index)
-        if source in errors:
-            out.append((entry, None, errors[source]))
-        else:
-            ordered = [outputs[source][position] for position in range(len(outputs[source]))]
-            out.append((entry, ordered if entry.each else ordered[0], None))
-    return out

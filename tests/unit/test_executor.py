@@ -23,7 +23,7 @@ from aidist.errors import ModelLoadError, TransientError
 from aidist.jobs import JobKind, JobStatus, cache_key
 from db import Claim, ClaimRequest, Notice, Outcome
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
-from workers import executor
+from workers import model_runs
 from workers.executor import BatchReport, PoisonMessage, execute, parse_entries
 from workers.runtime import WorkerRuntime
 
@@ -624,7 +624,7 @@ def _register_transient(harness: Harness, failures: int) -> list[int]:
 
 def test_a_transient_error_is_retried_with_backoff_then_succeeds(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor, "TRANSIENT_WAIT", wait_none())
+    monkeypatch.setattr(model_runs, "TRANSIENT_WAIT", wait_none())
     calls = _register_transient(harness, failures=2)
     entries = [harness.entry("transient", text) for text in ("a", "b")]
     assert harness.run(entries).succeeded == 2
@@ -634,7 +634,7 @@ def test_a_transient_error_is_retried_with_backoff_then_succeeds(
 
 def test_a_transient_error_that_persists_fails_the_batch_once(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor, "TRANSIENT_WAIT", wait_none())
+    monkeypatch.setattr(model_runs, "TRANSIENT_WAIT", wait_none())
     calls = _register_transient(harness, failures=1000)
     entries = [harness.entry("transient", text) for text in ("a", "b")]
     report = harness.run(entries)
