@@ -62,12 +62,30 @@ EXEC_LOG_ENV = "AIDIST_TEST_EXEC_LOG"
 PER_ITEM_S = 0.001  # a little work per item, so faults land in the middle of batches
 
 
+GATE_FILE = "gate-open"
+GATE_DEADLINE_S = 120.0
+
+
+def wait_for_gate(directory: str | None) -> None:
+    """Block until the gate file exists in ``directory`` (a deadline, never forever)."""
+    if directory is None:
+        raise RuntimeError(f"'gate' inputs need ${EXEC_LOG_ENV}")
+    gate = os.path.join(directory, GATE_FILE)
+    deadline = time.monotonic() + GATE_DEADLINE_S
+    poll = threading.Event()  # never set: the pause between looks
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {gate} was not opened within {GATE_DEADLINE_S}s")
+        poll.wait(0.02)
+
+
 def load_logged(context: LoadContext) -> Runner:
     """Echoes ``done:<input>`` and appends every input it ran to an execution log, one file per
     process (``$AIDIST_TEST_EXEC_LOG/<pid>.log``, lines ``<call number>\t<input>``), written
     after the batch is computed: the fault suite counts model executions from it, never from
     aidist's own records. Inputs starting with "boom" raise; with "hang" never return; with
-    "slow" take half a second."""
+    "gate" hold their batch until the test opens the gate (creates ``<log dir>/GATE_FILE``), so
+    a test can keep a batch running exactly as long as it needs to."""
     directory = os.environ.get(EXEC_LOG_ENV)
     calls = 0
     handle: int | None = None
@@ -80,8 +98,8 @@ def load_logged(context: LoadContext) -> Runner:
                 raise ValueError(f"logged model refuses {text!r}")
             if text.startswith("hang"):
                 hung.wait()
-            if text.startswith("slow"):
-                time.sleep(0.5)
+            if text.startswith("gate"):
+                wait_for_gate(directory)
         time.sleep(PER_ITEM_S * len(inputs))
         if directory:
             if handle is None:

@@ -29,7 +29,7 @@ from aidist.routing import queue_name
 from db import JobStore
 from producers import Client, Job
 from tests.conftest import REPO, aidist_command, settings_env, wait_for
-from tests.plugins import EXEC_LOG_ENV
+from tests.plugins import EXEC_LOG_ENV, GATE_FILE
 from workers.broker import queue_stats
 
 SERVICE_TIMEOUT_S = 120
@@ -399,6 +399,10 @@ class Scenario:
             refused_submits=sum(p.refused for p in producers),
             worker_restarts=self.fleet.restarts,
         )
+
+    def open_gate(self) -> None:
+        """Let batches of "gate" inputs finish (see tests.plugins.load_logged)."""
+        (self.log.directory / GATE_FILE).touch()
 
     def check_results(self, jobs: Sequence[Job], inputs: Sequence[str]) -> None:
         """Every job's result is its own input's output, read back through the client."""

@@ -118,13 +118,17 @@ def test_duplicate_deliveries_run_each_job_once(scenario: Scenario) -> None:
 
 def test_identical_jobs_in_flight_run_once(scenario: Scenario) -> None:
     # one message in hand each: the twins go to the worker that is free
-    scenario.gpu_workers(2, env={"AIDIST_BATCH_PREFETCH": "1"})
-    inputs = unique_inputs("slow", 4)
+    scenario.gpu_workers(2, env={"AIDIST_BATCH_PREFETCH": "1", "AIDIST_JOB_TIME_LIMIT_S": "60"})
+    inputs = unique_inputs("gate", 4)  # their batch runs until the gate opens
     first = scenario.client.submit_many("logged", inputs)
     wait_for(lambda: all(scenario.store.get(j.id).status is JobStatus.RUNNING for j in first),
              timeout=60, message="the first copies to be running")
     with Client(scenario.settings) as other:  # another application submits the same inputs
         twins = other.submit_many("logged", inputs)
+        wait_for(lambda: all(r.follows for r in scenario.store.get_many(
+                     [t.id for t in twins]).values()),
+                 timeout=60, message="the twins to follow the running copies")
+        scenario.open_gate()
         assert other.results_of(twins, timeout=60) == [f"done:{text}" for text in inputs]
     tally = record(scenario.tally("7b. identical jobs in flight", bound_s=60))
     assert tally.lost == 0 and tally.executed_twice == 0
