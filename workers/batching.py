@@ -26,6 +26,7 @@ from typing import Any
 from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobEntry
 from workers.executor import (
+    PARK_S,
     PoisonMessage,
     ServicesDown,
     parse_entries,
@@ -36,7 +37,6 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("aidist.worker")
 DRAIN_EVERY_S = 0.002
-PARK_S = 1.0  # how often a redelivered job still running on a live worker is looked at again
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,7 @@ class ServicesDown(AidistError):
 
 
 SERVICE_RETRY_S = 30.0
+PARK_S = 1.0  # how often a redelivered job still running on a live worker is looked at again
 T = TypeVar("T")
 IO = Callable[[Callable[[], T]], T]
 

@@ -9,8 +9,7 @@ from typing import Any
 from celery.exceptions import Reject
 
 from aidist.errors import ServiceUnavailable
-from workers.batching import PARK_S
-from workers.executor import PoisonMessage, ServicesDown, execute
+from workers.executor import PARK_S, PoisonMessage, ServicesDown, execute
 from workers.runtime import RuntimeHolder
 
 log = logging.getLogger("aidist.worker")

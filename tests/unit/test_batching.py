@@ -10,7 +10,7 @@ import pytest
 
 from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobStatus
-from tests.unit.test_executor import Harness
+from tests.unit.doubles import Harness
 from workers import batching, executor
 from workers.batching import BatchPolicy, MessageBatcher
 
@@ -70,11 +70,6 @@ def _message(harness: Harness, log: list[str], name: str, *texts: str,
              target: str = "recorder") -> tuple[Message, list[dict[str, Any]]]:
     entries = [harness.entry(target, text) for text in texts]
     return Message(([entries], {}, {}), log, name), entries
-
-
-@pytest.fixture
-def harness() -> Harness:
-    return Harness()
 
 
 def test_jobs_of_several_messages_run_as_one_model_call(harness: Harness) -> None:

@@ -1,206 +1,23 @@
-"""workers.executor and workers.runtime with in-memory doubles of the job store and result cache.
-
-The doubles implement our own interfaces (``db.store.JobStore.claim/finish``,
-``db.cache.ResultCache.get_many/put_many/notify``) with the same semantics: claim starts queued
-jobs, takes over running ones only for a redelivery at the same step, continues a pipeline only
-from the run that forwarded it, returns expired claims for jobs past their deadline, nothing for
-finished ones.
-"""
+"""workers.executor and workers.runtime running jobs: batches, bad inputs, model loading, results,
+notices (with the in-memory doubles of tests.unit.doubles)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 from tenacity import wait_none
 
-from aidist import codec
-from aidist.config import Settings
 from aidist.errors import ModelLoadError, TransientError
-from aidist.jobs import JobKind, JobStatus, cache_key
-from db import Claim, ClaimRequest, Notice, Outcome
-from models import LoadContext, ModelSpec, Registry, Runner, build_registry
+from aidist.jobs import JobKind, JobStatus
+from db import Notice
+from models import LoadContext, ModelSpec, Runner
+from tests.unit.doubles import TTL_S, Harness
 from workers import model_runs
-from workers.executor import BatchReport, PoisonMessage, execute, parse_entries
-from workers.runtime import WorkerRuntime
-
-TTL_S = 321
-
-
-class FakeStore:
-    """The claim/finish half of ``db.store.JobStore``, in memory, with attempt fencing."""
-
-    def __init__(self, events: list[str]) -> None:
-        self.events = events
-        self.status: dict[str, JobStatus] = {}
-        self.attempts: dict[str, int] = {}
-        self.steps: dict[str, int] = {}
-        self.workers: dict[str, str] = {}
-        self.past_deadline: set[str] = set()
-        self.claim_calls: list[tuple[list[str], str]] = []
-        self.finished: dict[str, Outcome] = {}
-
-    def add(self, job_id: str, *, status: JobStatus = JobStatus.QUEUED, attempts: int = 0,
-            expired: bool = False) -> None:
-        self.status[job_id] = status
-        self.attempts[job_id] = attempts
-        if expired:
-            self.past_deadline.add(job_id)
-
-    def _may_claim(self, request: ClaimRequest) -> bool:
-        status, step = self.status.get(request.id), self.steps.get(request.id, 0)
-        if request.step == 0:
-            return status is JobStatus.QUEUED or (
-                request.takeover and status is JobStatus.RUNNING and step == 0)
-        return (status is JobStatus.RUNNING and self.attempts[request.id] == request.attempt
-                and (step == request.step - 1 or (request.takeover and step == request.step)))
-
-    def claim(self, requests: Sequence[ClaimRequest], worker: str,
-              max_attempts: int = 8) -> list[Claim]:
-        self.events.append("claim")
-        self.claim_calls.append(([r.id for r in requests], worker))
-        claims = []
-        for request in requests:
-            if not self._may_claim(request):
-                continue
-            job_id = request.id
-            counts = request.takeover or request.step == 0
-            out_of_attempts = counts and self.attempts[job_id] >= max_attempts
-            self.attempts[job_id] += 1 if counts else 0
-            self.steps[job_id] = request.step
-            self.workers[job_id] = worker
-            new = (JobStatus.EXPIRED if job_id in self.past_deadline
-                   else JobStatus.FAILED if out_of_attempts else JobStatus.RUNNING)
-            self.status[job_id] = new
-            claims.append(Claim(job_id, new, self.attempts[job_id]))
-        return claims
-
-    def existing(self, job_ids: Sequence[str]) -> set[str]:
-        return {job_id for job_id in job_ids if job_id in self.status}
-
-    def holders(self, job_ids: Sequence[str], other_than: str) -> dict[str, str]:
-        return {job_id: self.workers[job_id] for job_id in job_ids
-                if self.status.get(job_id) is JobStatus.RUNNING
-                and self.workers.get(job_id, other_than) != other_than}
-
-    def finish(self, outcomes: Sequence[Outcome]) -> int:
-        return len(self.finish_returning(outcomes))
-
-    def finish_returning(self, outcomes: Sequence[Outcome]) -> set[str]:
-        self.events.append("finish")
-        changed = set()
-        for outcome in outcomes:
-            assert outcome.status.terminal, outcome
-            if (self.status.get(outcome.id) is JobStatus.RUNNING
-                    and self.attempts[outcome.id] == outcome.attempt):
-                self.status[outcome.id] = outcome.status
-                self.finished[outcome.id] = outcome
-                changed.add(outcome.id)
-        return changed
-
-    def close(self) -> None:
-        self.events.append("store.close")
-
-
-class FakeCache:
-    """The put_many/notify half of ``db.cache.ResultCache``, in memory."""
-
-    def __init__(self, events: list[str]) -> None:
-        self.events = events
-        self.results: dict[str, bytes] = {}
-        self.ttls: list[int] = []
-        self.notices: dict[str, list[Notice]] = {}
-        self.alive: set[str] = set()
-
-    def get_many(self, cache_keys: Sequence[str]) -> list[bytes | None]:
-        return [self.results.get(key) for key in cache_keys]
-
-    def alive_among(self, runners: Sequence[str]) -> set[str]:
-        return {runner for runner in runners if runner in self.alive}
-
-    def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
-        self.events.append("put_many")
-        self.results.update(results)
-        self.ttls.append(ttl_s)
-
-    def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None:
-        self.events.append("notify")
-        for reply_to, items in notices.items():
-            self.notices.setdefault(reply_to, []).extend(items)
-
-    def close(self) -> None:
-        self.events.append("cache.close")
-
-
-class Recorder:
-    """A plugin-like model that records every call (inputs, params) and counts loads."""
-
-    def __init__(self) -> None:
-        self.loads = 0
-        self.calls: list[tuple[list[Any], dict[str, Any]]] = []
-
-    def load(self, context: LoadContext) -> Runner:
-        self.loads += 1
-
-        def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
-            self.calls.append((list(inputs), dict(params)))
-            return [f"{text}:{params.get('tag', '')}" for text in inputs]
-
-        return run
-
-    @property
-    def inputs(self) -> list[Any]:
-        return [item for inputs, _ in self.calls for item in inputs]
-
-
-class Harness:
-    """A WorkerRuntime over the fakes, plus helpers to build wire entries the store knows."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self.store = FakeStore(self.events)
-        self.cache = FakeCache(self.events)
-        self.registry: Registry = build_registry(["tests.plugins"])
-        self.recorder = Recorder()
-        self.registry.register(ModelSpec(name="recorder", kind=JobKind.INFER,
-                                         loader=self.recorder.load, version="rec-1",
-                                         max_batch_size=3))
-        self.runtime = WorkerRuntime(
-            settings=Settings(result_ttl_s=TTL_S),
-            registry=self.registry,
-            store=self.store,  # type: ignore[arg-type]
-            cache=self.cache,  # type: ignore[arg-type]
-            context=LoadContext(),
-            name="test-worker",
-        )
-
-    def entry(self, target: str, text: str, *, reply_to: str | None = "client-a",
-              params: dict[str, Any] | None = None, version: str | None = None,
-              known: bool = True, expired: bool = False) -> dict[str, Any]:
-        job_id = str(uuid.uuid4())
-        version = version if version is not None else self.registry.version(target)
-        key = cache_key(JobKind.INFER, target, version, params, text.encode())
-        if known:
-            self.store.add(job_id, expired=expired)
-        return {"v": 1, "id": job_id, "kind": "infer", "target": target, "version": version,
-                "input": text, "key": key, "params": params or {}, "reply_to": reply_to}
-
-    def run(self, entries: Any) -> BatchReport:
-        return execute(self.runtime, entries)
-
-    def result(self, entry: dict[str, Any]) -> Any:
-        return codec.decode(self.cache.results[entry["key"]])
-
-    def outcome(self, entry: dict[str, Any]) -> Outcome:
-        return self.store.finished[entry["id"]]
-
-
-@pytest.fixture
-def harness() -> Harness:
-    return Harness()
+from workers.executor import BatchReport, PoisonMessage, parse_entries
 
 
 def test_one_bad_input_fails_only_its_own_job(harness: Harness) -> None:
@@ -252,27 +69,6 @@ def test_notices_are_grouped_by_reply_to(harness: Harness) -> None:
     assert by_id[a2["id"]].status == "failed"
     assert by_id[a2["id"]].error == harness.outcome(a2).error
     assert harness.outcome(silent).status is JobStatus.SUCCEEDED
-
-
-def test_a_finished_job_is_skipped_not_run(harness: Harness) -> None:
-    fresh = harness.entry("recorder", "fresh")
-    done = harness.entry("recorder", "already done", known=False)
-    report = harness.run([fresh, done])
-
-    assert harness.recorder.inputs == ["fresh"]
-    assert done["id"] not in harness.store.finished
-    assert done["key"] not in harness.cache.results
-    assert all(n.job_id != done["id"] for n in harness.cache.notices["client-a"])
-    assert report.skipped == 1
-    assert report.ran == 1
-
-
-def test_a_redelivered_message_does_not_run_jobs_twice(harness: Harness) -> None:
-    entries = [harness.entry("recorder", text) for text in ("x", "y")]
-    harness.run(entries)
-    report = harness.run(entries)
-    assert harness.recorder.inputs == ["x", "y"]
-    assert report == BatchReport(received=2, ran=0, succeeded=0, failed=0, skipped=2, expired=0)
 
 
 def test_an_expired_job_is_not_run_and_gets_an_expired_notice(harness: Harness) -> None:
@@ -467,55 +263,6 @@ def test_array_outputs_are_stored_as_typed_binary(harness: Harness) -> None:
     np.testing.assert_array_equal(stored, vector)
 
 
-def test_a_redelivery_takes_over_the_run_of_a_lost_worker(harness: Harness) -> None:
-    entry = harness.entry("flaky", "again")
-    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=2)  # lost worker earlier
-    execute(harness.runtime, [entry], redelivered=True)
-    assert harness.outcome(entry).attempt == 3
-    assert harness.store.status[entry["id"]] is JobStatus.SUCCEEDED
-
-
-def test_a_duplicate_first_delivery_of_a_running_job_does_not_run_it(harness: Harness) -> None:
-    entry = harness.entry("recorder", "held elsewhere")
-    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=1)  # another worker has it
-    report = harness.run([entry])
-    assert report.skipped == 1 and report.ran == 0
-    assert harness.recorder.calls == []
-    assert harness.store.status[entry["id"]] is JobStatus.RUNNING
-    assert harness.store.attempts[entry["id"]] == 1
-
-
-def test_a_pipeline_step_runs_only_for_the_run_that_forwarded_it(harness: Harness) -> None:
-    entry = harness.entry("recorder", "step two")
-    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=2)
-    stale = {**entry, "step": 1, "attempt": 1}  # forwarded by attempt 1, since taken over
-    assert harness.run([stale]).skipped == 1
-    assert harness.recorder.calls == []
-    current = {**entry, "step": 1, "attempt": 2}
-    assert harness.run([current]).succeeded == 1
-    assert harness.outcome(entry).attempt == 2  # continuing a pipeline is not a new attempt
-    assert harness.run([current]).skipped == 1  # the same step delivered twice runs once
-    assert harness.recorder.inputs == ["step two"]
-
-
-def test_a_job_whose_result_is_already_stored_does_not_run_again(harness: Harness) -> None:
-    first = harness.entry("recorder", "same text")
-    harness.run([first])
-    twin = harness.entry("recorder", "same text")  # submitted while the first one was running
-    report = harness.run([twin])
-    assert report.succeeded == 1
-    assert harness.recorder.inputs == ["same text"]
-    assert harness.store.status[twin["id"]] is JobStatus.SUCCEEDED
-    assert harness.outcome(twin).result == harness.cache.results[twin["key"]]
-
-
-def test_succeeded_outcomes_carry_a_durable_copy_of_the_result(harness: Harness) -> None:
-    entry = harness.entry("recorder", "keep me")
-    harness.run([entry])
-    stored = harness.outcome(entry).result
-    assert stored is not None and codec.decode(stored) == "keep me:"
-
-
 def test_malformed_entries_that_name_a_job_are_failed(harness: Harness) -> None:
     good = harness.entry("flaky", "good")
     job_id = str(uuid.uuid4())
@@ -561,50 +308,6 @@ def test_parse_entries_splits_good_and_malformed() -> None:
     assert problems["b"].startswith("malformed job entry:")
 
 
-def test_a_job_out_of_attempts_fails_without_running(harness: Harness) -> None:
-    entry = harness.entry("recorder", "crashes its worker every time")
-    harness.store.attempts[entry["id"]] = harness.runtime.settings.max_attempts
-    report = harness.run([entry])
-    assert harness.recorder.calls == []  # never run again
-    assert harness.store.status[entry["id"]] is JobStatus.FAILED
-    assert report.ran == 0
-    (notice,) = harness.cache.notices["client-a"]
-    assert notice.status == "failed" and "gave up after" in (notice.error or "")
-
-
-def test_identical_jobs_in_one_batch_run_once(harness: Harness) -> None:
-    twins = [harness.entry("recorder", "same input") for _ in range(3)]
-    other = harness.entry("recorder", "different")
-    report = harness.run([*twins, other])
-    assert sorted(harness.recorder.inputs) == ["different", "same input"]
-    assert report.succeeded == 4
-    assert {harness.store.status[e["id"]] for e in [*twins, other]} == {JobStatus.SUCCEEDED}
-    assert len(harness.cache.notices["client-a"]) == 4
-
-
-def test_a_job_cancelled_while_running_gets_no_notice_and_stays_cancelled(
-        harness: Harness) -> None:
-    kept, cancelled = harness.entry("recorder", "kept"), harness.entry("recorder", "dropped")
-    original = harness.store.claim
-
-    def claim_then_cancel(requests: Any, worker: str, max_attempts: int = 8) -> Any:
-        claims = original(requests, worker, max_attempts)
-        harness.store.status[cancelled["id"]] = JobStatus.CANCELLED  # cancel() while it runs
-        return claims
-
-    harness.store.claim = claim_then_cancel  # type: ignore[method-assign]
-    harness.run([kept, cancelled])
-    assert harness.store.status[cancelled["id"]] is JobStatus.CANCELLED
-    assert [n.job_id for n in harness.cache.notices["client-a"]] == [kept["id"]]
-
-
-def test_jobs_without_a_row_are_reported_missing_not_run(harness: Harness) -> None:
-    ghost = harness.entry("recorder", "nobody wrote my row", known=False)
-    report = harness.run([ghost])
-    assert report.missing == {ghost["id"]}
-    assert harness.recorder.calls == []
-
-
 def _register_transient(harness: Harness, failures: int) -> list[int]:
     calls: list[int] = []
 
@@ -641,17 +344,3 @@ def test_a_transient_error_that_persists_fails_the_batch_once(
     assert report.failed == 2
     assert calls == [2] * (harness.runtime.settings.transient_retries + 1)  # no item-by-item
     assert "remote tokenizer timed out" in (harness.outcome(entries[0]).error or "")
-
-
-def test_a_redelivery_waits_while_the_job_runs_on_a_live_worker(harness: Harness) -> None:
-    entry = harness.entry("recorder", "still running elsewhere")
-    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=1)
-    harness.store.workers[entry["id"]] = "other-worker"
-    harness.cache.alive.add("other-worker")  # a broker restart redelivered it mid-run
-    report = execute(harness.runtime, [entry], redelivered=True)
-    assert report.held == {entry["id"]}
-    assert harness.recorder.calls == [] and harness.store.attempts[entry["id"]] == 1
-    harness.cache.alive.clear()  # that worker died: its mark expired
-    report = execute(harness.runtime, [entry], redelivered=True)
-    assert report.held == frozenset() and report.succeeded == 1
-    assert harness.store.attempts[entry["id"]] == 2
