@@ -109,7 +109,14 @@ class Settings(BaseSettings):
     load_failure_grace_s: float = Field(
         default=300.0, ge=0,
         description="How long jobs of a model no worker could load wait before they fail.")
-    torch_threads: int = Field(default=0, ge=0, description="0 = one per CPU core.")
+    torch_threads: int = Field(
+        default=0, ge=0,
+        description="Torch threads per model call; 0 = the CPU cores divided among batch_threads.")
+    batch_threads: int = Field(
+        default=0, ge=0, le=64,
+        description="Model calls a gpu-pool worker on a CPU device runs side by side, each on "
+                    "its own part of a batch; 0 = one per core when every model it serves is "
+                    "thread_safe, else 1. On a CUDA device 0 means 1.")
 
     @field_validator("plugins", mode="before")
     @classmethod

@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ("inprocess", "packed", "single", "latency", "tiny", "naive", "batches")
 AIDIST_SCENARIOS = ("packed", "single", "latency", "tiny")
 BATCH_SIZES = (1, 8, 32, 64, 128)
+#: In-process batch sizes of the side-by-side strategy (one single-threaded call per core).
+SIDE_BY_SIDE_SIZES = (32, 64, 128)
 
 #: Seed offsets per scenario, so no two scenarios embed the same sentences (aidist would answer a
 #: repeat from its cache); all come from the same generator, so lengths are alike.

@@ -15,6 +15,13 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _batch_label(key: object) -> str:
+    """``"64"`` -> ``batch 64``; ``"64 x2"`` (two single-threaded calls side by side) ->
+    ``batch 64 x 2 side by side``."""
+    size, _, calls = str(key).partition(" x")
+    return f"batch {size} x {calls} side by side" if calls else f"batch {size}"
+
+
 def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     rows: list[str] = []
 
@@ -32,8 +39,8 @@ def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     inproc = results.get("inprocess")
     if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
         for size, row in inproc["by_batch"].items():
-            add(f"in-process, batch {size}", {**row, "items": inproc["items"]}, "sent/s")
-        rows.append(f"{'  => in-process limit (batch ' + str(inproc['best_batch']) + ')':<44}"
+            add(f"in-process, {_batch_label(size)}", {**row, "items": inproc["items"]}, "sent/s")
+        rows.append(f"{'  => in-process limit (' + _batch_label(inproc['best_batch']) + ')':<44}"
                     f"{'':>17}{inproc['per_s']:>11,.1f} sent/s{1:8.0%}")
     else:
         add("in-process limit", inproc, "sent/s")

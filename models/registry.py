@@ -55,6 +55,7 @@ class ModelSpec:
     warmup_inputs: tuple[Any, ...] = field(default_factory=tuple)
     max_delay_ms: float | None = None
     dtype: str = "float32"
+    thread_safe: bool = False
 
     def load(self, context: LoadContext) -> Runner:
         """Import and call the loader; any failure becomes ``ModelLoadError``."""

@@ -69,7 +69,8 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
         raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
     declare_dead_letters(settings)
     placement = device or settings.device
-    holder = RuntimeHolder(settings, device=placement, dtype=dtype)
+    holder = RuntimeHolder(settings, device=placement, dtype=dtype,
+                           targets=targets if pool == "gpu" else ())
     ready, not_ready = targets, {}
     if pool == "gpu":
         # The model's OpenMP threads share the cores with the consumer, the broker and the

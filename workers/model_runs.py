@@ -1,6 +1,7 @@
 """Running a group of jobs that share a model, version and params through that model: batches
-of the model's size, similar lengths together, identical inputs once, a failing batch re-run item
-by item (one bad input fails only its own job), transient errors retried with backoff.
+of the model's size, similar lengths together, identical inputs once, a thread-safe model's
+batches side by side on a CPU, a failing batch re-run item by item (one bad input fails only its
+own job), transient errors retried with backoff.
 """
 
 from __future__ import annotations
@@ -114,15 +115,21 @@ def run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Job
     items.sort(key=lambda item: len(item[2]) if isinstance(item[2], str | list) else 0)
     outputs: dict[int, dict[int, Any]] = defaultdict(dict)
     params = group[0].params
+    threads = runtime.batch_threads if spec.thread_safe else 1
     size = max(spec.max_batch_size, 1)
-    for start in range(0, len(items), size):
-        batch = items[start : start + size]
+    if threads > 1:  # a small flush is shared out too, so every core has a part of it
+        size = min(size, -(-len(items) // threads))
+    batches = [items[start : start + size] for start in range(0, len(items), size)]
+
+    def run(batch: list[tuple[int, int, Any]]) -> list[tuple[Any, str | None]]:
         try:
-            pairs = _run_batch(runner, [value for _, _, value in batch], params,
-                               runtime.settings.transient_retries)
+            return _run_batch(runner, [value for _, _, value in batch], params,
+                              runtime.settings.transient_retries)
         except Exception:  # a runner bug outside any one input: fail the batch, keep the worker
             text = traceback.format_exc(limit=3)[-MAX_ERROR_CHARS:]
-            pairs = [(None, text) for _ in batch]
+            return [(None, text) for _ in batch]
+
+    for batch, pairs in zip(batches, runtime.map_batches(run, batches, threads), strict=True):
         for (index, position, _), (output, error) in zip(batch, pairs, strict=True):
             if error is not None:
                 errors.setdefault(index, error)

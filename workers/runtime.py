@@ -12,18 +12,41 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from aidist.config import Settings
 from aidist.errors import AidistError, ModelLoadError
 from db import JobStore, ResultCache
-from models import LoadContext, Registry, Runner, build_registry
+from models import LoadContext, ModelSpec, Registry, Runner, build_registry
 from producers.publisher import Publisher
 from workers.periodic import Periodic
 from workers.watchdog import Watchdog
 
 log = logging.getLogger("aidist.worker")
+Batch = TypeVar("Batch")
+Result = TypeVar("Result")
+
+
+def batch_parallelism(settings: Settings, device: str, specs: Sequence[ModelSpec]
+                      ) -> tuple[int, int]:
+    """(model calls side by side, torch threads per call) for a worker serving ``specs``.
+
+    On a CPU, one single-threaded call per core over slices of the batch beats one call over
+    the whole batch with a thread per core: torch's OpenMP threads meet at a barrier after every
+    operator, and on cores shared with the consumer, the broker and the databases each barrier
+    waits for the slowest thread (spinning steals those cores, sleeping adds wake-ups). Measured
+    on 2 cores: +15-25% packed, +20% single-message through the queue (README, Performance).
+    Only for models that declare ``thread_safe``; on a GPU one call at a time.
+    """
+    cores = os.cpu_count() or 1
+    threads = settings.batch_threads
+    if threads == 0:
+        on_cpu = device.partition(":")[0] == "cpu"
+        threads = cores if on_cpu and specs and all(spec.thread_safe for spec in specs) else 1
+    return threads, settings.torch_threads or max(1, cores // threads)
 
 
 @dataclass
@@ -40,10 +63,23 @@ class WorkerRuntime:
     load_errors: dict[str, str] = field(default_factory=dict)
     dtype_override: str | None = None
     publisher: Publisher | None = None
+    batch_threads: int = 1
     watchdog: Watchdog = field(init=False)
+    _batch_pool: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         self.watchdog = Watchdog(self.settings.job_time_limit_s)
+
+    def map_batches(self, run: Callable[[Batch], Result], batches: list[Batch],
+                    threads: int) -> list[Result]:
+        """``run`` over ``batches``, in order: on up to ``threads`` (at most ``batch_threads``)
+        pool threads side by side, or on this thread when one would do."""
+        if min(threads, self.batch_threads) <= 1 or len(batches) <= 1:
+            return [run(batch) for batch in batches]
+        if self._batch_pool is None:
+            self._batch_pool = ThreadPoolExecutor(self.batch_threads,
+                                                  thread_name_prefix="aidist-model")
+        return list(self._batch_pool.map(run, batches))
 
     def forward(self, queue: str, entries: list[dict[str, Any]]) -> None:
         """Publish pipeline continuations (confirmed) to the next step's queue."""
@@ -75,8 +111,14 @@ class WorkerRuntime:
             self.load_errors[target] = message
             log.error("model %s is not ready on %s: %s", target, self.name, message)
             raise ModelLoadError(message) from exc
-        log.info("loaded %s on %s (device %s, pid %d)", target, self.name, self.context.device,
-                 os.getpid())
+        log.info("loaded %s on %s (device %s, pid %d, %d torch threads per call, %s)", target,
+                 self.name, self.context.device, os.getpid(), self.context.torch_threads,
+                 f"{self.batch_threads} calls side by side" if spec.thread_safe
+                 else "one call at a time")
+        if self.batch_threads > 1 and not spec.thread_safe:
+            log.warning("model %s is not thread_safe: its batches run one at a time, each on %d "
+                        "torch threads; set AIDIST_BATCH_THREADS=1 if it is this worker's main "
+                        "model", target, self.context.torch_threads)
         self.runners[target] = runner
         return runner
 
@@ -89,7 +131,9 @@ class WorkerRuntime:
                 continue
 
     def close(self) -> None:
-        """Close connections."""
+        """Close connections and the model-call threads."""
+        if self._batch_pool is not None:
+            self._batch_pool.shutdown(wait=False)
         self.store.close()
         self.cache.close()
         if self.publisher is not None:
@@ -117,10 +161,12 @@ def announce_alive(runtime: WorkerRuntime) -> Periodic:
 class RuntimeHolder:
     """Builds the runtime on first use in each process (a forked child builds its own)."""
 
-    def __init__(self, settings: Settings, *, device: str, dtype: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, device: str, dtype: str | None = None,
+                 targets: Sequence[str] = ()) -> None:
         self.settings = settings
         self.device = device
         self.dtype = dtype
+        self.targets = tuple(targets)
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._runtime: WorkerRuntime | None = None
@@ -136,13 +182,17 @@ class RuntimeHolder:
 
     def _build(self) -> WorkerRuntime:
         settings = self.settings
+        registry = build_registry(settings.plugins, max_input_chars=settings.max_input_chars)
+        batch_threads, torch_threads = batch_parallelism(
+            settings, self.device, [registry.get(target) for target in self.targets])
         return WorkerRuntime(
             settings=settings,
-            registry=build_registry(settings.plugins, max_input_chars=settings.max_input_chars),
+            registry=registry,
             store=JobStore.connect(settings.database_url, settings.connect_timeout_s),
             cache=ResultCache.connect(settings.redis_url, settings.namespace,
                                       settings.connect_timeout_s),
-            context=LoadContext(device=self.device, torch_threads=settings.torch_threads),
+            context=LoadContext(device=self.device, torch_threads=torch_threads),
+            batch_threads=batch_threads,
             dtype_override=self.dtype,
             # Unique per process start, even where a restarted container gets the same host name
             # and pid: the claim fencing tells a worker's own runs from a dead one's by it.
