@@ -65,11 +65,16 @@ class Settings(BaseSettings):
     batch_idle_ms: float = Field(
         default=2.0, ge=0, le=10_000,
         description="gpu pool: flush early once no message has arrived for this long.")
-    batch_pipeline: bool = Field(
-        default=False,
-        description="gpu pool: run batches on a thread of their own while the next are gathered. "
-                    "Off by default: measured slower on 2 CPU cores, and mixed on an H200 (+9% at "
-                    "batch 64, -12 to -24% at 128-256: the two threads contend for the GIL).")
+    batch_pipeline: bool | None = Field(
+        default=None,
+        description="gpu pool: run flushes on threads of their own (batch_runners of them) while "
+                    "the consumer gathers the next. Unset: on where a worker runs model calls "
+                    "side by side on a CPU (measured +4-17% there), off on a GPU (measured -12 to "
+                    "-24% at batch 128-256 on an H200: the threads contend for the GIL).")
+    batch_runners: int = Field(
+        default=2, ge=1, le=8,
+        description="gpu pool, pipelined: flushes in flight at once; with 2, one flush's claim "
+                    "and result writes overlap the other's model calls.")
     batch_flush_batches: int = Field(
         default=4, ge=1, le=64,
         description="gpu pool: model batches gathered per flush; sorted by length, less padding.")
@@ -134,6 +139,8 @@ class Settings(BaseSettings):
         """These settings as ``AIDIST_*`` variables, to hand to a child process (a worker)."""
         env = {}
         for name, value in self.model_dump().items():
+            if value is None:  # unset: the child takes the default too
+                continue
             text = ",".join(value) if isinstance(value, list) else str(value)
             env[f"AIDIST_{name.upper()}"] = text
         return env

@@ -90,6 +90,7 @@ def load_logged(context: LoadContext) -> Runner:
     calls = 0
     handle: int | None = None
     hung = threading.Event()  # never set
+    lock = threading.Lock()  # thread-safe: a worker on a CPU runs calls side by side
 
     def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
         nonlocal calls, handle
@@ -102,11 +103,12 @@ def load_logged(context: LoadContext) -> Runner:
                 wait_for_gate(directory)
         time.sleep(PER_ITEM_S * len(inputs))
         if directory:
-            if handle is None:
-                handle = os.open(os.path.join(directory, f"{os.getpid()}.log"),
-                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            calls += 1
-            os.write(handle, "".join(f"{calls}\t{text}\n" for text in inputs).encode())
+            with lock:
+                if handle is None:
+                    handle = os.open(os.path.join(directory, f"{os.getpid()}.log"),
+                                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                calls += 1
+                os.write(handle, "".join(f"{calls}\t{text}\n" for text in inputs).encode())
         return [f"done:{text}" for text in inputs]
 
     return run
@@ -128,7 +130,8 @@ def register_models(registry: Registry) -> None:
     registry.register(ModelSpec(name="crashing", kind=JobKind.PREPROCESS, loader=load_crashing,
                                 version="crashing-1", pool="cpu", max_batch_size=16))
     registry.register(ModelSpec(name="logged", kind=JobKind.INFER, loader=load_logged,
-                                version="logged-1", pool="gpu", max_batch_size=64))
+                                version="logged-1", pool="gpu", max_batch_size=64,
+                                thread_safe=True))
     registry.register(ModelSpec(name="logged-cpu", kind=JobKind.PREPROCESS, loader=load_logged,
                                 version="logged-1", pool="cpu", max_batch_size=64))
     registry.register(ModelSpec(name="unloadable", kind=JobKind.INFER, loader=load_unloadable,

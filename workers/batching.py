@@ -47,6 +47,7 @@ class BatchPolicy:
     max_chars: int = 200_000
     max_delay_s: float = 0.010
     idle_s: float = 0.002
+    runners: int = 0  # flushes run on this many threads of their own; 0: on the consumer's
 
 
 @dataclass(slots=True)
@@ -123,11 +124,12 @@ class MessageBatcher:
             entries = [entry.taking_over() for entry in entries]
         if any(entry.takeover for entry in entries):
             # A job delivered again may be the one that killed the last process (a crash, or a
-            # hang ended by the watchdog): it runs in a batch of its own, so a job that kills
-            # every process it runs in never takes its neighbours down with it again.
+            # hang ended by the watchdog): it runs in a batch of its own, with no other batch
+            # running beside it, so a job that kills every process it runs in never takes its
+            # neighbours down with it again.
             self.flush()
             self._held.append(_Held(message, entries, problems))
-            self.flush()
+            self.flush(alone=True)
             return
         self._held.append(_Held(message, entries, problems))
         if self.events is not None:
@@ -149,9 +151,10 @@ class MessageBatcher:
         self._timer = None
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self, alone: bool = False) -> None:
         """Hand everything held to the run: inline, or to the background runner (which keeps the
-        model busy while this thread takes the next messages). Acks follow in ``_settle``."""
+        model busy while this thread takes the next messages), there ``alone`` if asked. Acks
+        follow in ``_settle``."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -162,7 +165,7 @@ class MessageBatcher:
         for item in held:
             self._event("task-started", item)
         if self.background is not None:
-            self.background.submit(held)  # blocks while one batch already waits: backpressure
+            self.background.submit(held, alone)  # blocks while one already waits: backpressure
         else:
             self._settle(held, execute_held(self.runtime(), held))
 
@@ -259,23 +262,38 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
 
 
 class BackgroundRunner:
-    """One thread that runs batches while the consumer thread gathers the next ones (the model
-    never waits for message handling). At most one batch waits behind the running one."""
+    """Threads that run flushes while the consumer thread gathers the next ones (the model never
+    waits for message handling). With two, one flush's claim and result writes overlap the other's
+    model calls. At most one flush waits behind the running ones; one that must run alone (a
+    redelivered job, which may be the one that killed the last process) waits until nothing else
+    runs, and nothing else starts until it is done."""
 
-    def __init__(self, runtime: Callable[[], WorkerRuntime]) -> None:
+    def __init__(self, runtime: Callable[[], WorkerRuntime], threads: int = 1) -> None:
         self.runtime = runtime
         self._todo: queue.Queue[list[_Held] | None] = queue.Queue(maxsize=1)
         self._done: queue.Queue[tuple[list[_Held], _Outcome]] = queue.Queue()
         self._unfinished = 0
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="aidist-batches", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"aidist-batches-{i}",
+                                          daemon=True) for i in range(max(threads, 1))]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, held: list[_Held]) -> None:
-        """Queue a batch (blocks while another one is already waiting)."""
+    def submit(self, held: list[_Held], alone: bool = False) -> None:
+        """Queue a flush (blocks while another one is already waiting); with ``alone``, return
+        only once it has run, and start it only once everything before it has."""
+        if alone:
+            self._wait_until_idle()
         with self._cond:
             self._unfinished += 1
         self._todo.put(held)
+        if alone:
+            self._wait_until_idle()
+
+    def _wait_until_idle(self) -> None:
+        with self._cond:
+            while self._unfinished:
+                self._cond.wait()
 
     def finished(self) -> list[tuple[list[_Held], _Outcome]]:
         """Batches done since the last call, in order."""
@@ -307,24 +325,24 @@ class BackgroundRunner:
                 self._cond.notify_all()
 
     def stop(self) -> None:
-        """End the thread after the batches already queued."""
-        self._todo.put(None)
+        """End the threads after the batches already queued."""
+        for _ in self._threads:
+            self._todo.put(None)
 
 
 class BatchingStrategy:
     """Celery task strategy (``Task.Strategy``) that hands messages to a ``MessageBatcher``."""
 
-    def __init__(self, runtime: Callable[[], WorkerRuntime], policy: BatchPolicy,
-                 pipelined: bool = True) -> None:
+    def __init__(self, runtime: Callable[[], WorkerRuntime], policy: BatchPolicy) -> None:
         self.runtime = runtime
         self.policy = policy
-        self.pipelined = pipelined
         self.batchers: list[MessageBatcher] = []
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
         events = TaskEvents(getattr(consumer, "event_dispatcher", None),
                             bool(getattr(task, "send_events", True)))
-        background = BackgroundRunner(self.runtime) if self.pipelined else None
+        background = (BackgroundRunner(self.runtime, self.policy.runners)
+                      if self.policy.runners else None)
         batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, events,
                                  background)
         if background is not None:

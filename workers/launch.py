@@ -92,7 +92,8 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
                       settings.load_failure_grace_s)
         if not ready:
             raise ConfigError(f"no model of pool gpu could load here: {not_ready}")
-    batching = batch_policy(settings, registry, ready) if pool == "gpu" else None
+    batching = (batch_policy(settings, registry, ready, holder.get().batch_threads)
+                if pool == "gpu" else None)
     app = create_app(settings, registry, holder, warm_targets=ready, batching=batching)
     node = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
     presence = WorkerPresence(

@@ -118,7 +118,7 @@ def run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Job
     threads = runtime.batch_threads if spec.thread_safe else 1
     size = max(spec.max_batch_size, 1)
     if threads > 1:  # a small flush is shared out too, so every core has a part of it
-        size = min(size, -(-len(items) // threads))
+        size = max(1, min(size, -(-len(items) // threads)))
     batches = [items[start : start + size] for start in range(0, len(items), size)]
 
     def run(batch: list[tuple[int, int, Any]]) -> list[tuple[Any, str | None]]:

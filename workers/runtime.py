@@ -66,6 +66,7 @@ class WorkerRuntime:
     batch_threads: int = 1
     watchdog: Watchdog = field(init=False)
     _batch_pool: ThreadPoolExecutor | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.watchdog = Watchdog(self.settings.job_time_limit_s)
@@ -76,10 +77,12 @@ class WorkerRuntime:
         pool threads side by side, or on this thread when one would do."""
         if min(threads, self.batch_threads) <= 1 or len(batches) <= 1:
             return [run(batch) for batch in batches]
-        if self._batch_pool is None:
-            self._batch_pool = ThreadPoolExecutor(self.batch_threads,
-                                                  thread_name_prefix="aidist-model")
-        return list(self._batch_pool.map(run, batches))
+        with self._lock:
+            if self._batch_pool is None:
+                self._batch_pool = ThreadPoolExecutor(self.batch_threads,
+                                                      thread_name_prefix="aidist-model")
+            pool = self._batch_pool
+        return list(pool.map(run, batches))
 
     def forward(self, queue: str, entries: list[dict[str, Any]]) -> None:
         """Publish pipeline continuations (confirmed) to the next step's queue."""
@@ -91,6 +94,13 @@ class WorkerRuntime:
     def runner(self, target: str) -> Runner:
         """The loaded runner of ``target``, loading it on first use; ``ModelLoadError`` if it
         cannot load (remembered, so a broken model is not reloaded for every batch)."""
+        found = self.runners.get(target)
+        if found is not None:
+            return found
+        with self._lock:  # flushes on two runner threads load a model once, not twice
+            return self._load(target)
+
+    def _load(self, target: str) -> Runner:
         found = self.runners.get(target)
         if found is not None:
             return found

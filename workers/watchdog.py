@@ -33,27 +33,36 @@ def end_process(what: str, limit_s: float) -> None:
 
 
 class Watchdog:
-    """Watches one run at a time (``guard``) from a daemon thread of this process."""
+    """Watches every run inside ``guard`` (several at once where flushes run on several threads)
+    from one daemon thread of this process."""
 
     def __init__(self, limit_s: float,
                  on_overrun: Callable[[str, float], None] = end_process) -> None:
         self.limit_s = limit_s
         self.on_overrun = on_overrun
-        self._deadline: float | None = None
-        self._what = ""
+        self._runs: dict[object, tuple[float, str]] = {}  # token -> (deadline, what)
+        self._lock = threading.Lock()
         self._pid: int | None = None
         self._tick = threading.Event()  # only ever waited on, by the watchdog thread
+
+    @property
+    def watching(self) -> int:
+        """How many runs are being watched now."""
+        with self._lock:
+            return len(self._runs)
 
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:
         """Watch the run inside the block."""
-        self._start()
-        self._what = what
-        self._deadline = time.monotonic() + self.limit_s
+        token = object()
+        with self._lock:
+            self._start()
+            self._runs[token] = (time.monotonic() + self.limit_s, what)
         try:
             yield
         finally:
-            self._deadline = None
+            with self._lock:
+                del self._runs[token]
 
     def _start(self) -> None:
         if self._pid == os.getpid():
@@ -65,7 +74,9 @@ class Watchdog:
         check_s = min(1.0, self.limit_s / 10)
         while True:
             self._tick.wait(check_s)
-            deadline = self._deadline
-            if deadline is not None and time.monotonic() > deadline:
-                self.on_overrun(self._what, self.limit_s)
+            now = time.monotonic()
+            with self._lock:
+                overdue = [what for deadline, what in self._runs.values() if now > deadline]
+            if overdue:
+                self.on_overrun(overdue[0], self.limit_s)
                 return

@@ -18,7 +18,7 @@ from db import JobStore, ResultCache
 from db import setup as db_setup
 from producers import Client
 from tests.conftest import delete_queues, make_settings
-from tests.faults.harness import ExecLog, Fleet, Scenario, Tally, ensure_services
+from tests.faults.harness import IN_FLIGHT, ExecLog, Fleet, Scenario, Tally, ensure_services
 
 OUT = Path(__file__).resolve().parent / "out"
 TALLIES: list[Tally] = []
@@ -28,7 +28,12 @@ TALLIES: list[Tally] = []
 FAULT_SETTINGS: dict[str, Any] = {
     "plugins": ["tests.plugins"],
     "max_attempts": 3,
+    # One model call per flush, two flushes in flight on runner threads: a killed process has at
+    # most IN_FLIGHT uncommitted calls, which the tally tells apart from double execution.
     "batch_flush_batches": 1,
+    "batch_threads": 1,
+    "batch_pipeline": True,
+    "batch_runners": IN_FLIGHT,
     "job_time_limit_s": 3.0,
     "sweep_after_s": 2.0,
     "sweep_interval_s": 0.5,

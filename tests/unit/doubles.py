@@ -1,5 +1,5 @@
 """In-memory doubles of our own store and cache interfaces, and a harness that runs the executor
-over them (no I/O).
+over them (no I/O), and of a received kombu message and the consumer's timers.
 
 The doubles implement ``db.store.JobStore.claim/finish/existing/holders`` and
 ``db.cache.ResultCache.get_many/put_many/notify/alive_among`` with the same semantics: claim starts
@@ -11,7 +11,7 @@ for finished ones.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aidist import codec
@@ -191,3 +191,50 @@ class Harness:
 
     def outcome(self, entry: dict[str, Any]) -> Outcome:
         return self.store.finished[entry["id"]]
+
+
+class Message:
+    """What the batcher uses of a kombu message: decode(), ack(), reject(requeue)."""
+
+    def __init__(self, body: Any, log: list[str], name: str) -> None:
+        self.body = body
+        self.log = log
+        self.name = name
+
+    def decode(self) -> Any:
+        return self.body
+
+    def ack(self) -> None:
+        self.log.append(f"ack {self.name}")
+
+    def reject(self, requeue: bool = False) -> None:
+        self.log.append(f"reject {self.name} requeue={requeue}")
+
+
+class Timers:
+    """A manual clock for call_after: tests fire pending timers themselves."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None], Entry]] = []
+
+    def call_after(self, delay: float, fn: Callable[[], None]) -> Entry:
+        entry = Entry()
+        self.pending.append((delay, fn, entry))
+        return entry
+
+    def fire(self) -> None:
+        live = [(d, fn, e) for d, fn, e in self.pending if not e.cancelled]
+        self.pending = []
+        for _, fn, _ in live:
+            fn()
+
+    @property
+    def live(self) -> list[float]:
+        return [d for d, _, e in self.pending if not e.cancelled]
+
+
+class Entry:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True

@@ -3,63 +3,15 @@ doubles of our store/cache (from test_executor) and of a received message."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobStatus
-from tests.unit.doubles import Harness
+from tests.unit.doubles import Harness, Message, Timers
 from workers import batching, executor
 from workers.batching import BatchPolicy, MessageBatcher
-
-
-class Message:
-    """What the batcher uses of a kombu message: decode(), ack(), reject(requeue)."""
-
-    def __init__(self, body: Any, log: list[str], name: str) -> None:
-        self.body = body
-        self.log = log
-        self.name = name
-
-    def decode(self) -> Any:
-        return self.body
-
-    def ack(self) -> None:
-        self.log.append(f"ack {self.name}")
-
-    def reject(self, requeue: bool = False) -> None:
-        self.log.append(f"reject {self.name} requeue={requeue}")
-
-
-class Timers:
-    """A manual clock for call_after: tests fire pending timers themselves."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[float, Callable[[], None], Entry]] = []
-
-    def call_after(self, delay: float, fn: Callable[[], None]) -> Entry:
-        entry = Entry()
-        self.pending.append((delay, fn, entry))
-        return entry
-
-    def fire(self) -> None:
-        live = [(d, fn, e) for d, fn, e in self.pending if not e.cancelled]
-        self.pending = []
-        for _, fn, _ in live:
-            fn()
-
-    @property
-    def live(self) -> list[float]:
-        return [d for d, _, e in self.pending if not e.cancelled]
-
-
-class Entry:
-    cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 def _batcher(harness: Harness, timers: Timers, **policy: Any) -> MessageBatcher:

@@ -144,3 +144,13 @@ def test_outputs_keep_input_order_whatever_the_threads(harness: Harness, threads
     harness.run(entries)
     assert [harness.result(e) for e in entries] == texts
     harness.runtime.close()
+
+
+def test_a_flush_with_nothing_valid_to_run_fails_its_jobs_not_the_worker(
+        harness: Harness) -> None:
+    log = ThreadLog()
+    _with_model(harness, "log", log.load, thread_safe=True, threads=2)
+    entries = [harness.entry("log", "")]  # empty input: invalid, checked again in the worker
+    report = harness.run(entries)
+    assert report.failed == 1
+    assert log.threads == []

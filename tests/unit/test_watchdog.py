@@ -27,5 +27,21 @@ def test_runs_within_the_limit_never_trigger_it() -> None:
     for _ in range(3):
         with watchdog.guard("quick"):
             pass
-    assert watchdog._deadline is None  # nothing is being watched between runs
+    assert watchdog.watching == 0  # nothing is being watched between runs
     assert fired == []
+
+
+def test_a_run_is_still_watched_after_one_beside_it_ended() -> None:
+    fired = threading.Event()
+    seen: list[str] = []
+
+    def overrun(what: str, _: float) -> None:
+        seen.append(what)
+        fired.set()
+
+    watchdog = Watchdog(0.05, overrun)
+    with watchdog.guard("the long one"):
+        with watchdog.guard("the quick one"):
+            pass
+        assert fired.wait(timeout=30)  # the long one "hangs" until the watchdog fires
+    assert seen == ["the long one"]

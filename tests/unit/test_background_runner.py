@@ -1,0 +1,119 @@
+"""workers.batching.BackgroundRunner with two runner threads: flushes overlap, except one that must
+run alone (a redelivered job), and the pipelining default follows where model calls run."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from aidist.config import Settings
+from aidist.jobs import JobKind, JobStatus
+from models import LoadContext, ModelSpec, Runner
+from tests.unit.doubles import Harness, Message, Timers
+from workers.app import batch_policy
+from workers.batching import BackgroundRunner, BatchPolicy, MessageBatcher
+
+WAIT_S = 10.0
+
+
+class Gate:
+    """A model whose input "hold" stays inside until ``release`` is set; every call notes how
+    many other calls were inside when it started."""
+
+    def __init__(self, meet: int = 0) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.barrier = threading.Barrier(meet, timeout=WAIT_S) if meet else None
+        self.inside = 0
+        self.company: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def load(self, context: LoadContext) -> Runner:
+        def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+            with self._lock:
+                for text in inputs:
+                    self.company[text] = self.inside
+                self.inside += 1
+            try:
+                self.entered.set()
+                if self.barrier is not None:
+                    self.barrier.wait()
+                if "hold" in inputs:
+                    self.release.wait(WAIT_S)
+                return list(inputs)
+            finally:
+                with self._lock:
+                    self.inside -= 1
+
+        return run
+
+
+def _setup(harness: Harness, gate: Gate) -> tuple[BackgroundRunner, MessageBatcher]:
+    harness.registry.register(ModelSpec(name="gate", kind=JobKind.INFER, loader=gate.load,
+                                        version="g1", max_batch_size=8))
+    runner = BackgroundRunner(lambda: harness.runtime, threads=2)
+    batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=1, runners=2),
+                             Timers().call_after, background=runner)
+    return runner, batcher
+
+
+def _message(harness: Harness, log: list[str], name: str, text: str) -> tuple[Message, str]:
+    entry = harness.entry("gate", text)
+    return Message(([[entry]], {}, {}), log, name), entry["id"]
+
+
+def test_two_runners_run_two_flushes_at_once(harness: Harness) -> None:
+    gate = Gate(meet=2)  # each call waits for the other one: passes only if both run at once
+    runner, batcher = _setup(harness, gate)
+    log: list[str] = []
+    first, id1 = _message(harness, log, "m1", "a")
+    second, id2 = _message(harness, log, "m2", "b")
+    batcher.add(first)
+    batcher.add(second)
+    assert runner.wait_idle(WAIT_S)
+    batcher.drain()
+    assert sorted(log) == ["ack m1", "ack m2"]
+    assert {harness.store.status[i] for i in (id1, id2)} == {JobStatus.SUCCEEDED}
+    runner.stop()
+
+
+class _ReleasingCondition(threading.Condition):
+    """The runner's condition: the first time the consumer thread waits on it (for the runner
+    to be idle before a flush that must run alone), the held flush is let go."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self._release = release
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._release.set()
+        return super().wait(timeout)
+
+
+def test_a_redelivered_job_runs_with_no_other_flush_beside_it(harness: Harness) -> None:
+    gate = Gate()
+    runner, batcher = _setup(harness, gate)
+    runner._cond = _ReleasingCondition(gate.release)
+    log: list[str] = []
+    held, _ = _message(harness, log, "m1", "hold")
+    batcher.add(held)
+    assert gate.entered.wait(WAIT_S)
+    again, again_id = _message(harness, log, "m2", "again")
+    again.delivery_info = {"redelivered": True}  # type: ignore[attr-defined]
+    batcher.add(again)  # returns once it has run, alone
+    assert gate.company["again"] == 0  # "hold" had left before it started
+    assert harness.store.status[again_id] is JobStatus.SUCCEEDED
+    batcher.drain()
+    assert sorted(log) == ["ack m1", "ack m2"]
+    runner.stop()
+
+
+def test_pipelining_defaults_on_where_model_calls_run_side_by_side(harness: Harness) -> None:
+    targets = ["recorder"]
+    assert batch_policy(Settings(), harness.registry, targets, side_by_side=2).runners == 2
+    assert batch_policy(Settings(), harness.registry, targets, side_by_side=1).runners == 0
+    forced = Settings(batch_pipeline=True, batch_runners=3)
+    assert batch_policy(forced, harness.registry, targets, side_by_side=1).runners == 3
+    off = Settings(batch_pipeline=False)
+    assert batch_policy(off, harness.registry, targets, side_by_side=2).runners == 0
