@@ -337,12 +337,17 @@ class BatchingStrategy:
         self.runtime = runtime
         self.policy = policy
         self.batchers: list[MessageBatcher] = []
+        # One set of runner threads per process, kept across consumer restarts (Celery builds a
+        # new handler after a broker reconnect): a flush that must run alone waits for the ones
+        # still running from before the reconnect too, whose messages come back redelivered.
+        self.background: BackgroundRunner | None = None
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
         events = TaskEvents(getattr(consumer, "event_dispatcher", None),
                             bool(getattr(task, "send_events", True)))
-        background = (BackgroundRunner(self.runtime, self.policy.runners)
-                      if self.policy.runners else None)
+        if self.policy.runners and self.background is None:
+            self.background = BackgroundRunner(self.runtime, self.policy.runners)
+        background = self.background
         batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, events,
                                  background)
         if background is not None:

@@ -168,6 +168,14 @@ def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
     for entry in entries:
         unique.setdefault(entry.id, entry)
     held: frozenset[str] = io(lambda: _held_elsewhere(runtime, list(unique.values())))
+    # A job another flush of this process is running now (a duplicate delivery landing in the
+    # other runner thread) is held too: its message waits, and then finds the job finished.
+    with runtime.in_flight.taking([i for i in unique if i not in held]) as running_here:
+        return _run_unheld(runtime, unique, problems, io, held | running_here)
+
+
+def _run_unheld(runtime: WorkerRuntime, unique: dict[str, JobEntry], problems: dict[str, str],
+                io: IO[Any], held: frozenset[str]) -> BatchReport:
     entries = [entry for entry in unique.values() if entry.id not in held]
     ids = [e.id for e in entries] + [i for i in problems if i not in unique]
     requests = [ClaimRequest(e.id, e.step, e.attempt, e.takeover) for e in entries]

@@ -12,8 +12,9 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -49,6 +50,28 @@ def batch_parallelism(settings: Settings, device: str, specs: Sequence[ModelSpec
     return threads, settings.torch_threads or max(1, cores // threads)
 
 
+class InFlight:
+    """Job ids that a run of this process holds right now (flushes run on several threads)."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def taking(self, job_ids: Sequence[str]) -> Iterator[frozenset[str]]:
+        """Hold ``job_ids`` for the block; yields those another run here already holds (they
+        are not taken, and stay that run's)."""
+        with self._lock:
+            busy = frozenset(job_id for job_id in job_ids if job_id in self._ids)
+            mine = [job_id for job_id in job_ids if job_id not in busy]
+            self._ids.update(mine)
+        try:
+            yield busy
+        finally:
+            with self._lock:
+                self._ids.difference_update(mine)
+
+
 @dataclass
 class WorkerRuntime:
     """Per-process dependencies of the executor, injected rather than global."""
@@ -65,6 +88,7 @@ class WorkerRuntime:
     publisher: Publisher | None = None
     batch_threads: int = 1
     watchdog: Watchdog = field(init=False)
+    in_flight: InFlight = field(default_factory=InFlight)
     _batch_pool: ThreadPoolExecutor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

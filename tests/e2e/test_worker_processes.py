@@ -15,7 +15,7 @@ from tests.conftest import WorkerProcess, start_worker
 
 pytestmark = pytest.mark.e2e
 
-LOADED = re.compile(r"loaded (\S+) on \S+ \(device (\S+), pid (\d+)\)")
+LOADED = re.compile(r"loaded (\S+) on \S+ \(device (\S+), pid (\d+)[,)]")
 
 
 def _loads(worker: WorkerProcess) -> list[tuple[str, str, int]]:

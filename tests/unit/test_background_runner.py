@@ -4,15 +4,16 @@ run alone (a redelivered job), and the pipelining default follows where model ca
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from aidist.config import Settings
 from aidist.jobs import JobKind, JobStatus
 from models import LoadContext, ModelSpec, Runner
-from tests.unit.doubles import Harness, Message, Timers
+from tests.unit.doubles import Entry, Harness, Message, Timers
 from workers.app import batch_policy
-from workers.batching import BackgroundRunner, BatchPolicy, MessageBatcher
+from workers.batching import BackgroundRunner, BatchingStrategy, BatchPolicy, MessageBatcher
 
 WAIT_S = 10.0
 
@@ -27,11 +28,13 @@ class Gate:
         self.barrier = threading.Barrier(meet, timeout=WAIT_S) if meet else None
         self.inside = 0
         self.company: dict[str, int] = {}
+        self.calls: list[list[Any]] = []
         self._lock = threading.Lock()
 
     def load(self, context: LoadContext) -> Runner:
         def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
             with self._lock:
+                self.calls.append(list(inputs))
                 for text in inputs:
                     self.company[text] = self.inside
                 self.inside += 1
@@ -117,3 +120,49 @@ def test_pipelining_defaults_on_where_model_calls_run_side_by_side(harness: Harn
     assert batch_policy(forced, harness.registry, targets, side_by_side=1).runners == 3
     off = Settings(batch_pipeline=False)
     assert batch_policy(off, harness.registry, targets, side_by_side=2).runners == 0
+
+
+class _Consumer:
+    """What the strategy uses of Celery's consumer: its timer and event dispatcher."""
+
+    event_dispatcher = None
+
+    def __init__(self) -> None:
+        self.timer = self
+
+    def call_after(self, delay: float, fn: Callable[[], None]) -> Entry:
+        return Entry()
+
+    def call_repeatedly(self, every: float, fn: Callable[[], None]) -> Entry:
+        return Entry()
+
+
+def test_a_consumer_restart_keeps_the_same_runner_threads(harness: Harness) -> None:
+    """After a broker reconnect Celery builds a new message handler; a flush that must run alone
+    has to wait for batches still running from before, so the runners are the same."""
+    strategy = BatchingStrategy(lambda: harness.runtime, BatchPolicy(runners=2))
+    task = SimpleNamespace(send_events=False)
+    strategy(task, None, _Consumer())
+    strategy(task, None, _Consumer())  # the reconnect
+    before, after = strategy.batchers
+    assert before.background is not None
+    assert after.background is before.background
+
+
+def test_a_job_running_in_one_flush_is_held_in_a_flush_beside_it(harness: Harness) -> None:
+    """A duplicate delivery of a job that the other runner thread is running: not claimed again
+    (the worker's own claim would allow it), its message is parked, the model runs it once."""
+    gate = Gate()
+    harness.registry.register(ModelSpec(name="gate", kind=JobKind.INFER, loader=gate.load,
+                                        version="g1", max_batch_size=8))
+    entry = harness.entry("gate", "hold")
+    first = threading.Thread(target=harness.run, args=([entry],))
+    first.start()
+    assert gate.entered.wait(WAIT_S)
+    report = harness.run([entry])  # the duplicate, while the first run is inside the model
+    gate.release.set()
+    first.join(WAIT_S)
+    assert report.held == frozenset({entry["id"]})
+    assert report.ran == 0
+    assert gate.calls == [["hold"]]
+    assert harness.store.status[entry["id"]] is JobStatus.SUCCEEDED
