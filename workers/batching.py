@@ -272,7 +272,9 @@ class BackgroundRunner:
         self.runtime = runtime
         self._todo: queue.Queue[list[_Held] | None] = queue.Queue(maxsize=1)
         self._done: queue.Queue[tuple[list[_Held], _Outcome]] = queue.Queue()
-        self._unfinished = 0
+        self._unfinished = 0  # submitted and not yet done (or dropped)
+        self._running = 0  # being run by a runner thread now
+        self._closing = False
         self._cond = threading.Condition()
         self._threads = [threading.Thread(target=self._loop, name=f"aidist-batches-{i}",
                                           daemon=True) for i in range(max(threads, 1))]
@@ -305,10 +307,24 @@ class BackgroundRunner:
                 return out
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until every submitted batch has run (warm shutdown). Polls without taking the
-        lock: it is called from a signal handler, which may have interrupted a holder of it."""
+        """Wait until every submitted batch has run; False after ``timeout``."""
         deadline = time.monotonic() + timeout
-        while self._unfinished:
+        with self._cond:
+            while self._unfinished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def finish_for_shutdown(self, timeout: float) -> bool:
+        """Warm shutdown: let the batches being run finish storing their results, start no
+        other (their messages are not acked, so the broker delivers them again). Polls without
+        taking the lock: it is called from a signal handler, which may have interrupted a holder
+        of it, possibly the consumer thread blocked handing over one more batch."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        while self._running:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
@@ -319,8 +335,15 @@ class BackgroundRunner:
             held = self._todo.get()
             if held is None:
                 return
-            self._done.put((held, execute_held(self.runtime(), held)))
             with self._cond:
+                self._running += 1  # before looking at _closing: see wait_idle
+                start = not self._closing
+                if not start:
+                    self._running -= 1
+            if start:
+                self._done.put((held, execute_held(self.runtime(), held)))
+            with self._cond:
+                self._running -= 1 if start else 0
                 self._unfinished -= 1
                 self._cond.notify_all()
 
@@ -364,6 +387,5 @@ class BatchingStrategy:
         """Let running batches finish storing their results before the process exits. Their
         messages are not acked from here (this runs in a signal handler, where touching the
         connection is unsafe): they are redelivered, and the claim step skips finished jobs."""
-        for batcher in self.batchers:
-            if batcher.background is not None:
-                batcher.background.wait_idle(timeout)
+        if self.background is not None:
+            self.background.finish_for_shutdown(timeout)

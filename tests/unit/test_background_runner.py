@@ -4,6 +4,7 @@ run alone (a redelivered job), and the pipelining default follows where model ca
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,14 @@ from aidist.jobs import JobKind, JobStatus
 from models import LoadContext, ModelSpec, Runner
 from tests.unit.doubles import Entry, Harness, Message, Timers
 from workers.app import batch_policy
-from workers.batching import BackgroundRunner, BatchingStrategy, BatchPolicy, MessageBatcher
+from workers.batching import (
+    BackgroundRunner,
+    BatchingStrategy,
+    BatchPolicy,
+    MessageBatcher,
+    _Held,
+)
+from workers.executor import parse_entries
 
 WAIT_S = 10.0
 
@@ -166,3 +174,42 @@ def test_a_job_running_in_one_flush_is_held_in_a_flush_beside_it(harness: Harnes
     assert report.ran == 0
     assert gate.calls == [["hold"]]
     assert harness.store.status[entry["id"]] is JobStatus.SUCCEEDED
+
+
+def test_a_warm_shutdown_finishes_the_running_batch_and_starts_no_other(
+        harness: Harness) -> None:
+    gate = Gate()
+    harness.registry.register(ModelSpec(name="gate", kind=JobKind.INFER, loader=gate.load,
+                                        version="g1", max_batch_size=8))
+    runner = BackgroundRunner(lambda: harness.runtime, threads=1)
+    log: list[str] = []
+    running, running_id = _message(harness, log, "m1", "hold")
+    queued, queued_id = _message(harness, log, "m2", "later")
+    runner.submit([_held(running)])
+    assert gate.entered.wait(WAIT_S)
+    runner.submit([_held(queued)])  # waits behind the running one
+    finished: list[bool] = []
+    shutdown = threading.Thread(target=lambda: finished.append(runner.finish_for_shutdown(WAIT_S)))
+    shutdown.start()
+    _wait_until(lambda: runner._closing)
+    gate.release.set()
+    shutdown.join(WAIT_S)
+    assert finished == [True]
+    assert runner.wait_idle(WAIT_S)  # the queued batch was dropped, not run
+    assert gate.calls == [["hold"]]
+    assert harness.store.status[running_id] is JobStatus.SUCCEEDED
+    assert harness.store.status[queued_id] is JobStatus.QUEUED  # its message comes back
+    runner.stop()
+
+
+def _held(message: Message) -> Any:
+    entries, problems = parse_entries(message.decode()[0][0])
+    return _Held(message, entries, problems)
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    pause = threading.Event()  # never set
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        pause.wait(0.001)
