@@ -285,17 +285,12 @@ class BackgroundRunner:
         """Queue a flush (blocks while another one is already waiting); with ``alone``, return
         only once it has run, and start it only once everything before it has."""
         if alone:
-            self._wait_until_idle()
+            self.wait_idle()
         with self._cond:
             self._unfinished += 1
         self._todo.put(held)
         if alone:
-            self._wait_until_idle()
-
-    def _wait_until_idle(self) -> None:
-        with self._cond:
-            while self._unfinished:
-                self._cond.wait()
+            self.wait_idle()
 
     def finished(self) -> list[tuple[list[_Held], _Outcome]]:
         """Batches done since the last call, in order."""
@@ -306,13 +301,13 @@ class BackgroundRunner:
             except queue.Empty:
                 return out
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until every submitted batch has run; False after ``timeout``."""
-        deadline = time.monotonic() + timeout
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted batch has run; False after ``timeout`` (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._unfinished:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return False
                 self._cond.wait(left)
         return True
@@ -336,14 +331,12 @@ class BackgroundRunner:
             if held is None:
                 return
             with self._cond:
-                self._running += 1  # before looking at _closing: see wait_idle
+                self._running += 1  # counted before _closing is read: see finish_for_shutdown
                 start = not self._closing
-                if not start:
-                    self._running -= 1
             if start:
                 self._done.put((held, execute_held(self.runtime(), held)))
             with self._cond:
-                self._running -= 1 if start else 0
+                self._running -= 1
                 self._unfinished -= 1
                 self._cond.notify_all()
 

@@ -73,9 +73,11 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
                            targets=targets if pool == "gpu" else ())
     ready, not_ready = targets, {}
     if pool == "gpu":
-        # The model's OpenMP threads share the cores with the consumer, the broker and the
+        # Where one model call uses a torch thread per core (a GPU, or a model that is not
+        # thread_safe), its OpenMP threads share the cores with the consumer, the broker and the
         # databases: spinning while they wait for a core steals it from them (measured: +15-25%
-        # single-message throughput on 2 cores with passive waiting). Set before torch loads.
+        # single-message on 2 cores with passive waiting, at ~20% of the model's own speed;
+        # side-by-side calls with one torch thread each avoid both). Set before torch loads.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Celery sets up logging only once its worker starts; the model loading below comes first.
         logging.basicConfig(level=loglevel.upper(),

@@ -60,9 +60,13 @@ class Gate:
         return run
 
 
-def _setup(harness: Harness, gate: Gate) -> tuple[BackgroundRunner, MessageBatcher]:
+def _register(harness: Harness, gate: Gate) -> None:
     harness.registry.register(ModelSpec(name="gate", kind=JobKind.INFER, loader=gate.load,
                                         version="g1", max_batch_size=8))
+
+
+def _setup(harness: Harness, gate: Gate) -> tuple[BackgroundRunner, MessageBatcher]:
+    _register(harness, gate)
     runner = BackgroundRunner(lambda: harness.runtime, threads=2)
     batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=1, runners=2),
                              Timers().call_after, background=runner)
@@ -161,8 +165,7 @@ def test_a_job_running_in_one_flush_is_held_in_a_flush_beside_it(harness: Harnes
     """A duplicate delivery of a job that the other runner thread is running: not claimed again
     (the worker's own claim would allow it), its message is parked, the model runs it once."""
     gate = Gate()
-    harness.registry.register(ModelSpec(name="gate", kind=JobKind.INFER, loader=gate.load,
-                                        version="g1", max_batch_size=8))
+    _register(harness, gate)
     entry = harness.entry("gate", "hold")
     first = threading.Thread(target=harness.run, args=([entry],))
     first.start()
@@ -179,8 +182,7 @@ def test_a_job_running_in_one_flush_is_held_in_a_flush_beside_it(harness: Harnes
 def test_a_warm_shutdown_finishes_the_running_batch_and_starts_no_other(
         harness: Harness) -> None:
     gate = Gate()
-    harness.registry.register(ModelSpec(name="gate", kind=JobKind.INFER, loader=gate.load,
-                                        version="g1", max_batch_size=8))
+    _register(harness, gate)
     runner = BackgroundRunner(lambda: harness.runtime, threads=1)
     log: list[str] = []
     running, running_id = _message(harness, log, "m1", "hold")
