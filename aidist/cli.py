@@ -21,11 +21,11 @@ from aidist import demo as demo_module
 from aidist.config import Settings, redact_url
 from aidist.errors import AidistError, ConfigError, JobError, ServiceUnavailable
 from aidist.jobs import JobStatus
+from aidist.transport import Publisher
 from db import JobStore
 from db import setup as db_setup
 from producers import Client
 from producers.progress import job_progress
-from producers.publisher import Publisher
 from workers.launch import run_worker
 from workers.sweeper import sweep_once
 

@@ -26,11 +26,10 @@ from rich.table import Table
 from aidist.config import Settings
 from aidist.jobs import JobStatus
 from aidist.processes import wait_or_kill
-from aidist.routing import queue_name
+from aidist.transport import queue_name, queue_stats
 from db import setup as db_setup
 from producers import Client, Job
 from producers.progress import job_progress
-from workers.broker import queue_stats
 
 READY_TIMEOUT_S = 180.0
 

@@ -104,6 +104,41 @@ class ResultUnavailable(JobError):
         )
 
 
+class IdempotencyConflict(AidistError):
+    """An idempotency key was reused for a different submission (another model, op, params or
+    input); the first job keeps the key. Use a new key for new work."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(
+            f"idempotency key {key!r} already belongs to job {job_id}, submitted with a different "
+            "model, params or input; use a new key for a new submission, or get the first job "
+            "with client.get(job_id)"
+        )
+
+
+class StoreError(AidistError):
+    """A job-store statement failed for a reason other than an unreachable server."""
+
+
+class CacheError(AidistError):
+    """A Redis command failed for a reason other than an unreachable server."""
+
+
+class PoisonMessage(AidistError):
+    """A message as a whole cannot be understood; it is dead-lettered, not retried."""
+
+
+class MalformedEntry(AidistError, ValueError):
+    """One job entry of a message cannot be read; its job (if it names one) is failed."""
+
+
+class ServicesDown(AidistError):
+    """A service stayed unreachable for a worker's whole retry budget: the messages go back to
+    the queue."""
+
+
 class ModelLoadError(AidistError):
     """A registered model could not be loaded in this worker."""
 

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from aidist.errors import MalformedEntry
+
 RUN_JOBS_TASK = "aidist.run_jobs"
 """Celery task name every aidist message carries; Flower and ``celery inspect`` show it."""
 
@@ -82,12 +84,12 @@ class Step:
     def from_wire(cls, data: Any) -> Step:
         """Parse a step; ``ValueError`` if malformed."""
         if not isinstance(data, dict) or not isinstance(data.get("params", {}), dict):
-            raise ValueError("a pipeline step must be a map with map params")
+            raise MalformedEntry("a pipeline step must be a map with map params")
         try:
             return cls(JobKind(data["kind"]), str(data["target"]), str(data["version"]),
                        data.get("params") or {})
         except KeyError as exc:
-            raise ValueError(f"pipeline step lacks field {exc.args[0]!r}") from exc
+            raise MalformedEntry(f"pipeline step lacks field {exc.args[0]!r}") from exc
 
 
 def recorded_steps(kind: JobKind, target: str, version: str, params: dict[str, Any]
@@ -163,22 +165,22 @@ class JobEntry:
     def from_wire(cls, data: Any) -> JobEntry:
         """Parse one wire entry; raises ``ValueError`` describing what is wrong."""
         if not isinstance(data, dict):
-            raise ValueError(f"job entry must be a map, got {type(data).__name__}")
+            raise MalformedEntry(f"job entry must be a map, got {type(data).__name__}")
         if data.get("v") != WIRE_VERSION:
-            raise ValueError(f"unsupported job entry version {data.get('v')!r}")
+            raise MalformedEntry(f"unsupported job entry version {data.get('v')!r}")
         try:
             params = data.get("params") or {}
             if not isinstance(params, dict):
-                raise ValueError("params must be a map")
+                raise MalformedEntry("params must be a map")
             steps = data.get("steps") or []
             if not isinstance(steps, list):
-                raise ValueError("steps must be a list")
+                raise MalformedEntry("steps must be a list")
             each = bool(data.get("each", False))
             step, attempt = data.get("step", 0), data.get("attempt", 0)
             if not (isinstance(step, int) and isinstance(attempt, int) and step >= 0):
-                raise ValueError("step and attempt must be non-negative integers")
+                raise MalformedEntry("step and attempt must be non-negative integers")
             if each and not isinstance(data["input"], list):
-                raise ValueError("an 'each' entry needs a list input")
+                raise MalformedEntry("an 'each' entry needs a list input")
             return cls(
                 id=str(data["id"]),
                 kind=JobKind(data["kind"]),
@@ -195,4 +197,4 @@ class JobEntry:
                 takeover=bool(data.get("takeover", False)),
             )
         except KeyError as exc:
-            raise ValueError(f"job entry lacks field {exc.args[0]!r}") from exc
+            raise MalformedEntry(f"job entry lacks field {exc.args[0]!r}") from exc

@@ -15,18 +15,16 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pika
-import pika.exceptions
 from sqlalchemy import make_url
 
 from aidist.config import Settings
+from aidist.errors import ServiceUnavailable
 from aidist.processes import warm_stop
-from aidist.routing import dead_letter_exchange, dead_letter_queue, jobs_exchange, queue_name
+from aidist.transport import delete_namespace, queue_name, queue_stats
 from bench.config import REPO
 from db import setup as db_setup
 from db.cache import ResultCache
 from models import build_registry
-from workers.broker import pika_parameters, queue_stats
 
 STOP_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 240.0
@@ -58,17 +56,10 @@ def cleanup(settings: Settings, extra_queues: Sequence[str] = ()) -> list[str]:
         problems.append(f"redis clean-up: {exc}")
     registry = build_registry(settings.plugins)
     queues = [queue_name(settings.namespace, s.kind, s.name) for s in registry.specs()]
-    queues += [dead_letter_queue(settings.namespace), *extra_queues]
-    exchanges = [dead_letter_exchange(settings.namespace), jobs_exchange(settings.namespace).name,
-                 *extra_queues]
     try:
-        connection = pika.BlockingConnection(pika_parameters(settings.broker_url))
-        for name in queues:
-            connection.channel().queue_delete(name)
-        for name in exchanges:
-            connection.channel().exchange_delete(name)
-        connection.close()
-    except pika.exceptions.AMQPError as exc:
+        delete_namespace(settings.broker_url, settings.namespace, [*queues, *extra_queues],
+                         extra_queues)
+    except ServiceUnavailable as exc:
         problems.append(f"rabbitmq clean-up: {exc!r}")
     try:
         db_setup.drop_database(settings.database_url)

@@ -20,14 +20,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aidist.config import redact_url
-from aidist.errors import AidistError, ServiceUnavailable
+from aidist.errors import CacheError, ServiceUnavailable
 
 SERVICE = "Redis"
 REPLY_TTL_S = 3600
 
 
-class CacheError(AidistError):
-    """A Redis command failed for a reason other than an unreachable server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +144,27 @@ class ResultCache:
         names = list(runners)
         with self._guard():
             values = self.client.mget([f"{self.namespace}:alive:{name}" for name in names])
+        return {name for name, value in zip(names, values, strict=True) if value is not None}
+
+    def mark_cancelled(self, job_ids: Sequence[str], ttl_s: float) -> None:
+        """Say that these jobs were cancelled while they may be running: a worker holding them
+        drops them before its next model batch and does not cache their results. The row in
+        Postgres is the truth; the mark only needs to outlive the longest batch."""
+        if not job_ids:
+            return
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.set(f"{self.namespace}:cancelled:{job_id}", b"1", px=int(ttl_s * 1000))
+            pipe.execute()
+
+    def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` that carry a cancel mark (one MGET)."""
+        if not job_ids:
+            return set()
+        names = list(job_ids)
+        with self._guard():
+            values = self.client.mget([f"{self.namespace}:cancelled:{name}" for name in names])
         return {name for name, value in zip(names, values, strict=True) if value is not None}
 
     def presences(self) -> list[dict[str, object]]:

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from aidist.config import redact_url
-from aidist.errors import AidistError, ConfigError, ServiceUnavailable, UnknownJob
+from aidist.errors import AidistError, ConfigError, ServiceUnavailable, StoreError, UnknownJob
 from aidist.jobs import JobKind, JobStatus
 from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
 from db.schema import jobs_table
@@ -45,8 +45,6 @@ SERVICE = "PostgreSQL"
 DEFAULT_MAX_ATTEMPTS = 8
 
 
-class StoreError(AidistError):
-    """A job-store statement failed for a reason other than an unreachable server."""
 
 
 def create_store_engine(database_url: str, connect_timeout_s: float = 5.0) -> Engine:

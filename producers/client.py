@@ -23,14 +23,13 @@ from aidist.jobs import (
     pipeline_key,
     recorded_steps,
 )
-from aidist.routing import queue_name
+from aidist.transport import Publisher, queue_name
 from db import JobRecord, JobStore, NewJob, ResultCache
 from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
 from producers.outbox import SentMarker
 from producers.progress import job_progress
-from producers.publisher import Publisher
 from producers.submission import Deadline, Plan, Request, SubmitOptions, submit_options
 from producers.waiting import CompletionTracker
 

@@ -19,16 +19,16 @@ import pika
 import pytest
 from sqlalchemy import make_url
 
+from aidist import transport
 from aidist.config import Settings
 from aidist.jobs import RUN_JOBS_TASK
 from aidist.processes import warm_stop
-from aidist.routing import dead_letter_exchange, dead_letter_queue, jobs_exchange, queue_name
+from aidist.transport import queue_name, queue_stats
 from db import setup as db_setup
 from db.cache import ResultCache
 from db.store import JobStore
 from models import build_registry
 from producers import Client
-from workers.broker import queue_stats
 
 BASE = Settings()
 
@@ -81,45 +81,25 @@ def cache(settings: Settings) -> Iterator[ResultCache]:
 
 
 def pika_connection(settings: Settings) -> pika.BlockingConnection:
-    """A pika connection to the test broker (for probes and raw publishes)."""
-    url = settings.broker_url
-    if url.endswith("//"):
-        url = url[:-1] + "%2F"
-    return pika.BlockingConnection(pika.URLParameters(url))
+    """A pika connection of the tests' own, to look at what is on the broker independently of
+    aidist's transport layer (the product's code goes through ``aidist.transport``)."""
+    return pika.BlockingConnection(transport.admin.pika_parameters(settings.broker_url))
 
 
 def publish_raw(settings: Settings, queue: str, body: bytes, content_type: str,
                 task: str = RUN_JOBS_TASK) -> None:
-    """Publish a message straight into ``queue`` with pika, around aidist's client (for poison
-    and duplicate messages)."""
-    task_id = str(uuid.uuid4())
-    connection = pika_connection(settings)
-    try:
-        connection.channel().basic_publish(
-            exchange=jobs_exchange(settings.namespace).name,
-            routing_key=queue,
-            body=body,
-            properties=pika.BasicProperties(
-                content_type=content_type, content_encoding="binary", delivery_mode=2,
-                headers={"lang": "py", "task": task, "id": task_id, "root_id": task_id,
-                         "retries": 0, "timelimit": [None, None], "argsrepr": "", "eta": None},
-            ),
-        )
-    finally:
-        connection.close()
+    """Publish a message straight into ``queue``, around aidist's client (for poison and
+    duplicate messages)."""
+    transport.publish_raw(settings.broker_url, settings.namespace, queue, body, content_type,
+                          task)
 
 
 def delete_queues(settings: Settings) -> None:
     """Delete every queue and exchange of the namespace (known names only)."""
     registry = build_registry(settings.plugins)
-    connection = pika_connection(settings)
-    channel = connection.channel()
-    for spec in registry.specs():
-        channel.queue_delete(queue_name(settings.namespace, spec.kind, spec.name))
-    channel.queue_delete(dead_letter_queue(settings.namespace))
-    channel.exchange_delete(dead_letter_exchange(settings.namespace))
-    channel.exchange_delete(jobs_exchange(settings.namespace).name)
-    connection.close()
+    transport.delete_namespace(
+        settings.broker_url, settings.namespace,
+        [queue_name(settings.namespace, spec.kind, spec.name) for spec in registry.specs()])
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.05,

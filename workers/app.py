@@ -10,7 +10,7 @@ from celery.signals import worker_process_init, worker_shutting_down
 
 from aidist.config import Settings
 from aidist.jobs import RUN_JOBS_TASK
-from aidist.routing import job_queue, jobs_exchange, queue_name
+from aidist.transport import job_queue, jobs_exchange, queue_name
 from models import Registry
 from workers import tasks
 from workers.batching import BatchingStrategy, BatchPolicy

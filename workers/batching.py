@@ -23,12 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aidist.errors import ServiceUnavailable
+from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
 from aidist.jobs import JobEntry
 from workers.executor import (
     PARK_S,
-    PoisonMessage,
-    ServicesDown,
     parse_entries,
     run_retrying,
     split_redelivered,

@@ -26,9 +26,9 @@ from tenacity import (
 )
 
 from aidist import codec
-from aidist.errors import AidistError, ServiceUnavailable
+from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
 from aidist.jobs import JobEntry, JobStatus, canonical_params
-from aidist.routing import queue_name
+from aidist.transport import queue_name
 from db import ClaimRequest, Notice, Outcome
 from workers.model_runs import run_group
 from workers.runtime import WorkerRuntime
@@ -36,8 +36,6 @@ from workers.runtime import WorkerRuntime
 log = logging.getLogger("aidist.worker")
 
 
-class PoisonMessage(AidistError):
-    """The message as a whole cannot be understood; it is dead-lettered, not retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +82,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class ServicesDown(AidistError):
-    """A service stayed unreachable for the whole retry budget: the messages go back to the
-    queue."""
 
 
 SERVICE_RETRY_S = 30.0

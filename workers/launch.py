@@ -8,14 +8,12 @@ import os
 import socket
 
 from celery.signals import worker_ready, worker_shutting_down
-from kombu.connection import Connection
 
-from aidist.config import Settings, redact_url
-from aidist.errors import ConfigError, ServiceUnavailable
-from aidist.routing import dead_letter_declarations
+from aidist.config import Settings
+from aidist.errors import ConfigError
+from aidist.transport import Publisher, declare_dead_letters
 from db import JobStore, ResultCache
 from models import build_registry
-from producers.publisher import Publisher
 from workers.app import batch_policy, create_app, pool_targets, queues_for
 from workers.periodic import Periodic
 from workers.presence import WorkerPresence
@@ -24,21 +22,6 @@ from workers.sweeper import sweeper
 
 POOLS = ("gpu", "cpu")
 log = logging.getLogger("aidist.worker")
-
-
-def declare_dead_letters(settings: Settings) -> None:
-    """Declare the dead-letter exchange and queue; also proves the broker is reachable."""
-    exchange, queue = dead_letter_declarations(settings.namespace)
-    try:
-        with Connection(  # type: ignore[no-untyped-call]
-            settings.broker_url, connect_timeout=settings.connect_timeout_s
-        ) as conn:
-            conn.connect()
-            channel = conn.channel()
-            exchange(channel).declare()  # type: ignore[no-untyped-call]
-            queue(channel).declare()  # type: ignore[no-untyped-call]
-    except Exception as exc:
-        raise ServiceUnavailable("RabbitMQ", redact_url(settings.broker_url), str(exc)) from exc
 
 
 def worker_argv(pool: str, queues: list[str], concurrency: int, hostname: str,
@@ -67,7 +50,7 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
     targets = pool_targets(registry, pool, models)
     if not targets:
         raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
-    declare_dead_letters(settings)
+    declare_dead_letters(settings.broker_url, settings.namespace, settings.connect_timeout_s)
     placement = device or settings.device
     holder = RuntimeHolder(settings, device=placement, dtype=dtype,
                            targets=targets if pool == "gpu" else ())

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from aidist.config import Settings
+from aidist.transport import queue_stats
 from db.cache import ResultCache
-from workers.broker import queue_stats
 
 log = logging.getLogger("aidist.worker")
 HEARTBEAT_S = 5.0

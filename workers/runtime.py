@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from aidist.config import Settings
 from aidist.errors import AidistError, ModelLoadError
+from aidist.transport import Publisher
 from db import JobStore, ResultCache
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
-from producers.publisher import Publisher
 from workers.periodic import Periodic
 from workers.watchdog import Watchdog
 

@@ -19,7 +19,7 @@ from typing import Any
 from aidist import codec
 from aidist.config import Settings
 from aidist.jobs import JobEntry, recorded_steps
-from aidist.routing import queue_name
+from aidist.transport import queue_name
 from db import JobStore, UnsentJob
 from workers.periodic import Periodic
 

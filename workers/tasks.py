@@ -8,8 +8,8 @@ from typing import Any
 
 from celery.exceptions import Reject
 
-from aidist.errors import ServiceUnavailable
-from workers.executor import PARK_S, PoisonMessage, ServicesDown, execute
+from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
+from workers.executor import PARK_S, execute
 from workers.runtime import RuntimeHolder
 
 log = logging.getLogger("aidist.worker")

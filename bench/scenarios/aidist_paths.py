@@ -17,7 +17,7 @@ import numpy as np
 
 from aidist.config import Settings
 from aidist.demo import make_corpus
-from aidist.routing import queue_name
+from aidist.transport import queue_name
 from bench.config import Options, best_run
 from bench.env import READY_TIMEOUT_S, Workers, aidist_env, consuming, venv_script, wait_for
 from producers import Client, Job

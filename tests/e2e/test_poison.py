@@ -11,7 +11,7 @@ import pytest
 
 from aidist.config import Settings
 from aidist.jobs import JobKind
-from aidist.routing import dead_letter_queue, queue_name
+from aidist.transport import dead_letter_queue, queue_name
 from producers import Client
 from tests.conftest import publish_raw, queue_depth, wait_for
 

@@ -10,11 +10,10 @@ import pytest
 from aidist.config import Settings
 from aidist.errors import JobFailed
 from aidist.jobs import JobKind, JobStatus
-from aidist.routing import queue_name
+from aidist.transport import queue_name, queue_stats
 from db.cache import ResultCache
 from producers import Client
 from tests.conftest import delete_queues, make_settings, start_worker, wait_for
-from workers.broker import queue_stats
 
 pytestmark = pytest.mark.e2e
 

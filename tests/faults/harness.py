@@ -25,12 +25,11 @@ from typing import Any
 from aidist.config import Settings
 from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobStatus
-from aidist.routing import queue_name
+from aidist.transport import queue_name, queue_stats
 from db import JobStore
 from producers import Client, Job
 from tests.conftest import REPO, aidist_command, settings_env, wait_for
 from tests.plugins import EXEC_LOG_ENV, GATE_FILE
-from workers.broker import queue_stats
 
 SERVICE_TIMEOUT_S = 120
 IN_FLIGHT = 2  # flushes a fault-suite worker runs at once (AIDIST_BATCH_RUNNERS)

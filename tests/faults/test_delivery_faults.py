@@ -14,10 +14,9 @@ import pytest
 
 from aidist.errors import InvalidInput
 from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
-from aidist.routing import dead_letter_queue
+from aidist.transport import Publisher, dead_letter_queue
 from db import NewJob
 from producers import Client
-from producers.publisher import Publisher
 from tests.conftest import REPO, publish_raw, queue_depth, settings_env, wait_for
 from tests.faults.conftest import record
 from tests.faults.harness import Scenario, queue_messages, unique_inputs

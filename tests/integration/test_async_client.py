@@ -12,7 +12,7 @@ from aidist import codec
 from aidist.config import Settings
 from aidist.errors import InvalidInput, JobCancelled, JobTimeout, UnknownJob, UnknownModel
 from aidist.jobs import JobKind, JobStatus
-from aidist.routing import queue_name
+from aidist.transport import queue_name
 from db.store import JobStore
 from producers import AsyncClient, AsyncJob
 from tests.conftest import queue_depth

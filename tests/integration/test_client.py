@@ -29,13 +29,12 @@ from aidist.errors import (
     UnknownModel,
 )
 from aidist.jobs import JobEntry, JobKind, JobStatus
-from aidist.routing import queue_name
+from aidist.transport import Publisher, queue_name
 from db.cache import ResultCache
 from db.records import Outcome
 from db.schema import jobs_table
 from db.store import JobStore
 from producers import Client
-from producers.publisher import Publisher
 from tests.conftest import make_settings, pika_connection, queue_depth
 from tests.integration.conftest import (
     clean_namespace,

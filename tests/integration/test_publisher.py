@@ -1,4 +1,4 @@
-"""producers.publisher.Publisher against the real RabbitMQ: durable queues, Celery protocol-2
+"""aidist.transport.Publisher against the real RabbitMQ: durable queues, Celery protocol-2
 messages with msgpack bodies, read back raw with pika."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import pytest
 from aidist.config import Settings
 from aidist.errors import ServiceUnavailable
 from aidist.jobs import RUN_JOBS_TASK, JobEntry, JobKind
-from aidist.routing import dead_letter_exchange, queue_arguments, queue_name
-from producers.publisher import Publisher
+from aidist.transport import Publisher, dead_letter_exchange, queue_arguments, queue_name
 from tests.conftest import pika_connection, queue_depth, wait_for
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ from aidist.errors import (
     UnknownModel,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 ALL_ERRORS = [
     obj for _, obj in inspect.getmembers(errors, inspect.isclass)
     if issubclass(obj, BaseException) and obj.__module__ == errors.__name__
@@ -37,13 +40,21 @@ def test_every_error_is_an_aidist_error(cls: type[BaseException]) -> None:
     assert issubclass(cls, AidistError)
 
 
-def test_errors_defined_elsewhere_join_the_tree() -> None:
-    from db.cache import CacheError
-    from db.store import StoreError
-    from workers.executor import PoisonMessage
-
-    for cls in (CacheError, StoreError, PoisonMessage):
-        assert issubclass(cls, AidistError), cls
+def test_every_exception_class_of_the_product_lives_in_aidist_errors() -> None:
+    """One tree in one module: no package defines an exception of its own."""
+    offenders = []
+    for package in ("aidist", "producers", "workers", "models", "db"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if (path.name == "errors.py" and package == "aidist") or "migrations" in path.parts:
+                continue
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and any(
+                        (isinstance(base, ast.Name) and base.id.endswith(("Error", "Exception")))
+                        or (isinstance(base, ast.Attribute) and base.attr.endswith("Error"))
+                        for base in node.bases):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert offenders == []
 
 
 def test_standard_bases_let_callers_catch_broadly() -> None:

@@ -1,12 +1,10 @@
-"""aidist.routing: queue names and declarations that producers and workers must agree on."""
+"""aidist.transport.topology: queue names and declarations that producers and workers must agree on."""
 
 from __future__ import annotations
 
 from aidist.jobs import JobKind
-from aidist.routing import (
-    dead_letter_declarations,
+from aidist.transport import (
     dead_letter_exchange,
-    dead_letter_queue,
     job_queue,
     jobs_exchange,
     queue_arguments,
@@ -35,11 +33,3 @@ def test_job_queue_is_durable_and_bound_under_its_name() -> None:
     assert queue.exchange.name == jobs_exchange("ns").name == "ns.jobs"
     assert queue.exchange.type == "direct"
     assert queue.queue_arguments == queue_arguments("ns")
-
-
-def test_dead_letter_declarations() -> None:
-    exchange, queue = dead_letter_declarations("ns")
-    assert exchange.name == dead_letter_exchange("ns")
-    assert exchange.type == "fanout"
-    assert queue.name == dead_letter_queue("ns")
-    assert queue.exchange.name == exchange.name

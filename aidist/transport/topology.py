@@ -1,4 +1,5 @@
-"""Where jobs travel: queue names and their declarations, shared by producers and workers.
+"""Where jobs travel: queue names, the jobs exchange and the dead-letter names, shared by
+producers and workers.
 
 One durable queue per model or op, so a worker pool consumes only what it can run. Producers and
 workers declare queues with exactly the same arguments (RabbitMQ refuses a mismatch).
@@ -47,12 +48,3 @@ def job_queue(namespace: str, name: str) -> Queue:
         durable=True,
         queue_arguments=queue_arguments(namespace),
     )
-
-
-def dead_letter_declarations(namespace: str) -> tuple[Exchange, Queue]:
-    """The dead-letter exchange (fanout) and the queue that keeps what reaches it."""
-    exchange = Exchange(  # type: ignore[no-untyped-call]
-        dead_letter_exchange(namespace), type="fanout", durable=True
-    )
-    queue = Queue(dead_letter_queue(namespace), exchange, durable=True)  # type: ignore[no-untyped-call]
-    return exchange, queue

@@ -23,7 +23,7 @@ from kombu.messaging import Producer
 from aidist.config import redact_url
 from aidist.errors import ConfigError, ServiceUnavailable
 from aidist.jobs import RUN_JOBS_TASK
-from aidist.routing import job_queue, jobs_exchange
+from aidist.transport.topology import job_queue, jobs_exchange
 
 SERVICE = "RabbitMQ"
 _BROKER_ERRORS = (OSError, KombuError, amqp.exceptions.AMQPError)
