@@ -51,9 +51,12 @@ faults: db
 bench: db
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# ruff, mypy --strict, and the import contracts of pyproject.toml (layers, AMQP only in
+# aidist.transport, a light client).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

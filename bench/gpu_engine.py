@@ -24,35 +24,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aidist.config import Settings
 from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
+from aidist.testing import InMemoryBroker, InMemoryCache, InMemoryStore
 from db import Claim, ClaimRequest, Notice, Outcome
 from models import LoadContext, build_registry
 from workers.batching import BackgroundRunner, BatchPolicy, MessageBatcher
-from workers.executor import run_entries
+from workers.executor import run_flush
 from workers.runtime import WorkerRuntime
 
 WORDS = ["queue", "worker", "model", "batch", "tensor", "cache", "state", "broker", "retry",
          "durable", "embed", "token", "chunk", "sentence", "vector", "latency", "cluster"]
 
 
-class MemoryStore:
-    """Claims every job as running; finishing is counted, not stored."""
+class MemoryStore(InMemoryStore):
+    """Claims every job as running (no rows to insert first); finishing is counted, not stored,
+    so the figure is the engine's own work."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.finished = 0
 
     def claim(self, requests: Sequence[ClaimRequest], worker: str,
               max_attempts: int = 8) -> list[Claim]:
         return [Claim(request.id, JobStatus.RUNNING, 1) for request in requests]
 
-    def existing(self, job_ids: Sequence[str]) -> set[str]:
-        return set(job_ids)
-
     def finish_returning(self, outcomes: Sequence[Outcome]) -> set[str]:
         self.finished += len(outcomes)
         return {outcome.id for outcome in outcomes}
 
 
-class MemoryCache:
+class MemoryCache(InMemoryCache):
     """Keeps nothing: the engine still encodes every result it would store."""
 
     def get_many(self, cache_keys: Sequence[str]) -> list[bytes | None]:
@@ -94,9 +94,9 @@ def main() -> None:
     args = parser.parse_args()
     registry = build_registry()
     store = MemoryStore()
-    runtime = WorkerRuntime(settings=Settings(), registry=registry, store=store,  # type: ignore[arg-type]
-                            cache=MemoryCache(), context=LoadContext(device=args.device),  # type: ignore[arg-type]
-                            name="gpu-engine-bench")
+    runtime = WorkerRuntime(settings=Settings(), registry=registry, store=store,
+                            cache=MemoryCache(), context=LoadContext(device=args.device),
+                            name="gpu-engine-bench", publisher=InMemoryBroker())
     runner = runtime.runner("minilm")
     version = registry.version("minilm")
     corpus = texts(args.jobs)
@@ -124,7 +124,7 @@ def main() -> None:
         # the engine cuts batches at the spec's max_batch_size: set it to the size under test
         object.__setattr__(registry.get("minilm"), "max_batch_size", batch)
         report.setdefault("engine_packed", {})[key] = timed(
-            lambda b=batch: [run_entries(runtime, entries[i : i + b])
+            lambda b=batch: [run_flush(runtime, entries[i : i + b])
                              for i in range(0, len(entries), b)])
 
         def one_job_per_message(b: int = batch) -> None:

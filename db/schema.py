@@ -80,6 +80,8 @@ class JobRow(Base):
         Index("ix_jobs_follows", "follows", postgresql_where=text("follows IS NOT NULL")),
         Index("ix_jobs_running_key", "cache_key",
               postgresql_where=text("status = 'running' AND follows IS NULL")),
+        Index("ix_jobs_queued_deadline", "deadline",
+              postgresql_where=text("status = 'queued' AND deadline IS NOT NULL")),
         Index(
             "ux_jobs_idempotency",
             text("coalesce(tenant, '')"),

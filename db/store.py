@@ -280,6 +280,27 @@ class JobStore:
             ).first()
         return JobStatus(row.status) if row is not None else self.get(job_id).status
 
+    def expire_overdue(self, limit: int) -> int:
+        """Expire up to ``limit`` queued jobs whose deadline has passed; returns how many.
+
+        A worker's claim expires such a job too, but only once a worker takes its message: with
+        no worker consuming its queue it would stay queued for ever, and a client waiting on it
+        would never learn that it cannot run. The sweeper calls this each pass. Rows are locked
+        with SKIP LOCKED, so sweepers in several workers never wait on each other; a claim
+        racing one waits for the row, then finds it expired and does not run it (as it would
+        have expired it itself), and so does any message of the job still in the queue."""
+        # A CTE, not ``id IN (SELECT ... LIMIT)``: the planner runs such a subquery once per
+        # outer row (a semi join), each run may pick other rows, and the limit stops holding.
+        statement = text(
+            "WITH overdue AS MATERIALIZED ("
+            "SELECT id FROM jobs WHERE status = 'queued' AND deadline IS NOT NULL "
+            "AND deadline < now() ORDER BY deadline LIMIT :limit FOR UPDATE SKIP LOCKED) "
+            "UPDATE jobs SET status = 'expired', finished_at = now() FROM overdue "
+            "WHERE jobs.id = overdue.id AND jobs.status = 'queued' RETURNING jobs.id"
+        )
+        with self._begin() as connection:
+            return len(connection.execute(statement, {"limit": limit}).all())
+
     def mark_sent(self, job_ids: Sequence[str]) -> None:
         """Record that the jobs' messages were confirmed by the broker (they leave the outbox)."""
         if not job_ids:

@@ -13,6 +13,8 @@ from typing import Any
 
 from aidist.config import Settings
 from aidist.jobs import JobStatus
+from aidist.transport import JobPublisher
+from db.interfaces import JobStoreLike, ResultCacheLike
 from models import ModelInfo, Registry
 from producers.client import Client
 from producers.job import Job
@@ -56,8 +58,11 @@ class AsyncClient:
     """``Client`` with ``await``:
     ``async with AsyncClient() as client: job = await client.infer(...)``."""
 
-    def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None):
-        self.client = Client(settings, registry=registry)
+    def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
+                 store: JobStoreLike | None = None, cache: ResultCacheLike | None = None,
+                 publisher: JobPublisher | None = None) -> None:
+        self.client = Client(settings, registry=registry, store=store, cache=cache,
+                             publisher=publisher)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -89,36 +94,65 @@ class AsyncClient:
         return AsyncJob(job)
 
     async def infer_many(self, model: str, inputs: Iterable[Any],
-                         params: dict[str, Any] | None = None, **options: Any) -> list[AsyncJob]:
-        """See ``Client.infer_many``."""
+                         params: dict[str, Any] | None = None, *, priority: int = 0,
+                         deadline: Deadline = None, tenant: str | None = None) -> list[AsyncJob]:
+        """See ``Client.infer_many``: one job per input, in input order."""
         jobs = await asyncio.to_thread(self.client.infer_many, model, list(inputs), params,
-                                       **options)
+                                       priority=priority, deadline=deadline, tenant=tenant)
         return [AsyncJob(job) for job in jobs]
 
     async def preprocess_many(self, op: str, inputs: Iterable[Any],
-                              params: dict[str, Any] | None = None,
-                              **options: Any) -> list[AsyncJob]:
+                              params: dict[str, Any] | None = None, *, priority: int = 0,
+                              deadline: Deadline = None,
+                              tenant: str | None = None) -> list[AsyncJob]:
         """See ``Client.preprocess_many``."""
         jobs = await asyncio.to_thread(self.client.preprocess_many, op, list(inputs), params,
-                                       **options)
+                                       priority=priority, deadline=deadline, tenant=tenant)
+        return [AsyncJob(job) for job in jobs]
+
+    async def submit_many(self, target: str, inputs: Iterable[Any],
+                          params: dict[str, Any] | None = None, *, priority: int = 0,
+                          deadline: Deadline = None,
+                          tenant: str | None = None) -> list[AsyncJob]:
+        """See ``Client.submit_many``: ``infer_many`` or ``preprocess_many``, whichever
+        ``target`` is registered as."""
+        jobs = await asyncio.to_thread(self.client.submit_many, target, list(inputs), params,
+                                       priority=priority, deadline=deadline, tenant=tenant)
         return [AsyncJob(job) for job in jobs]
 
     async def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None,
-                  **options: Any) -> list[Any]:
-        """See ``Client.map``."""
-        return await asyncio.to_thread(self.client.map, target, list(inputs), params, **options)
+                  *, progress: bool = False, timeout: float | None = None, priority: int = 0,
+                  tenant: str | None = None) -> list[Any]:
+        """See ``Client.map``: the outputs in input order."""
+        return await asyncio.to_thread(self.client.map, target, list(inputs), params,
+                                       progress=progress, timeout=timeout, priority=priority,
+                                       tenant=tenant)
 
     async def pipeline(self, steps: Sequence[str], input: Any,
-                       params: dict[str, dict[str, Any]] | None = None,
-                       **options: Any) -> AsyncJob:
-        """See ``Client.pipeline``."""
-        job = await asyncio.to_thread(self.client.pipeline, list(steps), input, params, **options)
+                       params: dict[str, dict[str, Any]] | None = None, *, priority: int = 0,
+                       deadline: Deadline = None, tenant: str | None = None) -> AsyncJob:
+        """See ``Client.pipeline``: one job that runs ``steps`` in order on the workers."""
+        job = await asyncio.to_thread(self.client.pipeline, list(steps), input, params,
+                                      priority=priority, deadline=deadline, tenant=tenant)
         return AsyncJob(job)
 
+    async def pipeline_many(self, steps: Sequence[str], inputs: Iterable[Any],
+                            params: dict[str, dict[str, Any]] | None = None, *,
+                            priority: int = 0, deadline: Deadline = None,
+                            tenant: str | None = None) -> list[AsyncJob]:
+        """See ``Client.pipeline_many``: ``pipeline`` for many inputs, one job each, inserted
+        and published packed."""
+        jobs = await asyncio.to_thread(self.client.pipeline_many, list(steps), list(inputs),
+                                       params, priority=priority, deadline=deadline,
+                                       tenant=tenant)
+        return [AsyncJob(job) for job in jobs]
+
     async def imap(self, target: str, inputs: Iterable[Any],
-                   params: dict[str, Any] | None = None, **options: Any) -> AsyncIterator[Any]:
+                   params: dict[str, Any] | None = None, *, timeout: float | None = None,
+                   priority: int = 0, tenant: str | None = None) -> AsyncIterator[Any]:
         """See ``Client.imap``: outputs in input order, as they become available."""
-        iterator = self.client.imap(target, list(inputs), params, **options)
+        iterator = self.client.imap(target, list(inputs), params, timeout=timeout,
+                                    priority=priority, tenant=tenant)
         sentinel = object()
         while True:
             item = await asyncio.to_thread(next, iterator, sentinel)
@@ -142,6 +176,14 @@ class AsyncClient:
                 return
             assert isinstance(finished, Job)
             yield by_id[finished.id]
+
+    async def results_of(self, jobs: Sequence[AsyncJob],
+                         timeout: float | None = 300.0) -> list[Any]:
+        """See ``Client.results_of``: the results in order, read in one round trip once every
+        job has ended (``JobTimeout`` past ``timeout``); raises for the first job that failed,
+        was cancelled or expired."""
+        return await asyncio.to_thread(self.client.results_of, [job.job for job in jobs],
+                                       timeout)
 
     async def models(self) -> list[ModelInfo]:
         """See ``Client.models``."""

@@ -13,23 +13,22 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from aidist import codec
 from aidist.config import Settings
-from aidist.errors import InvalidInput, JobTimeout, ResultUnavailable, ServiceUnavailable
-from aidist.jobs import (
-    JobEntry,
-    JobKind,
-    JobStatus,
-    Step,
-    cache_key,
-    pipeline_key,
-    recorded_steps,
+from aidist.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    JobTimeout,
+    ServiceUnavailable,
 )
-from aidist.transport import Publisher, queue_name
-from db import JobRecord, JobStore, NewJob, ResultCache
+from aidist.jobs import JobEntry, JobKind, JobStatus, Step, cache_key, pipeline_key
+from aidist.transport import JobPublisher, Publisher, queue_name
+from db import JobStore, NewJob, ResultCache
+from db.interfaces import JobStoreLike, ResultCacheLike
 from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
 from producers.outbox import SentMarker
 from producers.progress import job_progress
+from producers.recompute import Recomputer
 from producers.submission import Deadline, Plan, Request, SubmitOptions, submit_options
 from producers.waiting import CompletionTracker
 
@@ -41,24 +40,32 @@ class Client:
 
     ``Client()`` reads settings from ``AIDIST_*`` variables or ``.env``; connections open on first
     use, and a service that cannot be reached raises ``ServiceUnavailable`` within the connect
-    timeout.
+    timeout. ``store``, ``cache`` and ``publisher`` replace the Postgres, Redis and RabbitMQ
+    ones (``aidist.testing`` has in-memory doubles of all three).
     """
 
-    def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None):
+    def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
+                 store: JobStoreLike | None = None, cache: ResultCacheLike | None = None,
+                 publisher: JobPublisher | None = None):
         self.settings = settings or Settings()
         self.registry = registry or build_registry(
             self.settings.plugins, max_input_chars=self.settings.max_input_chars
         )
         timeout = self.settings.connect_timeout_s
-        self.store = JobStore.connect(self.settings.database_url, timeout)
-        self.cache = ResultCache.connect(self.settings.redis_url, self.settings.namespace, timeout)
-        self.publisher = Publisher(self.settings.broker_url, self.settings.namespace, timeout)
+        self.store: JobStoreLike = store if store is not None else JobStore.connect(
+            self.settings.database_url, timeout)
+        self.cache: ResultCacheLike = cache if cache is not None else ResultCache.connect(
+            self.settings.redis_url, self.settings.namespace, timeout)
+        self.publisher: JobPublisher = publisher if publisher is not None else Publisher(
+            self.settings.broker_url, self.settings.namespace, timeout)
         self.client_id = uuid.uuid4().hex
         self.tracker = CompletionTracker(
             self.cache, self.store, self.cache.reply_key(self.client_id)
         )
         self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_requests)
         self.sent = SentMarker(self.store)
+        self._recompute = Recomputer(self.store, self.cache, self.registry,
+                                     self._enqueue_requests, self.as_completed)
 
     def __enter__(self) -> Client:
         return self
@@ -78,14 +85,16 @@ class Client:
     def infer(self, model: str, input: Any, params: dict[str, Any] | None = None, *,
               priority: int = 0, deadline: Deadline = None, idempotency_key: str | None = None,
               tenant: str | None = None) -> Job:
-        """Run ``model`` on one input."""
+        """Run ``model`` on one input. A retry with the same ``idempotency_key`` (per tenant)
+        gets the first job back; the key reused for another model, params or input raises
+        ``IdempotencyConflict``."""
         options = submit_options(priority, deadline, idempotency_key, tenant)
         return self._submit(JobKind.INFER, model, [input], params, options)[0]
 
     def preprocess(self, op: str, input: Any, params: dict[str, Any] | None = None, *,
                    priority: int = 0, deadline: Deadline = None,
                    idempotency_key: str | None = None, tenant: str | None = None) -> Job:
-        """Run preprocessing ``op`` on one input."""
+        """Run preprocessing ``op`` on one input (``idempotency_key`` as for ``infer``)."""
         options = submit_options(priority, deadline, idempotency_key, tenant)
         return self._submit(JobKind.PREPROCESS, op, [input], params, options)[0]
 
@@ -210,6 +219,12 @@ class Client:
         if rows[0].idempotency_key is not None:
             existing = self.store.insert_idempotent(rows[0])
             if existing is not None:
+                # A retry of the same submission gets the first job; the same key for other work
+                # (the cache key covers model or op, version, params and input) is a caller's
+                # bug that returning the first job would hide, so it is refused, as payment APIs
+                # do. Either way nothing was written and nothing is sent.
+                if existing.cache_key != rows[0].cache_key:
+                    raise IdempotencyConflict(rows[0].idempotency_key, existing.id)
                 return [Job(self, existing.id, existing.kind, existing.target, existing.cache_key)]
         else:
             self.store.insert_jobs(rows)
@@ -311,39 +326,6 @@ class Client:
             raw = [recomputed.get(job.cache_key) if data is None else data
                    for job, data in zip(jobs, raw, strict=True)]
         return [codec.decode(data) for data in raw if data is not None]
-
-    def _recompute(self, jobs: Sequence[Job], timeout: float | None) -> dict[str, bytes]:
-        """Run lost results again as new jobs of the same model version and input; returns the
-        encoded results by cache key (they are back in Redis under the same keys too)."""
-        records = self.store.get_many([job.id for job in jobs])
-        payloads = self.store.payloads([job.id for job in jobs])
-        requests: list[Request] = []
-        for job in jobs:
-            record, payload = records.get(job.id), payloads.get(job.id)
-            plan = self._plan_of(record) if record is not None else None
-            if record is None or payload is None or plan is None:
-                raise ResultUnavailable(job.id)
-            requests.append(Request(plan, codec.decode(payload), payload, record.cache_key,
-                                     SubmitOptions(tenant=record.tenant)))
-        again = self._enqueue_requests(requests)
-        for job in self.as_completed(again, timeout=timeout):
-            raise_for_status(job.id, job.status(), self.store.get(job.id).error)
-        found = self.cache.get_many([job.cache_key for job in again])
-        lost = [job.id for job, data in zip(jobs, found, strict=True) if data is None]
-        if lost:
-            raise ResultUnavailable(lost[0])
-        return {job.cache_key: data for job, data in zip(again, found, strict=True)
-                if data is not None}
-
-    def _plan_of(self, record: JobRecord) -> Plan | None:
-        """How to run a recorded job again, or None if its model or op changed version since."""
-        chain = recorded_steps(record.kind, record.target, record.version, record.params)
-        for step in chain:
-            if step.target not in self.registry.names() or (
-                    self.registry.version(step.target) != step.version):
-                return None
-        return Plan(kind=record.kind, label=record.target, version=record.version,
-                     params=record.params, first=chain[0], rest=chain[1:])
 
     def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None, *,
             progress: bool = False, timeout: float | None = None, priority: int = 0,

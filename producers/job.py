@@ -10,6 +10,10 @@ from aidist.jobs import JobKind, JobStatus
 if TYPE_CHECKING:
     from producers.client import Client
 
+# A cancel mark must outlive the longest batch a worker may be running (a batch past the job time
+# limit ends its process anyway); a day is far beyond any sane limit and costs a few bytes.
+CANCEL_MARK_TTL_S = 86_400.0
+
 
 class Job:
     """A handle on one job. Cheap to create; every method asks the services for the truth."""
@@ -47,11 +51,14 @@ class Job:
 
     def cancel(self) -> bool:
         """Cancel the job unless it has finished; True if it is now cancelled. A queued job never
-        runs; a running one stops at the next batch boundary: the batch in hand completes but
-        its result is not reported, and no further pipeline step starts."""
+        runs. A running one is dropped at the next batch boundary: a model batch already running
+        completes, but the job's output is neither reported nor cached, and no further pipeline
+        step starts. The row in Postgres is the commit point; a mark in Redis tells the worker
+        that holds the job."""
         status = self._client.store.cancel(self.id)
         if status is JobStatus.CANCELLED:
             self._client.tracker.record(self.id, status)
+            self._client.cache.mark_cancelled([self.id], CANCEL_MARK_TTL_S)
         return status is JobStatus.CANCELLED
 
 

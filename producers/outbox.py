@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from aidist.errors import ServiceUnavailable
-from db import JobStore
+from db.interfaces import JobStoreLike
 
 log = logging.getLogger("aidist.client")
 MARK_EVERY_S = 0.5
@@ -24,7 +24,7 @@ class SentMarker:
     """Collects published job ids and marks them sent from a daemon thread (started on first
     use); ``close()`` marks what is left."""
 
-    def __init__(self, store: JobStore, every_s: float = MARK_EVERY_S) -> None:
+    def __init__(self, store: JobStoreLike, every_s: float = MARK_EVERY_S) -> None:
         self.store = store
         self.every_s = every_s
         self._pending: list[str] = []

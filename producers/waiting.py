@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobStatus
-from db import JobStore, Notice, ResultCache
+from db import Notice
+from db.interfaces import JobStoreLike, ResultCacheLike
 
 POLL_START_S = 0.2
 POLL_MAX_S = 2.0
@@ -35,7 +36,7 @@ class Finished:
 class CompletionTracker:
     """Terminal statuses this client has learned, and the one reader of its reply list."""
 
-    def __init__(self, cache: ResultCache, store: JobStore, reply_to: str) -> None:
+    def __init__(self, cache: ResultCacheLike, store: JobStoreLike, reply_to: str) -> None:
         self.cache = cache
         self.store = store
         self.reply_to = reply_to

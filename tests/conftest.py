@@ -52,9 +52,10 @@ def settings() -> Iterator[Settings]:
     isolated = make_settings(database_url=database_url, namespace=_unique("t"),
                              plugins=["tests.plugins"], load_failure_grace_s=2.0,
                              task_events=True, max_attempts=3,
-                             # Tests insert rows they never publish; workers must not sweep them
-                             # (the fault suite turns the sweeper on where it tests it).
-                             sweep_after_s=86_400.0)
+                             # Tests insert rows they never publish, or past their deadline,
+                             # and look at them: the session's workers must not sweep them (the
+                             # fault suite turns the sweeper on where it tests it).
+                             sweep_after_s=86_400.0, sweep_interval_s=86_400.0)
     db_setup.upgrade(isolated.database_url)
     yield isolated
     cache = ResultCache.connect(isolated.redis_url, isolated.namespace)
@@ -91,7 +92,7 @@ def publish_raw(settings: Settings, queue: str, body: bytes, content_type: str,
     """Publish a message straight into ``queue``, around aidist's client (for poison and
     duplicate messages)."""
     transport.publish_raw(settings.broker_url, settings.namespace, queue, body, content_type,
-                          task)
+                          task=task)
 
 
 def delete_queues(settings: Settings) -> None:

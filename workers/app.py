@@ -37,18 +37,19 @@ def queues_for(settings: Settings, registry: Registry, targets: list[str]) -> li
 def batch_policy(settings: Settings, registry: Registry, targets: list[str],
                  side_by_side: int = 1) -> BatchPolicy:
     """The gpu pool's flush rules: a few of the largest batches any served model takes (sorted by
-    length into model batches, so less padding), the shortest delay any of them allows; flushes
-    on runner threads where ``batch_pipeline`` says so (by default where the worker makes
-    ``side_by_side`` model calls at once, i.e. on a CPU)."""
+    length into model batches, so less padding); each model's jobs wait for company at most its
+    own ``max_delay_ms`` (default ``AIDIST_BATCH_MAX_DELAY_MS``); flushes run on runner threads
+    where ``batch_pipeline`` says so (by default where the worker makes ``side_by_side`` model
+    calls at once, i.e. on a CPU)."""
     specs = [registry.get(target) for target in targets]
-    delays = [s.max_delay_ms if s.max_delay_ms is not None else settings.batch_max_delay_ms
-              for s in specs]
+    default_s = settings.batch_max_delay_ms / 1000.0
     pipelined = (side_by_side > 1 if settings.batch_pipeline is None
                  else settings.batch_pipeline)
     return BatchPolicy(
         max_jobs=max((s.max_batch_size for s in specs), default=1) * settings.batch_flush_batches,
         max_chars=settings.batch_max_chars,
-        max_delay_s=min(delays, default=settings.batch_max_delay_ms) / 1000.0,
+        max_delay_s=default_s,
+        delays={s.name: s.max_delay_ms / 1000.0 for s in specs if s.max_delay_ms is not None},
         idle_s=settings.batch_idle_ms / 1000.0,
         runners=settings.batch_runners if pipelined else 0,
     )
@@ -96,7 +97,7 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
 
     options: dict[str, Any] = {}
     if batching is not None:
-        strategy = BatchingStrategy(holder.get, batching)
+        strategy = BatchingStrategy(holder.get, batching, holder.hooks)
         options["Strategy"] = strategy
         worker_shutting_down.connect(lambda **_: strategy.shutdown(SHUTDOWN_GRACE_S), weak=False)
     app.task(name=RUN_JOBS_TASK, ignore_result=True, bind=True, **options)(run_jobs)

@@ -19,18 +19,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
 from aidist.jobs import JobEntry
-from workers.executor import (
-    PARK_S,
-    parse_entries,
-    run_retrying,
-    split_redelivered,
-)
+from workers.executor import PARK_S, parse_entries, run_flush, split_redelivered
+from workers.hooks import Hooks
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("aidist.worker")
@@ -43,9 +39,16 @@ class BatchPolicy:
 
     max_jobs: int = 64
     max_chars: int = 200_000
-    max_delay_s: float = 0.010
+    max_delay_s: float = 0.010  # for a target without a delay of its own in ``delays``
     idle_s: float = 0.002
     runners: int = 0  # flushes run on this many threads of their own; 0: on the consumer's
+    delays: Mapping[str, float] = field(default_factory=dict)  # target -> its longest wait
+
+    def delay_of(self, entries: Sequence[JobEntry]) -> float:
+        """The longest the jobs of a message may wait for others: the shortest delay among
+        their models (a message normally holds one model's jobs)."""
+        return min((self.delays.get(e.target, self.max_delay_s) for e in entries),
+                   default=self.max_delay_s)
 
 
 @dataclass(slots=True)
@@ -55,43 +58,23 @@ class _Held:
     problems: dict[str, str]
 
 
-class TaskEvents:
-    """Celery task events for batched messages, so Flower shows them like any task: received
-    when a message is taken, started when its batch runs, succeeded or failed after."""
-
-    def __init__(self, dispatcher: Any, enabled: bool) -> None:
-        self.dispatcher = dispatcher
-        self.enabled = enabled and dispatcher is not None and dispatcher.enabled
-
-    def send(self, kind: str, message: Any, **fields: Any) -> None:
-        if not self.enabled:
-            return
-        headers = message.headers or {}
-        self.dispatcher.send(kind, uuid=headers.get("id"), **fields)
-
-    def received(self, message: Any) -> None:
-        headers = message.headers or {}
-        self.send("task-received", message, name=headers.get("task"),
-                  args=headers.get("argsrepr", ""), kwargs=headers.get("kwargsrepr", "{}"),
-                  root_id=headers.get("root_id"), parent_id=headers.get("parent_id"),
-                  retries=headers.get("retries", 0), eta=None, expires=None)
-
-
 @dataclass
 class MessageBatcher:
-    """Buffers messages and flushes them through ``run_entries``; single-threaded by design (it
-    lives in the solo worker's event loop, like everything Celery's consumer does)."""
+    """Buffers messages and flushes them through ``run_flush``; single-threaded by design (it
+    lives in the solo worker's event loop, like everything Celery's consumer does). Each job
+    waits at most its own model's delay: the buffer flushes at the earliest deadline of what it
+    holds."""
 
     runtime: Callable[[], WorkerRuntime]
     policy: BatchPolicy
     call_after: Callable[[float, Callable[[], None]], Any]
-    events: TaskEvents | None = None
+    hooks: Hooks = field(default_factory=Hooks)
     background: BackgroundRunner | None = None
     _held: list[_Held] = field(default_factory=list)
     _jobs: int = 0
     _chars: int = 0
     _timer: Any = None
-    _first_at: float = 0.0
+    _deadline: float = 0.0
     batches: int = 0
 
     def add(self, message: Any) -> None:
@@ -130,19 +113,18 @@ class MessageBatcher:
             self.flush(alone=True)
             return
         self._held.append(_Held(message, entries, problems))
-        if self.events is not None:
-            self.events.received(message)
+        self.hooks.message_event("received", message)
         self._jobs += len(entries) + len(problems)
         self._chars += sum(len(e.input) if isinstance(e.input, str) else 0 for e in entries)
         if self._jobs >= self.policy.max_jobs or self._chars >= self.policy.max_chars:
             self.flush()
             return
         now = time.monotonic()
-        if len(self._held) == 1:
-            self._first_at = now
+        deadline = now + self.policy.delay_of(entries)
+        self._deadline = deadline if len(self._held) == 1 else min(self._deadline, deadline)
         if self._timer is not None:
             self._timer.cancel()
-        wait = min(self.policy.idle_s, self._first_at + self.policy.max_delay_s - now)
+        wait = min(self.policy.idle_s, self._deadline - now)
         self._timer = self.call_after(max(wait, 0.0), self._on_timer)
 
     def _on_timer(self) -> None:
@@ -161,7 +143,7 @@ class MessageBatcher:
         if not held:
             return
         for item in held:
-            self._event("task-started", item)
+            self._event("started", item)
         if self.background is not None:
             self.background.submit(held, alone)  # blocks while one already waits: backpressure
         else:
@@ -178,12 +160,12 @@ class MessageBatcher:
             log.error("requeueing %d messages, a service is down: %s", len(held), outcome.requeue)
             for item in held:
                 _settle_one(item.message, "requeue")
-                self._event("task-retried", item, exception=outcome.requeue)
+                self._event("retried", item, exception=outcome.requeue)
             return
         if outcome.dead is not None:
             for item in held:
                 _settle_one(item.message, "dead")
-                self._event("task-failed", item, exception=outcome.dead)
+                self._event("failed", item, exception=outcome.dead)
             return
         parked: list[_Held] = []
         for item in held:
@@ -193,14 +175,14 @@ class MessageBatcher:
                 continue
             if outcome.missing and ids <= outcome.missing:
                 _settle_one(item.message, "dead")  # no row for any of its jobs: never run blind
-                self._event("task-failed", item, exception="jobs have no row in the job store")
+                self._event("failed", item, exception="jobs have no row in the job store")
                 continue
             if outcome.gave_up and ids <= outcome.gave_up:
                 _settle_one(item.message, "dead")  # the reason is in the job's row
-                self._event("task-failed", item, exception="out of attempts")
+                self._event("failed", item, exception="out of attempts")
                 continue
             _settle_one(item.message, "ack")
-            self._event("task-succeeded", item, result=f"{len(item.entries)} jobs",
+            self._event("succeeded", item, result=f"{len(item.entries)} jobs",
                         runtime=outcome.seconds)
         if parked:
             self.call_after(PARK_S, lambda: self._retry_parked(parked))
@@ -212,8 +194,7 @@ class MessageBatcher:
         self._settle(parked, execute_held(self.runtime(), parked))
 
     def _event(self, kind: str, item: _Held, **fields: Any) -> None:
-        if self.events is not None:
-            self.events.send(kind, item.message, **fields)
+        self.hooks.message_event(kind, item.message, **fields)
 
 
 def _settle_one(message: Any, how: str) -> None:
@@ -246,7 +227,7 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
     problems = {k: v for item in held for k, v in item.problems.items()}
     started = time.perf_counter()
     try:
-        report = run_retrying(runtime, entries, problems)
+        report = run_flush(runtime, entries, problems)
     except ServicesDown as exc:
         return _Outcome(requeue=str(exc))
     except Exception:
@@ -347,9 +328,11 @@ class BackgroundRunner:
 class BatchingStrategy:
     """Celery task strategy (``Task.Strategy``) that hands messages to a ``MessageBatcher``."""
 
-    def __init__(self, runtime: Callable[[], WorkerRuntime], policy: BatchPolicy) -> None:
+    def __init__(self, runtime: Callable[[], WorkerRuntime], policy: BatchPolicy,
+                 hooks: Hooks | None = None) -> None:
         self.runtime = runtime
         self.policy = policy
+        self.hooks = hooks if hooks is not None else Hooks()
         self.batchers: list[MessageBatcher] = []
         # One set of runner threads per process, kept across consumer restarts (Celery builds a
         # new handler after a broker reconnect): a flush that must run alone waits for the ones
@@ -357,12 +340,11 @@ class BatchingStrategy:
         self.background: BackgroundRunner | None = None
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
-        events = TaskEvents(getattr(consumer, "event_dispatcher", None),
-                            bool(getattr(task, "send_events", True)))
+        self.hooks.consumer_ready(consumer)
         if self.policy.runners and self.background is None:
             self.background = BackgroundRunner(self.runtime, self.policy.runners)
         background = self.background
-        batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, events,
+        batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, self.hooks,
                                  background)
         if background is not None:
             consumer.timer.call_repeatedly(DRAIN_EVERY_S, batcher.drain)

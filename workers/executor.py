@@ -1,9 +1,20 @@
-"""Running a packed message of jobs: claim, run in batches, store results, record state, notify.
+"""Running a flush of jobs, in four named phases: triage, claim, run, commit.
 
-Order matters for durability: results go to Redis, then the batch's state to Postgres in one
-statement, then notices to the clients; only after this function returns does Celery ack the message
-(acks_late). A crash anywhere before leaves the message unacked, so it is delivered again, and the
-claim step skips jobs that already finished.
+A flush is the jobs of one message (the cpu pool's task) or of many messages gathered by the
+batcher (the gpu pool). ``run_flush`` shows its whole path on one screen:
+
+- **triage**: the same job twice in a flush runs once; a redelivered job still running on another
+  live worker, or in another flush of this process, is held (its message waits);
+- **claim**: one fenced UPDATE starts the jobs (or says they are finished, expired, out of
+  attempts, following a twin elsewhere, or unknown);
+- **run**: jobs whose result another run stored meanwhile take it; the rest run through their
+  models in groups (``workers.model_runs``), minus jobs cancelled meanwhile;
+- **commit**: results to Redis, then pipeline continuations, then every state in one statement,
+  then notices to the waiting clients.
+
+Order matters for durability: only after ``run_flush`` returns does Celery ack the messages
+(acks_late). A crash anywhere before leaves them unacked, so they are delivered again, and the
+claim skips jobs that already finished.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -29,29 +40,118 @@ from aidist import codec
 from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
 from aidist.jobs import JobEntry, JobStatus, canonical_params
 from aidist.transport import queue_name
-from db import ClaimRequest, Notice, Outcome
+from db import Claim, ClaimRequest, Notice, Outcome
+from workers.hooks import BatchReport
 from workers.model_runs import run_group
 from workers.runtime import WorkerRuntime
 
+__all__ = ["PARK_S", "BatchReport", "execute", "parse_entries", "run_flush", "split_redelivered"]
+
 log = logging.getLogger("aidist.worker")
+SERVICE_RETRY_S = 30.0
+PARK_S = 1.0  # how often a redelivered job still running on a live worker is looked at again
+T = TypeVar("T")
+GroupKey = tuple[str, str, str]  # (target, version, canonical params): one model call's jobs
 
 
+class ServiceRetry:
+    """Runs one I/O step at a time, retried with exponential backoff and jitter while Postgres,
+    Redis or RabbitMQ is unreachable, all steps of one flush sharing one time budget. Retrying a
+    step, not the whole flush, means a database that restarts after the model ran costs a wait,
+    not a second run of the model."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.deadline = time.monotonic() + budget_s
+
+    def __call__(self, call: Callable[[], T]) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception_type(ServiceUnavailable),
+            wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
+            stop=stop_after_delay(max(self.deadline - time.monotonic(), 0.0)),
+            reraise=False,
+        )
+        try:
+            return retrying(call)
+        except RetryError as exc:
+            error = exc.last_attempt.exception()
+            raise ServicesDown(str(error)) from error
 
 
-@dataclass(frozen=True, slots=True)
-class BatchReport:
-    """What one message's run did, for logs and tests."""
+@dataclass
+class FlushState:
+    """What the phases of one flush hand each other."""
 
-    received: int
-    ran: int
-    succeeded: int
-    failed: int
-    skipped: int
-    expired: int
-    missing: frozenset[str] = frozenset()  # ids with no row at all: not run, dead-lettered
-    gave_up: frozenset[str] = frozenset()  # failed out of attempts: their message dead-lettered
-    coalesced: int = 0  # identical to a job running elsewhere: they take its end, not a run
-    held: frozenset[str] = frozenset()  # redelivered, but still running on a live worker: wait
+    entries: dict[str, JobEntry]  # unique by id, held ones removed
+    problems: dict[str, str]  # malformed entries that still name a job: failed, not run
+    orphans: list[str] = field(default_factory=list)  # problem ids with no readable entry
+    held: frozenset[str] = frozenset()
+    claims: dict[str, Claim] = field(default_factory=dict)
+    groups: dict[GroupKey, list[JobEntry]] = field(default_factory=lambda: defaultdict(list))
+    outcomes: list[Outcome] = field(default_factory=list)
+    notices: dict[str, list[Notice]] = field(default_factory=lambda: defaultdict(list))
+    results: dict[str, bytes] = field(default_factory=dict)  # cache key -> encoded output
+    forwards: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    missing: frozenset[str] = frozenset()
+    gave_up: set[str] = field(default_factory=set)
+    expired: int = 0
+    coalesced: int = 0
+    cancelled: int = 0
+
+    def end(self, entry: JobEntry, status: JobStatus, error: str | None = None,
+            result: bytes | None = None) -> None:
+        """Record a job's terminal state, and the notice its client waits for."""
+        self.outcomes.append(Outcome(entry.id, self.claims[entry.id].attempt, status, error,
+                                     result=result))
+        self.notify(entry, status, error)
+
+    def notify(self, entry: JobEntry, status: JobStatus, error: str | None = None) -> None:
+        if entry.reply_to:
+            self.notices[entry.reply_to].append(Notice(entry.id, status.value, error))
+
+
+# -- the path of a message and of a flush ----------------------------------------------------------
+
+
+def execute(runtime: WorkerRuntime, raw_entries: Any, redelivered: bool = False) -> BatchReport:
+    """Run every job of one message (the cpu pool's task; ``aidist.testing``). Raises
+    ``PoisonMessage`` for a message that is unusable as a whole."""
+    entries, problems = parse_entries(raw_entries)
+    if redelivered:
+        if not problems and split_redelivered(runtime, entries):
+            return BatchReport(received=len(entries), ran=0, succeeded=0, failed=0,
+                               skipped=len(entries), expired=0)
+        entries = [entry.taking_over() for entry in entries]
+    return run_flush(runtime, entries, problems)
+
+
+def run_flush(runtime: WorkerRuntime, entries: Sequence[JobEntry],
+              problems: dict[str, str] | None = None,
+              budget_s: float | None = None) -> BatchReport:
+    """Triage, claim, run and commit one flush, between the hooks' ``flush_started`` and
+    ``flush_ended`` (the watchdog ends the process past ``job_time_limit_s``). Each I/O step is
+    retried while its service is unreachable; past ``budget_s`` (default ``SERVICE_RETRY_S``)
+    ``ServicesDown`` tells the caller to requeue the messages, which is safe: claims are fenced
+    and a finished job is never claimed again."""
+    io = ServiceRetry(SERVICE_RETRY_S if budget_s is None else budget_s)
+    with runtime.hooks.flush(entries) as reports:
+        state = FlushState(triage(entries), problems or {})
+        state.held = io(lambda: held_elsewhere(runtime, list(state.entries.values())))
+        # A job another flush of this process runs now (a duplicate delivery landing in the
+        # other runner thread) is held too: its message waits, then finds the job finished.
+        with runtime.in_flight.taking([i for i in state.entries if i not in state.held]) as busy:
+            state.held |= busy
+            state.orphans = [i for i in state.problems if i not in state.entries]
+            state.entries = {i: e for i, e in state.entries.items() if i not in state.held}
+            received = len(state.entries) + len(state.orphans)
+            claim(runtime, state, io)
+            run(runtime, state, io)
+            commit(runtime, state, io)
+        report = _report(state, received)
+        reports.append(report)
+        return report
+
+
+# -- triage ----------------------------------------------------------------------------------------
 
 
 def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
@@ -73,62 +173,6 @@ def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
     return entries, problems
 
 
-def _plain(value: Any) -> Any:
-    """A step's output as message-safe data for the next step (arrays become lists)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
-
-
-
-
-SERVICE_RETRY_S = 30.0
-PARK_S = 1.0  # how often a redelivered job still running on a live worker is looked at again
-T = TypeVar("T")
-IO = Callable[[Callable[[], T]], T]
-
-
-def _direct(call: Callable[[], T]) -> T:
-    return call()
-
-
-class ServiceRetry:
-    """Runs one I/O step at a time, retried with exponential backoff and jitter while Postgres,
-    Redis or RabbitMQ is unreachable, all steps of one run sharing one time budget. Retrying a
-    step, not the whole run, means a database that restarts after the model ran costs a wait,
-    not a second run of the model."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.deadline = time.monotonic() + budget_s
-
-    def __call__(self, call: Callable[[], T]) -> T:
-        retrying = Retrying(
-            retry=retry_if_exception_type(ServiceUnavailable),
-            wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
-            stop=stop_after_delay(max(self.deadline - time.monotonic(), 0.0)),
-            reraise=False,
-        )
-        try:
-            return retrying(call)
-        except RetryError as exc:
-            error = exc.last_attempt.exception()
-            raise ServicesDown(str(error)) from error
-
-
-def run_retrying(runtime: WorkerRuntime, entries: Sequence[JobEntry],
-                 problems: dict[str, str] | None = None,
-                 budget_s: float | None = None) -> BatchReport:
-    """``run_entries`` with each of its I/O steps retried while a service is unreachable;
-    ``ServicesDown`` once ``budget_s`` (default ``SERVICE_RETRY_S``) has passed, and the caller
-    requeues the messages. Retrying is safe: claims are fenced and a finished job is never
-    claimed again. The run is watched: past ``job_time_limit_s`` the process ends."""
-    retry = ServiceRetry(SERVICE_RETRY_S if budget_s is None else budget_s)
-    with runtime.watchdog.guard(f"a batch of {len(entries)} jobs"):
-        return run_entries(runtime, entries, problems, io=retry)
-
-
 def split_redelivered(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> bool:
     """A redelivered message of several jobs is republished as one message per job (and the
     caller acks the original): if one of its jobs killed the worker, only that job keeps coming
@@ -142,145 +186,15 @@ def split_redelivered(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> bo
     return True
 
 
-def execute(runtime: WorkerRuntime, raw_entries: Any, redelivered: bool = False) -> BatchReport:
-    """Run every job of one message. Raises ``PoisonMessage`` for a message that is unusable."""
-    entries, problems = parse_entries(raw_entries)
-    if redelivered:
-        if not problems and split_redelivered(runtime, entries):
-            return BatchReport(received=len(entries), ran=0, succeeded=0, failed=0,
-                               skipped=len(entries), expired=0)
-        entries = [entry.taking_over() for entry in entries]
-    return run_retrying(runtime, entries, problems)
-
-
-def run_entries(runtime: WorkerRuntime, entries: Sequence[JobEntry],
-                problems: dict[str, str] | None = None, io: IO[Any] = _direct) -> BatchReport:
-    """Run parsed entries, possibly gathered from several messages: one claim, grouped batches,
-    one results pipeline, one state statement, one notice pipeline. An id present twice (the same
-    job delivered twice) runs once. Each I/O step goes through ``io`` (a retry policy)."""
-    problems = problems or {}
+def triage(entries: Sequence[JobEntry]) -> dict[str, JobEntry]:
+    """The flush's jobs by id: the same job delivered twice runs once (the first copy)."""
     unique: dict[str, JobEntry] = {}
     for entry in entries:
         unique.setdefault(entry.id, entry)
-    held: frozenset[str] = io(lambda: _held_elsewhere(runtime, list(unique.values())))
-    # A job another flush of this process is running now (a duplicate delivery landing in the
-    # other runner thread) is held too: its message waits, and then finds the job finished.
-    with runtime.in_flight.taking([i for i in unique if i not in held]) as running_here:
-        return _run_unheld(runtime, unique, problems, io, held | running_here)
+    return unique
 
 
-def _run_unheld(runtime: WorkerRuntime, unique: dict[str, JobEntry], problems: dict[str, str],
-                io: IO[Any], held: frozenset[str]) -> BatchReport:
-    entries = [entry for entry in unique.values() if entry.id not in held]
-    ids = [e.id for e in entries] + [i for i in problems if i not in unique]
-    requests = [ClaimRequest(e.id, e.step, e.attempt, e.takeover) for e in entries]
-    requests += [ClaimRequest(i, takeover=True) for i in problems if i not in unique]
-    claims = {c.id: c for c in io(lambda: runtime.store.claim(
-        requests, runtime.name, runtime.settings.max_attempts))}
-    durable = runtime.settings.durable_results
-    missing: frozenset[str] = frozenset()
-    unclaimed = [job_id for job_id in ids if job_id not in claims]
-    if unclaimed:  # finished, held by another run, or never recorded: only the last is poison
-        known: set[str] = io(lambda: runtime.store.existing(unclaimed))
-        missing = frozenset(job_id for job_id in unclaimed if job_id not in known)
-        if missing:
-            log.error("%d job(s) have no row in the job store (e.g. %s): not running them "
-                      "blind; their message is dead-lettered", len(missing), next(iter(missing)))
-    notices: dict[str, list[Notice]] = defaultdict(list)
-    outcomes: list[Outcome] = []
-    for job_id, problem in problems.items():
-        log.warning("job %s: %s", job_id, problem)
-        if job_id in claims:
-            outcomes.append(Outcome(job_id, claims[job_id].attempt, JobStatus.FAILED, problem))
-    groups: dict[tuple[str, str, str], list[JobEntry]] = defaultdict(list)
-    gave_up: set[str] = set()
-    expired = coalesced = 0
-    for entry in entries:
-        claim = claims.get(entry.id)
-        if claim is None:
-            continue
-        if claim.follows is not None:  # finished with its leader, in the leader's finish
-            coalesced += 1
-            continue
-        if claim.status is JobStatus.EXPIRED:
-            expired += 1
-            if entry.reply_to:
-                notices[entry.reply_to].append(Notice(entry.id, JobStatus.EXPIRED.value))
-            continue
-        if claim.status is JobStatus.FAILED:  # out of attempts: recorded by the claim itself
-            log.error("job %s failed: out of attempts (%d); its message goes to the dead-letter "
-                      "queue", entry.id, claim.attempt - 1)
-            gave_up.add(entry.id)
-            if entry.reply_to:
-                notices[entry.reply_to].append(Notice(
-                    entry.id, JobStatus.FAILED.value,
-                    f"gave up after {runtime.settings.max_attempts} attempts"))
-            continue
-        groups[(entry.target, entry.version, canonical_params(entry.params))].append(entry)
-    done_before: dict[str, bytes] = io(lambda: _results_already_stored(runtime, groups))
-
-    results: dict[str, bytes] = {}
-    forwards: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for entry in (e for group in groups.values() for e in group if e.cache_key in done_before):
-        outcomes.append(Outcome(entry.id, claims[entry.id].attempt, JobStatus.SUCCEEDED,
-                                result=done_before[entry.cache_key] if durable else None))
-        if entry.reply_to:
-            notices[entry.reply_to].append(Notice(entry.id, JobStatus.SUCCEEDED.value))
-    for (target, version, _), group in groups.items():
-        to_run = [entry for entry in group if entry.cache_key not in done_before]
-        if not to_run:
-            continue
-        for entry, output, run_error in run_group(runtime, target, version, to_run):
-            claim = claims[entry.id]
-            error = run_error
-            if error is None and entry.steps:
-                # a pipeline goes on: the job stays running, its next step gets this output
-                following = entry.next_step(_plain(output), claim.attempt)
-                queue = queue_name(runtime.settings.namespace, following.kind, following.target)
-                forwards[queue].append(following.to_wire())
-                continue
-            if error is None:
-                try:
-                    results[entry.cache_key] = codec.encode(output)
-                except (TypeError, ValueError) as exc:
-                    error = f"output cannot be encoded: {exc}"
-            if error is None:
-                outcomes.append(Outcome(entry.id, claim.attempt, JobStatus.SUCCEEDED,
-                                        result=results[entry.cache_key] if durable else None))
-            else:
-                outcomes.append(Outcome(entry.id, claim.attempt, JobStatus.FAILED, error))
-            if entry.reply_to:
-                status = JobStatus.SUCCEEDED if error is None else JobStatus.FAILED
-                notices[entry.reply_to].append(Notice(entry.id, status.value, error))
-
-    io(lambda: runtime.cache.put_many(results, runtime.settings.result_ttl_s))
-    for queue, wires in forwards.items():
-        for start in range(0, len(wires), runtime.settings.pack_size):
-            io(partial(runtime.forward, queue, wires[start : start + runtime.settings.pack_size]))
-    changed: set[str] = io(lambda: runtime.store.finish_returning(outcomes))
-    # No notice for a job whose row did not change (cancelled meanwhile, or a stale attempt):
-    # its client learns the recorded status instead.
-    reported = {o.id for o in outcomes if o.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)}
-    io(lambda: runtime.cache.notify({
-        reply_to: [n for n in items if n.job_id in changed or n.job_id not in reported]
-        for reply_to, items in notices.items()
-    }))
-    failed = sum(1 for o in outcomes if o.status is JobStatus.FAILED)
-    return BatchReport(
-        received=len(ids),
-        ran=len(outcomes),
-        succeeded=len(outcomes) - failed,
-        failed=failed,
-        skipped=len(ids) - len(claims),
-        expired=expired,
-        missing=missing,
-        gave_up=frozenset(gave_up),
-        coalesced=coalesced,
-        held=held,
-    )
-
-
-def _held_elsewhere(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> frozenset[str]:
+def held_elsewhere(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> frozenset[str]:
     """Ids of redelivered jobs that another worker is still running and is alive (its mark in
     Redis is fresh): a broker restart redelivers the message of a job in the middle of its run.
     Such a job is not taken over; its message waits until that worker commits or dies."""
@@ -298,13 +212,163 @@ def _held_elsewhere(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> froz
     return held
 
 
-def _results_already_stored(runtime: WorkerRuntime,
-                            groups: dict[tuple[str, str, str], list[JobEntry]]) -> dict[str, bytes]:
-    """Results already in Redis for jobs about to run (an identical job finished since these
-    were submitted, in another flush or on another worker): those jobs take the stored result
-    instead of running the model again. One MGET per flush."""
-    keys = list({entry.cache_key for group in groups.values() for entry in group})
-    if not keys:
-        return {}
-    found = runtime.cache.get_many(keys)
-    return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
+# -- claim -----------------------------------------------------------------------------------------
+
+
+def claim(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
+    """Start the jobs with one fenced claim, and sort what came back: runnable jobs by model
+    group; expired, out-of-attempts and malformed jobs ended here; jobs following a twin that
+    runs elsewhere left to it. A job with no claim finished before, is held by another run, or
+    was never recorded: only the last is poison (never run blind)."""
+    requests = [ClaimRequest(e.id, e.step, e.attempt, e.takeover) for e in state.entries.values()]
+    requests += [ClaimRequest(job_id, takeover=True) for job_id in state.orphans]
+    state.claims = {c.id: c for c in io(lambda: runtime.store.claim(
+        requests, runtime.name, runtime.settings.max_attempts))}
+    unclaimed = [r.id for r in requests if r.id not in state.claims]
+    if unclaimed:
+        known: set[str] = io(lambda: runtime.store.existing(unclaimed))
+        state.missing = frozenset(job_id for job_id in unclaimed if job_id not in known)
+        if state.missing:
+            log.error("%d job(s) have no row in the job store (e.g. %s): not running them "
+                      "blind; their message is dead-lettered", len(state.missing),
+                      next(iter(state.missing)))
+    for job_id, problem in state.problems.items():
+        log.warning("job %s: %s", job_id, problem)
+        if job_id in state.claims:
+            state.outcomes.append(Outcome(job_id, state.claims[job_id].attempt,
+                                          JobStatus.FAILED, problem))
+    for entry in state.entries.values():
+        found = state.claims.get(entry.id)
+        if found is None:
+            continue
+        if found.follows is not None:  # finished with its leader, in the leader's finish
+            state.coalesced += 1
+        elif found.status is JobStatus.EXPIRED:
+            state.expired += 1
+            state.notify(entry, JobStatus.EXPIRED)
+        elif found.status is JobStatus.FAILED:  # out of attempts: recorded by the claim itself
+            log.error("job %s failed: out of attempts (%d); its message goes to the dead-letter "
+                      "queue", entry.id, found.attempt - 1)
+            state.gave_up.add(entry.id)
+            state.notify(entry, JobStatus.FAILED,
+                         f"gave up after {runtime.settings.max_attempts} attempts")
+        else:
+            key = (entry.target, entry.version, canonical_params(entry.params))
+            state.groups[key].append(entry)
+
+
+# -- run -------------------------------------------------------------------------------------------
+
+
+def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
+    """Run the claimed jobs. A job whose result is in Redis already (an identical job finished
+    since, in another flush or on another worker) takes it instead of running the model; a job
+    cancelled since its claim is dropped before its group runs (the batch boundary). Each
+    output becomes a result, a pipeline continuation, or a failure."""
+    durable = runtime.settings.durable_results
+    keys = list({entry.cache_key for group in state.groups.values() for entry in group})
+    stored: dict[str, bytes] = {}
+    if keys:
+        found = io(lambda: runtime.cache.get_many(keys))
+        stored = {key: data for key, data in zip(keys, found, strict=True) if data is not None}
+    for (target, version, _), group in state.groups.items():
+        for entry in (e for e in group if e.cache_key in stored):
+            state.end(entry, JobStatus.SUCCEEDED,
+                      result=stored[entry.cache_key] if durable else None)
+        to_run = [entry for entry in group if entry.cache_key not in stored]
+        if not to_run:
+            continue
+        cancelled = io(partial(runtime.cache.cancelled_among, [e.id for e in to_run]))
+        if cancelled:
+            state.cancelled += len(cancelled)
+            to_run = [entry for entry in to_run if entry.id not in cancelled]
+            if not to_run:
+                continue
+        for entry, output, run_error in run_group(runtime, target, version, to_run):
+            error = run_error
+            if error is None and entry.steps:
+                # a pipeline goes on: the job stays running, its next step gets this output
+                following = entry.next_step(_plain(output), state.claims[entry.id].attempt)
+                queue = queue_name(runtime.settings.namespace, following.kind, following.target)
+                state.forwards[queue].append(following.to_wire())
+                continue
+            if error is None:
+                try:
+                    state.results[entry.cache_key] = codec.encode(output)
+                except (TypeError, ValueError) as exc:
+                    error = f"output cannot be encoded: {exc}"
+            if error is None:
+                state.end(entry, JobStatus.SUCCEEDED,
+                          result=state.results[entry.cache_key] if durable else None)
+            else:
+                state.end(entry, JobStatus.FAILED, error)
+
+
+def _plain(value: Any) -> Any:
+    """A step's output as message-safe data for the next step (arrays become lists)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+# -- commit ----------------------------------------------------------------------------------------
+
+
+def commit(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
+    """Store what the run produced, in the order that keeps it durable: results in Redis first
+    (a client that sees ``succeeded`` finds its result), then pipeline continuations, then every
+    state in one statement (fenced on the attempt: a stale or cancelled run changes nothing),
+    then notices. Jobs cancelled while their batch ran are left out of all of it: no cached
+    result, no next step."""
+    produced = [o.id for o in state.outcomes if o.status is JobStatus.SUCCEEDED]
+    produced += [wire["id"] for wires in state.forwards.values() for wire in wires]
+    cancelled = io(partial(runtime.cache.cancelled_among, produced)) if produced else set()
+    if cancelled:
+        _drop_cancelled(state, cancelled)
+    pack = runtime.settings.pack_size
+    io(lambda: runtime.cache.put_many(state.results, runtime.settings.result_ttl_s))
+    for queue, wires in state.forwards.items():
+        for start in range(0, len(wires), pack):
+            io(partial(runtime.forward, queue, wires[start : start + pack]))
+    changed: set[str] = io(lambda: runtime.store.finish_returning(state.outcomes))
+    # No notice for a job whose row did not change (cancelled meanwhile, or a stale attempt):
+    # its client learns the recorded status instead.
+    reported = {o.id for o in state.outcomes if o.status.terminal}
+    io(lambda: runtime.cache.notify({
+        reply_to: [n for n in items if n.job_id in changed or n.job_id not in reported]
+        for reply_to, items in state.notices.items()
+    }))
+
+
+def _drop_cancelled(state: FlushState, cancelled: set[str]) -> None:
+    """Forget the outputs of jobs cancelled while they ran (a result another job of the flush
+    shares stays: the cache is keyed by content)."""
+    state.cancelled += len(cancelled)
+    keep = [o for o in state.outcomes if o.id not in cancelled]
+    kept_keys = {state.entries[o.id].cache_key for o in keep if o.id in state.entries}
+    state.results = {k: v for k, v in state.results.items() if k in kept_keys}
+    state.outcomes = keep
+    for queue, wires in list(state.forwards.items()):
+        state.forwards[queue] = [wire for wire in wires if wire["id"] not in cancelled]
+    for reply_to, items in state.notices.items():
+        state.notices[reply_to] = [n for n in items if n.job_id not in cancelled]
+
+
+def _report(state: FlushState, received: int) -> BatchReport:
+    failed = sum(1 for o in state.outcomes if o.status is JobStatus.FAILED)
+    return BatchReport(
+        received=received,
+        ran=len(state.outcomes),
+        succeeded=len(state.outcomes) - failed,
+        failed=failed,
+        skipped=received - len(state.claims),
+        expired=state.expired,
+        missing=state.missing,
+        gave_up=frozenset(state.gave_up),
+        coalesced=state.coalesced,
+        held=state.held,
+        cancelled=state.cancelled,
+        outcomes=tuple(state.outcomes),
+    )

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,7 +53,7 @@ class BatchReport:
     coalesced: int = 0  # identical to a job running elsewhere: they take its end, not a run
     held: frozenset[str] = frozenset()  # redelivered, but still running on a live worker: wait
     cancelled: int = 0  # cancelled while claimed here: not run, or their result thrown away
-    outcomes: tuple[Outcome, ...] = ()  # the terminal states this flush recorded
+    outcomes: tuple[Outcome, ...] = field(default=(), compare=False)  # terminal states recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,31 +107,40 @@ class Hooks:
 
     def __init__(self, hooks: Iterable[WorkerHook] = ()) -> None:
         self.hooks: list[WorkerHook] = list(hooks)
+        self._process: tuple[int, ProcessView] | None = None
 
     def add(self, *hooks: WorkerHook) -> None:
+        """Register more hooks. If this process already runs jobs (a gpu worker loads its
+        models before the app that needs them exists), they get ``process_started`` at once."""
         self.hooks.extend(hooks)
+        if self._process is not None and self._process[0] == os.getpid():
+            for hook in hooks:
+                self._call(hook, "process_started", self._process[1])
 
     def __iter__(self) -> Iterator[WorkerHook]:
         return iter(self.hooks)
 
     def _each(self, method: str, *args: Any) -> None:
         for hook in self.hooks:
-            try:
-                getattr(hook, method)(*args)
-            except Exception:
-                log.exception("worker hook %s.%s failed", type(hook).__name__, method)
+            self._call(hook, method, *args)
+
+    @staticmethod
+    def _call(hook: WorkerHook, method: str, *args: Any) -> None:
+        try:
+            getattr(hook, method)(*args)
+        except Exception:
+            log.exception("worker hook %s.%s failed", type(hook).__name__, method)
 
     def worker_started(self) -> None:
         self._each("worker_started")
 
     def worker_stopping(self) -> None:
         for hook in self.hooks:  # in a signal handler: not even logging.exception's lock
-            try:
+            with suppress(Exception):
                 hook.worker_stopping()
-            except Exception:
-                pass
 
     def process_started(self, process: ProcessView) -> None:
+        self._process = (os.getpid(), process)
         self._each("process_started", process)
 
     def consumer_ready(self, consumer: Any) -> None:

@@ -14,11 +14,15 @@ from aidist.errors import ConfigError
 from aidist.transport import Publisher, declare_dead_letters
 from db import JobStore, ResultCache
 from models import build_registry
+from workers.alive import AliveMarks
 from workers.app import batch_policy, create_app, pool_targets, queues_for
-from workers.periodic import Periodic
+from workers.hooks import Hooks, WorkerHook
+from workers.periodic import PeriodicDuty
 from workers.presence import WorkerPresence
 from workers.runtime import RuntimeHolder
 from workers.sweeper import sweeper
+from workers.task_events import TaskEvents
+from workers.watchdog import Watchdog
 
 POOLS = ("gpu", "cpu")
 log = logging.getLogger("aidist.worker")
@@ -37,6 +41,21 @@ def worker_argv(pool: str, queues: list[str], concurrency: int, hostname: str,
     return argv
 
 
+def default_hooks(settings: Settings, presence: WorkerPresence) -> list[WorkerHook]:
+    """Every cross-cutting duty of a worker, in the order they run: the alive mark and the job
+    time limit of each process that runs jobs, Flower's task events for batched messages, the
+    presence heartbeat and the outbox sweeper of the worker's main process."""
+    return [
+        AliveMarks(),
+        Watchdog(settings.job_time_limit_s),
+        TaskEvents(),
+        PeriodicDuty("aidist-presence", presence.beat, retry_s=1.0),
+        sweeper(settings, JobStore.connect(settings.database_url, settings.connect_timeout_s),
+                Publisher(settings.broker_url, settings.namespace,
+                          settings.connect_timeout_s).publish),
+    ]
+
+
 def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None,
                concurrency: int | None = None, device: str | None = None,
                dtype: str | None = None, hostname: str | None = None,
@@ -52,8 +71,9 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
         raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
     declare_dead_letters(settings.broker_url, settings.namespace, settings.connect_timeout_s)
     placement = device or settings.device
+    hooks = Hooks()
     holder = RuntimeHolder(settings, device=placement, dtype=dtype,
-                           targets=targets if pool == "gpu" else ())
+                           targets=targets if pool == "gpu" else (), hooks=hooks)
     ready, not_ready = targets, {}
     if pool == "gpu":
         # Where one model call uses a torch thread per core (a GPU, or a model that is not
@@ -89,12 +109,9 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
                                                strict=True)),
         consume=lambda queue: app.control.add_consumer(queue, destination=[node], reply=False),
     )
-    sweeping = sweeper(
-        settings, JobStore.connect(settings.database_url, settings.connect_timeout_s),
-        Publisher(settings.broker_url, settings.namespace, settings.connect_timeout_s).publish)
-    for thread in (Periodic("aidist-presence", presence.beat, retry_s=1.0), sweeping):
-        worker_ready.connect(lambda thread=thread, **_: thread.start(), weak=False)
-        worker_shutting_down.connect(lambda thread=thread, **_: thread.stop(), weak=False)
+    hooks.add(*default_hooks(settings, presence))
+    worker_ready.connect(lambda **_: hooks.worker_started(), weak=False)
+    worker_shutting_down.connect(lambda **_: hooks.worker_stopping(), weak=False)
     workers = concurrency or os.cpu_count() or 1
     app.worker_main(worker_argv(pool, queues_for(settings, registry, ready), workers, node,
                                 loglevel))

@@ -1,5 +1,6 @@
 """A daemon thread that runs one step again and again, for a worker's background duties (presence
-heartbeats, the outbox sweeper)."""
+heartbeats, the outbox sweeper, alive marks), and the hook that runs one while the worker
+consumes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 from aidist.errors import AidistError
+from workers.hooks import WorkerHook
 
 log = logging.getLogger("aidist.worker")
 
@@ -42,3 +44,17 @@ class Periodic:
                 log.warning("%s failed (will retry): %s", self.name, exc)
                 wait = self.retry_s
             self._pause.wait(wait)
+
+
+class PeriodicDuty(WorkerHook):
+    """A worker hook that runs ``step`` on a ``Periodic`` thread from the moment the worker
+    consumes until its warm shutdown begins (presence heartbeats, the sweeper)."""
+
+    def __init__(self, name: str, step: Callable[[], float], retry_s: float = 5.0) -> None:
+        self.loop = Periodic(name, step, retry_s)
+
+    def worker_started(self) -> None:
+        self.loop.start()
+
+    def worker_stopping(self) -> None:
+        self.loop.stop()

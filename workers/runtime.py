@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 from aidist.config import Settings
 from aidist.errors import AidistError, ModelLoadError
-from aidist.transport import Publisher
+from aidist.transport import JobPublisher, Publisher
 from db import JobStore, ResultCache
+from db.interfaces import JobStoreLike, ResultCacheLike
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
-from workers.periodic import Periodic
-from workers.watchdog import Watchdog
+from workers.hooks import Hooks
 
 log = logging.getLogger("aidist.worker")
 Batch = TypeVar("Batch")
@@ -78,22 +78,19 @@ class WorkerRuntime:
 
     settings: Settings
     registry: Registry
-    store: JobStore
-    cache: ResultCache
+    store: JobStoreLike
+    cache: ResultCacheLike
     context: LoadContext
     name: str
+    publisher: JobPublisher
+    hooks: Hooks = field(default_factory=Hooks)
     runners: dict[str, Runner] = field(default_factory=dict)
     load_errors: dict[str, str] = field(default_factory=dict)
     dtype_override: str | None = None
-    publisher: Publisher | None = None
     batch_threads: int = 1
-    watchdog: Watchdog = field(init=False)
     in_flight: InFlight = field(default_factory=InFlight)
     _batch_pool: ThreadPoolExecutor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.watchdog = Watchdog(self.settings.job_time_limit_s)
 
     def map_batches(self, run: Callable[[Batch], Result], batches: list[Batch],
                     threads: int) -> list[Result]:
@@ -109,10 +106,7 @@ class WorkerRuntime:
         return list(pool.map(run, batches))
 
     def forward(self, queue: str, entries: list[dict[str, Any]]) -> None:
-        """Publish pipeline continuations (confirmed) to the next step's queue."""
-        if self.publisher is None:
-            self.publisher = Publisher(self.settings.broker_url, self.settings.namespace,
-                                       self.settings.connect_timeout_s)
+        """Publish pipeline continuations and split redeliveries (confirmed) to a job queue."""
         self.publisher.publish(queue, entries)
 
     def runner(self, target: str) -> Runner:
@@ -170,48 +164,31 @@ class WorkerRuntime:
             self._batch_pool.shutdown(wait=False)
         self.store.close()
         self.cache.close()
-        if self.publisher is not None:
-            self.publisher.close()
-
-
-ALIVE_EVERY_S = 1.0
-ALIVE_TTL_S = 5.0
-
-
-def announce_alive(runtime: WorkerRuntime) -> Periodic:
-    """Keep this process's alive mark in Redis fresh from a daemon thread: while it lives, a
-    job it runs is not taken over by a redelivery elsewhere (a broker restart redelivers the
-    messages of jobs still running); once it dies, the mark expires within ``ALIVE_TTL_S``."""
-
-    def beat() -> float:
-        runtime.cache.put_alive(runtime.name, ALIVE_TTL_S)
-        return ALIVE_EVERY_S
-
-    alive = Periodic("aidist-alive", beat, retry_s=ALIVE_EVERY_S)
-    alive.start()
-    return alive
+        self.publisher.close()
 
 
 class RuntimeHolder:
     """Builds the runtime on first use in each process (a forked child builds its own)."""
 
     def __init__(self, settings: Settings, *, device: str, dtype: str | None = None,
-                 targets: Sequence[str] = ()) -> None:
+                 targets: Sequence[str] = (), hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.device = device
         self.dtype = dtype
         self.targets = tuple(targets)
+        self.hooks = hooks if hooks is not None else Hooks()
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._runtime: WorkerRuntime | None = None
 
     def get(self) -> WorkerRuntime:
-        """This process's runtime (built, and its alive mark started, on first use here)."""
+        """This process's runtime, built on first use here; the hooks' ``process_started``
+        runs then (alive marks, the watchdog's thread)."""
         with self._lock:
             if self._runtime is None or self._pid != os.getpid():
                 self._runtime = self._build()
                 self._pid = os.getpid()
-                announce_alive(self._runtime)
+                self.hooks.process_started(self._runtime)
             return self._runtime
 
     def _build(self) -> WorkerRuntime:
@@ -226,6 +203,9 @@ class RuntimeHolder:
             cache=ResultCache.connect(settings.redis_url, settings.namespace,
                                       settings.connect_timeout_s),
             context=LoadContext(device=self.device, torch_threads=torch_threads),
+            publisher=Publisher(settings.broker_url, settings.namespace,
+                                settings.connect_timeout_s),
+            hooks=self.hooks,
             batch_threads=batch_threads,
             dtype_override=self.dtype,
             # Unique per process start, even where a restarted container gets the same host name

@@ -1,12 +1,14 @@
-"""The outbox sweeper: publishes queued jobs whose message was never confirmed sent.
+"""The outbox sweeper: publishes queued jobs whose message was never confirmed sent, and expires
+queued jobs past their deadline.
 
 A client writes a job's row, then publishes its message, then marks the row sent. If the client
 dies, or the broker fails, between the write and the confirm, the row is there but no message
-is: nothing would ever run the job. Every worker runs this sweeper in a thread; it finds such rows
-older than ``sweep_after_s`` and publishes them (rows are locked with SKIP LOCKED, so several
+is: nothing would ever run the job. Every worker runs this sweeper (a worker hook); it finds such
+rows older than ``sweep_after_s`` and publishes them (rows are locked with SKIP LOCKED, so several
 workers never publish the same one at once). Should a message be published twice after all (the
 client's publish went through but it died before marking the row), the claim fencing runs the job
-once.
+once. A queued job past its deadline is expired here too: a claim would expire it, but only once
+a worker takes its message, and with no worker on its queue its client would wait for ever.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from aidist import codec
 from aidist.config import Settings
 from aidist.jobs import JobEntry, recorded_steps
 from aidist.transport import queue_name
-from db import JobStore, UnsentJob
-from workers.periodic import Periodic
+from db import UnsentJob
+from db.interfaces import JobStoreLike
+from workers.periodic import PeriodicDuty
 
 log = logging.getLogger("aidist.sweeper")
 SWEEP_LIMIT = 1000
@@ -37,10 +40,11 @@ def entry_of(job: UnsentJob) -> JobEntry:
                     job.cache_key, first.params, None, steps=tuple(rest))
 
 
-def sweep_once(settings: Settings, store: JobStore, publish: Publish,
+def sweep_once(settings: Settings, store: JobStoreLike, publish: Publish,
                older_than_s: float | None = None) -> int:
-    """Publish every unsent queued job older than ``older_than_s`` (default
-    ``settings.sweep_after_s``); returns how many were published."""
+    """Expire queued jobs past their deadline (a worker's claim would, but only once a worker
+    takes their message), then publish every unsent queued job older than ``older_than_s``
+    (default ``settings.sweep_after_s``); returns how many were published."""
 
     def publish_rows(rows: list[UnsentJob]) -> Sequence[str]:
         outgoing: dict[tuple[str, int], list[JobEntry]] = defaultdict(list)
@@ -63,6 +67,15 @@ def sweep_once(settings: Settings, store: JobStore, publish: Publish,
     settled = store.settle_followers()
     if settled:
         log.info("settled %d coalesced jobs whose leader had ended", settled)
+    # Before publishing: an overdue job gets no message, and one nobody consumes still ends.
+    expired = 0
+    while True:
+        batch = store.expire_overdue(SWEEP_LIMIT)
+        expired += batch
+        if batch < SWEEP_LIMIT:
+            break
+    if expired:
+        log.info("expired %d queued jobs past their deadline", expired)
     age = settings.sweep_after_s if older_than_s is None else older_than_s
     total = 0
     while True:
@@ -76,11 +89,12 @@ def sweep_once(settings: Settings, store: JobStore, publish: Publish,
     return total
 
 
-def sweeper(settings: Settings, store: JobStore, publish: Publish) -> Periodic:
-    """``sweep_once`` every ``sweep_interval_s`` on a daemon thread (``start()``/``stop()``)."""
+def sweeper(settings: Settings, store: JobStoreLike, publish: Publish) -> PeriodicDuty:
+    """A worker hook that runs ``sweep_once`` every ``sweep_interval_s`` while the worker
+    consumes."""
 
     def step() -> float:
         sweep_once(settings, store, publish)
         return settings.sweep_interval_s
 
-    return Periodic("aidist-sweeper", step, retry_s=settings.sweep_interval_s)
+    return PeriodicDuty("aidist-sweeper", step, retry_s=settings.sweep_interval_s)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from workers.hooks import BatchReport, Flush, WorkerHook
+
 log = logging.getLogger("aidist.worker")
 EXIT_OVERRUN = 75  # EX_TEMPFAIL: the process is fine to restart
 
@@ -32,9 +34,9 @@ def end_process(what: str, limit_s: float) -> None:
     os._exit(EXIT_OVERRUN)
 
 
-class Watchdog:
-    """Watches every run inside ``guard`` (several at once where flushes run on several threads)
-    from one daemon thread of this process."""
+class Watchdog(WorkerHook):
+    """Watches every flush (several at once where flushes run on several threads) from one
+    daemon thread of this process, as a worker hook; ``guard`` watches any other block."""
 
     def __init__(self, limit_s: float,
                  on_overrun: Callable[[str, float], None] = end_process) -> None:
@@ -51,18 +53,30 @@ class Watchdog:
         with self._lock:
             return len(self._runs)
 
+    def flush_started(self, flush: Flush) -> None:
+        self._watch(flush.token, f"a batch of {flush.jobs} jobs")
+
+    def flush_ended(self, flush: Flush, report: BatchReport | None) -> None:
+        self._unwatch(flush.token)
+
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:
         """Watch the run inside the block."""
         token = object()
-        with self._lock:
-            self._start()
-            self._runs[token] = (time.monotonic() + self.limit_s, what)
+        self._watch(token, what)
         try:
             yield
         finally:
-            with self._lock:
-                del self._runs[token]
+            self._unwatch(token)
+
+    def _watch(self, token: object, what: str) -> None:
+        with self._lock:
+            self._start()
+            self._runs[token] = (time.monotonic() + self.limit_s, what)
+
+    def _unwatch(self, token: object) -> None:
+        with self._lock:
+            self._runs.pop(token, None)
 
     def _start(self) -> None:
         if self._pid == os.getpid():

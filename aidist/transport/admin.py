@@ -71,13 +71,14 @@ def queue_stats(broker_url: str, queues: Sequence[str],
                 connect_timeout_s: float = 5.0) -> list[QueueStats]:
     """Depth and consumers of each queue, by passive declares on one connection."""
     stats = []
-    with broker_channel(broker_url, connect_timeout_s) as channel:
+    with broker_channel(broker_url, connect_timeout_s) as first:
+        channel = first
         for name in queues:
             try:
                 frame = channel.queue_declare(name, passive=True)
                 stats.append(QueueStats(name, frame.method.message_count,
                                         frame.method.consumer_count))
-            except pika.exceptions.ChannelClosedByBroker:
+            except pika.exceptions.ChannelClosedByBroker:  # no such queue: it closed the channel
                 stats.append(QueueStats(name, 0, 0))
                 channel = channel.connection.channel()
     return stats
@@ -106,18 +107,19 @@ def delete_namespace(broker_url: str, namespace: str, queues: Iterable[str],
 def purge(broker_url: str, queues: Iterable[str]) -> int:
     """Drop every ready message of the given queues (those that exist); returns how many."""
     dropped = 0
-    with broker_channel(broker_url) as channel:
+    with broker_channel(broker_url) as first:
+        channel = first
         for name in queues:
             try:
                 frame = channel.queue_purge(name)
                 dropped += frame.method.message_count
-            except pika.exceptions.ChannelClosedByBroker:
+            except pika.exceptions.ChannelClosedByBroker:  # no such queue: it closed the channel
                 channel = channel.connection.channel()
     return dropped
 
 
 def publish_raw(broker_url: str, namespace: str, queue: str, body: bytes, content_type: str,
-                task: str = RUN_JOBS_TASK, headers: dict[str, Any] | None = None) -> None:
+                *, task: str = RUN_JOBS_TASK, headers: dict[str, Any] | None = None) -> None:
     """Publish one message, bytes as given, to a job queue around the client: for replaying a
     dead letter by hand, and for tests that need messages the client would never send."""
     task_id = str(uuid.uuid4())

@@ -3,6 +3,7 @@ preprocessing."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -147,10 +148,14 @@ def test_result_lost_from_redis_is_recomputed(workers: object, client: Client,
 
 def test_cancelling_a_running_job_drops_its_result(workers: object, client: Client,
                                                    store: JobStore) -> None:
-    job = _occupy_gpu_worker(client, seconds=2.0)  # running now
+    seconds = 2.0 + (uuid.uuid4().int % 9973) / 1e7  # an input (cache key) of this test only
+    job = _occupy_gpu_worker(client, seconds=seconds)  # running now
     assert job.cancel() is True
     follower = client.infer("toy-classifier", "after the cancelled running job")
     follower.result(timeout=120)  # the worker has moved past the cancelled job's batch
     assert store.get(job.id).status is JobStatus.CANCELLED
     with pytest.raises(JobCancelled):
         job.result(timeout=5)
+    # its batch ran to the end, but the output was thrown away, not cached
+    assert client.cache.get_many([job.cache_key]) == [None]
+    assert store.results_by_key([job.cache_key]) == {}

@@ -111,3 +111,52 @@ def test_models_through_the_async_client(ns_settings: Settings) -> None:
             return {info.name for info in await client.models()}
 
     assert {"minilm", TOY, "tokenize", "chunk", "normalize"} <= asyncio.run(scenario())
+
+
+def test_submit_many_and_pipeline_many_record_and_publish(ns_settings: Settings,
+                                                          store: JobStore) -> None:
+    async def scenario() -> tuple[list[AsyncJob], list[AsyncJob], list[AsyncJob]]:
+        async with AsyncClient(ns_settings) as client:
+            ops = await client.submit_many("normalize", ["A  b", "c"], priority=2)
+            models = await client.submit_many(TOY, ["d"])
+            chained = await client.pipeline_many(["normalize", "tokenize"], ["e", "f", "g"],
+                                                  {"normalize": {"lowercase": False}})
+            return ops, models, chained
+
+    ops, models, chained = asyncio.run(scenario())
+    assert all(isinstance(job, AsyncJob) for job in [*ops, *models, *chained])
+    assert {job.job.kind for job in ops} == {JobKind.PREPROCESS}
+    assert {job.job.kind for job in models} == {JobKind.INFER}
+    assert {store.get(job.id).priority for job in ops} == {2}
+    records = store.get_many([job.id for job in chained])
+    assert {record.target for record in records.values()} == {"normalize>tokenize"}
+    assert len(records) == 3
+    assert store.count_by_status([job.id for job in [*ops, *models, *chained]])[
+        JobStatus.QUEUED] == 6
+    normalize = queue_name(ns_settings.namespace, JobKind.PREPROCESS, "normalize")
+    assert queue_depth(ns_settings, normalize) == 2  # one packed message per call
+    assert queue_depth(ns_settings, queue_name(ns_settings.namespace, JobKind.INFER, TOY)) == 1
+
+
+def test_results_of_reads_in_order_and_raises_for_unfinished_or_cancelled(
+        ns_settings: Settings) -> None:
+    texts = [f"async results {i} {uuid.uuid4()}" for i in range(3)]
+
+    async def scenario() -> list[object]:
+        async with AsyncClient(ns_settings) as client:
+            first = await client.submit_many("normalize", texts)
+            client.client.cache.put_many(
+                {job.job.cache_key: codec.encode(f"out {i}") for i, job in enumerate(first)}, 60)
+            hits = await client.submit_many("normalize", texts)  # cache hits: already succeeded
+            results = await client.results_of(list(reversed(hits)), timeout=5)
+            queued = await client.infer(TOY, f"never run {uuid.uuid4()}")
+            with pytest.raises(JobTimeout) as late:
+                await client.results_of([hits[0], queued], timeout=0.3)
+            assert late.value.job_id == queued.id
+            assert await queued.cancel()
+            with pytest.raises(JobCancelled) as cancelled:
+                await client.results_of([hits[0], queued], timeout=5)
+            assert cancelled.value.job_id == queued.id
+            return results
+
+    assert asyncio.run(scenario()) == ["out 2", "out 1", "out 0"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,8 +21,10 @@ from aidist import codec
 from aidist.config import Settings
 from aidist.errors import (
     AidistError,
+    IdempotencyConflict,
     InvalidInput,
     JobCancelled,
+    JobExpired,
     JobTimeout,
     ResultUnavailable,
     ServiceUnavailable,
@@ -443,6 +446,35 @@ def test_idempotency_key_returns_the_same_job_and_publishes_once(
     assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 2
 
 
+def test_idempotency_key_reused_for_another_submission_conflicts(
+        ns_settings: Settings, ns_client: Client, store: JobStore) -> None:
+    key = unique("refund-")
+    first = ns_client.infer(TOY, "refund order 1", idempotency_key=key)
+    before = total_jobs(store)
+    different: dict[str, Submit] = {
+        "input": lambda c: c.infer(TOY, "refund order 2", idempotency_key=key),
+        "op": lambda c: c.preprocess("normalize", "refund order 1", idempotency_key=key),
+        "params": lambda c: c.preprocess("normalize", "refund order 1", {"lowercase": False},
+                                         idempotency_key=key),
+    }
+    for name, submit in different.items():
+        with pytest.raises(IdempotencyConflict) as raised:
+            submit(ns_client)
+        assert (raised.value.key, raised.value.job_id) == (key, first.id), name
+        assert first.id in str(raised.value)
+    # nothing written, nothing sent: the key still belongs to the first job alone
+    assert total_jobs(store) == before
+    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 1
+    assert queue_depth(ns_settings, queue_name(ns_settings.namespace, JobKind.PREPROCESS,
+                                               "normalize")) == 0
+
+    assert ns_client.infer(TOY, "refund order 1", idempotency_key=key).id == first.id
+    other_tenant = ns_client.infer(TOY, "refund order 2", idempotency_key=key, tenant="b")
+    assert other_tenant.id != first.id
+    assert store.get(other_tenant.id).tenant == "b"
+    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 2
+
+
 def test_publish_refused_by_the_broker_marks_the_jobs_failed(
         ns_settings: Settings, ns_client: Client, store: JobStore) -> None:
     queue = _toy_queue(ns_settings)
@@ -557,3 +589,30 @@ def test_jobs_whose_publish_failed_mid_submit_are_published_by_the_sweeper(
         publisher.close()
     swept = {entry["id"] for _, entries in _drain(settings, queue) for entry in entries}
     assert {job.id for job in jobs} <= swept  # (rows other tests left unsent may come along)
+
+
+def test_a_queued_job_past_its_deadline_is_expired_by_a_sweep_without_a_worker(
+        ns_settings: Settings, ns_client: Client, store: JobStore) -> None:
+    late = ns_client.infer(TOY, f"too late {uuid.uuid4()}",
+                           deadline=datetime.now(UTC) - timedelta(seconds=1))
+    timely = ns_client.infer(TOY, f"in time {uuid.uuid4()}", deadline=3600)
+    plain = ns_client.infer(TOY, f"no deadline {uuid.uuid4()}")
+    published: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(late.result, 30)  # a client already waiting on it learns it too
+        # No worker consumes this namespace: only the sweep can end the job. (A day's age keeps
+        # it from publishing rows other tests left unsent.)
+        sweep_once(ns_settings, store, lambda queue, *_: published.append(queue),
+                   older_than_s=86_400.0)
+        assert isinstance(waiting.exception(timeout=15), JobExpired)
+    assert published == []
+    record = store.get(late.id)
+    assert record.status is JobStatus.EXPIRED
+    assert record.finished_at is not None and record.started_at is None
+    with pytest.raises(JobExpired) as raised:
+        late.result(timeout=5)
+    assert raised.value.job_id == late.id
+    assert {timely.status(), plain.status()} == {JobStatus.QUEUED}
+    # someone else's handle reads the same from Postgres
+    with Client(ns_settings) as other, pytest.raises(JobExpired):
+        other.get(late.id).result(timeout=5)

@@ -458,3 +458,50 @@ def test_holders_names_the_other_workers_running_jobs(store: JobStore,
     assert store.holders([mine.id, theirs.id, queued.id, "not-a-uuid"], other_than="me") == {
         theirs.id: "them"}
     assert store.holders([], other_than="me") == {}
+
+
+def test_expire_overdue_expires_only_queued_jobs_past_their_deadline(
+        store: JobStore, new_job: NewJobFactory) -> None:
+    now = datetime.now(UTC)
+    late = new_job(deadline=now - timedelta(seconds=1))
+    timely = new_job(deadline=now + timedelta(hours=1))
+    no_deadline = new_job()
+    finished_late = new_job(status=JobStatus.SUCCEEDED, deadline=now - timedelta(minutes=1))
+    running = new_job(deadline=now + timedelta(hours=1))
+    store.insert_jobs([late, timely, no_deadline, finished_late, running])
+    store.claim(first(running.id), "worker-a")
+    with store.engine.begin() as connection:  # its deadline passes while it runs
+        connection.execute(text("UPDATE jobs SET deadline = now() - interval '1 second' "
+                                "WHERE id = :id"), {"id": running.id})
+
+    assert store.expire_overdue(100_000) >= 1  # (rows other tests left overdue may come along)
+    records = store.get_many([late.id, timely.id, no_deadline.id, finished_late.id, running.id])
+    assert records[late.id].status is JobStatus.EXPIRED
+    assert records[late.id].finished_at is not None
+    assert records[late.id].started_at is None  # it never ran
+    assert {records[j.id].status for j in (timely, no_deadline)} == {JobStatus.QUEUED}
+    assert records[finished_late.id].status is JobStatus.SUCCEEDED
+    assert records[running.id].status is JobStatus.RUNNING  # a started run is not cut short
+    assert store.claim(first(late.id), "worker-b") == []  # its message, if any, does not run it
+
+
+def test_expire_overdue_takes_at_most_limit_rows_a_call(store: JobStore,
+                                                        new_job: NewJobFactory) -> None:
+    store.expire_overdue(100_000)  # whatever other tests left overdue
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    jobs = [new_job(deadline=past) for _ in range(3)]
+    store.insert_jobs(jobs)
+    assert store.expire_overdue(2) == 2
+    assert store.count_by_status([job.id for job in jobs])[JobStatus.EXPIRED] == 2
+    assert store.expire_overdue(2) == 1
+    assert store.expire_overdue(2) == 0
+    assert store.count_by_status([job.id for job in jobs])[JobStatus.EXPIRED] == 3
+
+
+def test_the_queued_deadline_index_serves_the_expiry_scan(store: JobStore) -> None:
+    with store.engine.connect() as connection:
+        definition = connection.execute(text(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_queued_deadline'"
+        )).scalar()
+    assert definition is not None
+    assert "(deadline)" in definition and "queued" in definition and "NOT NULL" in definition

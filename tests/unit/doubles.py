@@ -1,133 +1,82 @@
-"""In-memory doubles of our own store and cache interfaces, and a harness that runs the executor
-over them (no I/O), and of a received kombu message and the consumer's timers.
+"""The harness that runs the executor over ``aidist.testing``'s in-memory store, cache and broker
+(no I/O), and doubles of a received kombu message and the consumer's timers.
 
-The doubles implement ``db.store.JobStore.claim/finish/existing/holders`` and
-``db.cache.ResultCache.get_many/put_many/notify/alive_among`` with the same semantics: claim starts
-queued jobs, takes over running ones only for a redelivery at the same step, continues a pipeline
-only from the run that forwarded it, returns expired claims for jobs past their deadline, nothing
-for finished ones.
+``Store`` and ``Cache`` are the shipped doubles plus what these tests read of them: statuses and
+attempts by job id, the outcome that ended each run, every claim call, the TTL of every results
+write. Every write of the store and the cache lands in one timeline, ``Harness.events``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
 
 from aidist import codec
 from aidist.config import Settings
 from aidist.jobs import JobKind, JobStatus, cache_key
-from db import Claim, ClaimRequest, Notice, Outcome
+from aidist.testing import InMemoryBroker, InMemoryCache, InMemoryStack, InMemoryStore
+from db import Claim, ClaimRequest, JobRecord, Outcome
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
 from workers.executor import BatchReport, execute
-from workers.runtime import WorkerRuntime
 
 TTL_S = 321
+T = TypeVar("T")
 
 
-class FakeStore:
-    """The claim/finish half of ``db.store.JobStore``, in memory, with attempt fencing."""
+class Column(Mapping[str, T], Generic[T]):
+    """One field of every row, by job id, read live from the store (change it with
+    ``store.set_state``)."""
+
+    def __init__(self, store: InMemoryStore, read: Callable[[JobRecord], T]) -> None:
+        self._store = store
+        self._read = read
+
+    def __getitem__(self, job_id: str) -> T:
+        found = self._store.get_many([job_id])
+        if job_id not in found:
+            raise KeyError(job_id)
+        return self._read(found[job_id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store.ids())
+
+    def __len__(self) -> int:
+        return len(self._store.ids())
+
+
+class Store(InMemoryStore):
+    """The shipped in-memory store, plus what the executor's tests look at."""
 
     def __init__(self, events: list[str]) -> None:
-        self.events = events
-        self.status: dict[str, JobStatus] = {}
-        self.attempts: dict[str, int] = {}
-        self.steps: dict[str, int] = {}
-        self.workers: dict[str, str] = {}
-        self.past_deadline: set[str] = set()
+        super().__init__(journal=events)
+        self.status: Column[JobStatus] = Column(self, lambda record: record.status)
+        self.attempts: Column[int] = Column(self, lambda record: record.attempts)
         self.claim_calls: list[tuple[list[str], str]] = []
         self.finished: dict[str, Outcome] = {}
 
-    def add(self, job_id: str, *, status: JobStatus = JobStatus.QUEUED, attempts: int = 0,
-            expired: bool = False) -> None:
-        self.status[job_id] = status
-        self.attempts[job_id] = attempts
-        if expired:
-            self.past_deadline.add(job_id)
-
-    def _may_claim(self, request: ClaimRequest) -> bool:
-        status, step = self.status.get(request.id), self.steps.get(request.id, 0)
-        if request.step == 0:
-            return status is JobStatus.QUEUED or (
-                request.takeover and status is JobStatus.RUNNING and step == 0)
-        return (status is JobStatus.RUNNING and self.attempts[request.id] == request.attempt
-                and (step == request.step - 1 or (request.takeover and step == request.step)))
-
     def claim(self, requests: Sequence[ClaimRequest], worker: str,
               max_attempts: int = 8) -> list[Claim]:
-        self.events.append("claim")
         self.claim_calls.append(([r.id for r in requests], worker))
-        claims = []
-        for request in requests:
-            if not self._may_claim(request):
-                continue
-            job_id = request.id
-            counts = request.takeover or request.step == 0
-            out_of_attempts = counts and self.attempts[job_id] >= max_attempts
-            self.attempts[job_id] += 1 if counts else 0
-            self.steps[job_id] = request.step
-            self.workers[job_id] = worker
-            new = (JobStatus.EXPIRED if job_id in self.past_deadline
-                   else JobStatus.FAILED if out_of_attempts else JobStatus.RUNNING)
-            self.status[job_id] = new
-            claims.append(Claim(job_id, new, self.attempts[job_id]))
-        return claims
-
-    def existing(self, job_ids: Sequence[str]) -> set[str]:
-        return {job_id for job_id in job_ids if job_id in self.status}
-
-    def holders(self, job_ids: Sequence[str], other_than: str) -> dict[str, str]:
-        return {job_id: self.workers[job_id] for job_id in job_ids
-                if self.status.get(job_id) is JobStatus.RUNNING
-                and self.workers.get(job_id, other_than) != other_than}
-
-    def finish(self, outcomes: Sequence[Outcome]) -> int:
-        return len(self.finish_returning(outcomes))
+        return super().claim(requests, worker, max_attempts)
 
     def finish_returning(self, outcomes: Sequence[Outcome]) -> set[str]:
-        self.events.append("finish")
-        changed = set()
-        for outcome in outcomes:
-            assert outcome.status.terminal, outcome
-            if (self.status.get(outcome.id) is JobStatus.RUNNING
-                    and self.attempts[outcome.id] == outcome.attempt):
-                self.status[outcome.id] = outcome.status
-                self.finished[outcome.id] = outcome
-                changed.add(outcome.id)
+        changed = super().finish_returning(outcomes)
+        self.finished.update((o.id, o) for o in outcomes if o.id in changed)
         return changed
 
-    def close(self) -> None:
-        self.events.append("store.close")
 
-
-class FakeCache:
-    """The put_many/notify half of ``db.cache.ResultCache``, in memory."""
+class Cache(InMemoryCache):
+    """The shipped in-memory cache, plus the TTL of every results write, in order."""
 
     def __init__(self, events: list[str]) -> None:
-        self.events = events
-        self.results: dict[str, bytes] = {}
+        super().__init__(journal=events)
         self.ttls: list[int] = []
-        self.notices: dict[str, list[Notice]] = {}
-        self.alive: set[str] = set()
-
-    def get_many(self, cache_keys: Sequence[str]) -> list[bytes | None]:
-        return [self.results.get(key) for key in cache_keys]
-
-    def alive_among(self, runners: Sequence[str]) -> set[str]:
-        return {runner for runner in runners if runner in self.alive}
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
-        self.events.append("put_many")
-        self.results.update(results)
         self.ttls.append(ttl_s)
-
-    def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None:
-        self.events.append("notify")
-        for reply_to, items in notices.items():
-            self.notices.setdefault(reply_to, []).extend(items)
-
-    def close(self) -> None:
-        self.events.append("cache.close")
+        super().put_many(results, ttl_s)
 
 
 class Recorder:
@@ -152,25 +101,23 @@ class Recorder:
 
 
 class Harness:
-    """A WorkerRuntime over the fakes, plus helpers to build wire entries the store knows."""
+    """A WorkerRuntime over the in-memory doubles, plus helpers to build wire entries the store
+    knows."""
 
     def __init__(self) -> None:
         self.events: list[str] = []
-        self.store = FakeStore(self.events)
-        self.cache = FakeCache(self.events)
+        self.store = Store(self.events)
+        self.cache = Cache(self.events)
+        self.broker = InMemoryBroker()
         self.registry: Registry = build_registry(["tests.plugins"])
         self.recorder = Recorder()
         self.registry.register(ModelSpec(name="recorder", kind=JobKind.INFER,
                                          loader=self.recorder.load, version="rec-1",
                                          max_batch_size=3))
-        self.runtime = WorkerRuntime(
-            settings=Settings(result_ttl_s=TTL_S),
-            registry=self.registry,
-            store=self.store,  # type: ignore[arg-type]
-            cache=self.cache,  # type: ignore[arg-type]
-            context=LoadContext(),
-            name="test-worker",
-        )
+        self.stack = InMemoryStack(Settings(result_ttl_s=TTL_S), registry=self.registry,
+                                   store=self.store, cache=self.cache, broker=self.broker,
+                                   journal=self.events, worker_name="test-worker")
+        self.runtime = self.stack.runtime()
 
     def entry(self, target: str, text: str, *, reply_to: str | None = "client-a",
               params: dict[str, Any] | None = None, version: str | None = None,
@@ -179,7 +126,9 @@ class Harness:
         version = version if version is not None else self.registry.version(target)
         key = cache_key(JobKind.INFER, target, version, params, text.encode())
         if known:
-            self.store.add(job_id, expired=expired)
+            deadline = self.store.clock() - timedelta(seconds=1) if expired else None
+            self.store.add(job_id, target=target, version=version, cache_key=key,
+                           payload=codec.encode(text), params=params, deadline=deadline)
         return {"v": 1, "id": job_id, "kind": "infer", "target": target, "version": version,
                 "input": text, "key": key, "params": params or {}, "reply_to": reply_to}
 
@@ -194,12 +143,14 @@ class Harness:
 
 
 class Message:
-    """What the batcher uses of a kombu message: decode(), ack(), reject(requeue)."""
+    """What the batcher uses of a kombu message: decode(), ack(), reject(requeue),
+    delivery_info."""
 
     def __init__(self, body: Any, log: list[str], name: str) -> None:
         self.body = body
         self.log = log
         self.name = name
+        self.delivery_info: dict[str, Any] = {}  # {"redelivered": True} for a redelivery
 
     def decode(self) -> Any:
         return self.body

@@ -115,7 +115,7 @@ def test_a_redelivered_job_runs_with_no_other_flush_beside_it(harness: Harness) 
     batcher.add(held)
     assert gate.entered.wait(WAIT_S)
     again, again_id = _message(harness, log, "m2", "again")
-    again.delivery_info = {"redelivered": True}  # type: ignore[attr-defined]
+    again.delivery_info = {"redelivered": True}
     batcher.add(again)  # returns once it has run, alone
     assert gate.company["again"] == 0  # "hold" had left before it started
     assert harness.store.status[again_id] is JobStatus.SUCCEEDED

@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 
+from aidist.config import Settings
 from aidist.errors import ServiceUnavailable
-from aidist.jobs import JobStatus
+from aidist.jobs import JobKind, JobStatus
+from models import ModelSpec
 from tests.unit.doubles import Harness, Message, Timers
 from workers import batching, executor
+from workers.app import batch_policy
 from workers.batching import BatchPolicy, MessageBatcher
 
 
@@ -72,6 +75,37 @@ def test_timer_waits_idle_gap_but_never_past_max_delay(harness: Harness,
     now[0] += 0.009
     batcher.add(_message(harness, log, "m2", "b")[0])
     assert timers.live == [pytest.approx(0.001)]  # capped by the oldest message's max delay
+
+
+def test_each_model_waits_at_most_its_own_delay(harness: Harness,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(batching.time, "monotonic", lambda: now[0])
+    log: list[str] = []
+    timers = Timers()
+    batcher = _batcher(harness, timers, max_jobs=100, idle_s=1.0, max_delay_s=0.050,
+                       delays={"flaky": 0.005})
+    batcher.add(_message(harness, log, "m1", "a")[0])  # recorder: the default 50 ms
+    assert timers.live == [pytest.approx(0.050)]
+    now[0] += 0.010
+    batcher.add(_message(harness, log, "m2", "b", target="flaky")[0])  # flaky: its own 5 ms
+    assert timers.live == [pytest.approx(0.005)]
+    now[0] += 0.001
+    batcher.add(_message(harness, log, "m3", "c")[0])  # flaky's deadline is still the earliest
+    assert timers.live == [pytest.approx(0.004)]
+    timers.fire()
+    assert log == ["ack m1", "ack m2", "ack m3"]
+
+
+def test_batch_policy_keeps_each_models_own_delay(harness: Harness) -> None:
+    harness.registry.register(ModelSpec(name="patient", kind=JobKind.INFER,
+                                        loader=harness.recorder.load, version="p-1",
+                                        max_delay_ms=200))
+    policy = batch_policy(Settings(batch_max_delay_ms=10), harness.registry,
+                          ["recorder", "patient"])
+    assert policy.delays == {"patient": 0.2}
+    assert policy.max_delay_s == pytest.approx(0.010)  # recorder has no delay of its own
+    assert policy.delay_of([]) == pytest.approx(0.010)
 
 
 def test_poison_message_is_rejected_alone_and_others_still_run(harness: Harness) -> None:
@@ -169,7 +203,7 @@ def test_a_job_out_of_attempts_is_failed_and_its_message_dead_lettered(harness: 
     batcher = _batcher(harness, timers, max_jobs=10)
     message, (entry,) = _message(harness, log, "poison", "kills its worker")
     harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=8)  # died 8 times already
-    message.delivery_info = {"redelivered": True}  # type: ignore[attr-defined]
+    message.delivery_info = {"redelivered": True}
     batcher.add(message)
     timers.fire()
     assert log == ["reject poison requeue=False"]
@@ -184,14 +218,14 @@ def test_a_redelivered_job_running_on_a_live_worker_is_parked_then_settled(
     batcher = _batcher(harness, timers, max_jobs=10)
     message, (entry,) = _message(harness, log, "again", "long job")
     harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=1)
-    harness.store.workers[entry["id"]] = "other-worker"
-    harness.cache.alive.add("other-worker")
-    message.delivery_info = {"redelivered": True}  # type: ignore[attr-defined]
+    harness.store.set_state(entry["id"], worker="other-worker")
+    harness.cache.put_alive("other-worker", 60)
+    message.delivery_info = {"redelivered": True}
     batcher.add(message)
     assert log == [] and timers.live == [batching.PARK_S]  # neither acked nor run: parked
     timers.fire()
     assert log == [] and timers.live == [batching.PARK_S]  # still running there
-    harness.store.status[entry["id"]] = JobStatus.SUCCEEDED  # the other worker committed
+    harness.store.set_state(entry["id"], status=JobStatus.SUCCEEDED)  # the other worker committed
     timers.fire()
     assert log == ["ack again"]
     assert harness.recorder.calls == []

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from tenacity import wait_none
 
-from aidist.errors import ModelLoadError, TransientError
+from aidist.errors import ModelLoadError, PoisonMessage, TransientError
 from aidist.jobs import JobKind, JobStatus
 from db import Notice
 from models import LoadContext, ModelSpec, Runner
 from tests.unit.doubles import TTL_S, Harness
 from workers import model_runs
-from workers.executor import BatchReport, PoisonMessage, parse_entries
+from workers.executor import BatchReport, parse_entries
 
 
 def test_one_bad_input_fails_only_its_own_job(harness: Harness) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from aidist import codec
 from aidist.jobs import JobStatus
 from tests.unit.doubles import Harness
@@ -84,7 +86,7 @@ def test_succeeded_outcomes_carry_a_durable_copy_of_the_result(harness: Harness)
 
 def test_a_job_out_of_attempts_fails_without_running(harness: Harness) -> None:
     entry = harness.entry("recorder", "crashes its worker every time")
-    harness.store.attempts[entry["id"]] = harness.runtime.settings.max_attempts
+    harness.store.set_state(entry["id"], attempts=harness.runtime.settings.max_attempts)
     report = harness.run([entry])
     assert harness.recorder.calls == []  # never run again
     assert harness.store.status[entry["id"]] is JobStatus.FAILED
@@ -104,16 +106,16 @@ def test_identical_jobs_in_one_batch_run_once(harness: Harness) -> None:
 
 
 def test_a_job_cancelled_while_running_gets_no_notice_and_stays_cancelled(
-        harness: Harness) -> None:
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     kept, cancelled = harness.entry("recorder", "kept"), harness.entry("recorder", "dropped")
     original = harness.store.claim
 
     def claim_then_cancel(requests: Any, worker: str, max_attempts: int = 8) -> Any:
         claims = original(requests, worker, max_attempts)
-        harness.store.status[cancelled["id"]] = JobStatus.CANCELLED  # cancel() while it runs
+        harness.store.set_state(cancelled["id"], status=JobStatus.CANCELLED)  # cancel() meanwhile
         return claims
 
-    harness.store.claim = claim_then_cancel  # type: ignore[method-assign]
+    monkeypatch.setattr(harness.store, "claim", claim_then_cancel)
     harness.run([kept, cancelled])
     assert harness.store.status[cancelled["id"]] is JobStatus.CANCELLED
     assert [n.job_id for n in harness.cache.notices["client-a"]] == [kept["id"]]
@@ -129,12 +131,12 @@ def test_jobs_without_a_row_are_reported_missing_not_run(harness: Harness) -> No
 def test_a_redelivery_waits_while_the_job_runs_on_a_live_worker(harness: Harness) -> None:
     entry = harness.entry("recorder", "still running elsewhere")
     harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=1)
-    harness.store.workers[entry["id"]] = "other-worker"
-    harness.cache.alive.add("other-worker")  # a broker restart redelivered it mid-run
+    harness.store.set_state(entry["id"], worker="other-worker")
+    harness.cache.put_alive("other-worker", 60)  # a broker restart redelivered it mid-run
     report = execute(harness.runtime, [entry], redelivered=True)
     assert report.held == {entry["id"]}
     assert harness.recorder.calls == [] and harness.store.attempts[entry["id"]] == 1
-    harness.cache.alive.clear()  # that worker died: its mark expired
+    harness.cache.expire_alive("other-worker")  # that worker died: its mark expired
     report = execute(harness.runtime, [entry], redelivered=True)
     assert report.held == frozenset() and report.succeeded == 1
     assert harness.store.attempts[entry["id"]] == 2

@@ -1,4 +1,4 @@
-"""aidist.transport.topology: queue names and declarations that producers and workers must agree on."""
+"""aidist.transport.topology: queue names and declarations producers and workers agree on."""
 
 from __future__ import annotations
 
