@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from aidist.errors import ConfigError
 
 
 def redact_url(url: str) -> str:
@@ -23,12 +25,29 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def settings_problems(exc: ValidationError) -> str:
+    """One line per rejected setting, as the environment variable a user would set."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in error["loc"][:1]).upper() or "(settings)"
+        lines.append(f"AIDIST_{name} ({name.lower()}): {error['msg']}")
+    return "invalid settings, fix these variables (or .env entries): " + "; ".join(lines)
+
+
 class Settings(BaseSettings):
     """Everything configurable, with defaults that work on a single machine."""
 
     model_config = SettingsConfigDict(
         env_prefix="AIDIST_", env_file=".env", extra="ignore", frozen=True
     )
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings; a value that is not acceptable raises ``ConfigError`` naming the
+        variable and the rule (never the value: it may be a secret)."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(settings_problems(exc)) from exc
 
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     redis_url: str = "redis://127.0.0.1:6379/0"

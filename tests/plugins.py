@@ -13,8 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aidist.jobs import JobKind
-from models.registry import LoadContext, ModelSpec, Registry, Runner
+from aidist import JobKind, LoadContext, ModelSpec, Registry, Runner
 
 
 def load_flaky(context: LoadContext) -> Runner:
