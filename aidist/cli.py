@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,9 @@ from db import JobStore
 from db import setup as db_setup
 from producers import Client
 from producers.progress import job_progress
+from workers.autoscaler import run_autoscaler
 from workers.launch import run_worker
+from workers.scaling import ScalePolicy
 from workers.sweeper import sweep_once
 
 app = typer.Typer(help="aidist: AI inference and preprocessing as durable jobs.",
@@ -80,6 +83,45 @@ def worker(
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     run_worker(_settings(), pool=pool, models=names, concurrency=concurrency, device=device,
                dtype=dtype, hostname=hostname, loglevel=loglevel)
+
+
+@app.command()
+def autoscale(
+    *,
+    pool: Annotated[str, typer.Option(help="gpu or cpu.")] = "gpu",
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated names its workers serve (default: all of the pool).")] = None,
+    min_workers: Annotated[int, typer.Option("--min", help="Fewest workers (0: scale to zero).")
+                           ] = 0,
+    max_workers: Annotated[int, typer.Option("--max", help="Most workers.")] = 4,
+    target_seconds: Annotated[float, typer.Option(
+        help="Seconds of backlog one worker should have ahead of it.")] = 30.0,
+    idle_s: Annotated[float, typer.Option(
+        help="Nothing queued or running this long: down to --min.")] = 60.0,
+    keep_warm: Annotated[bool, typer.Option(
+        help="Keep one worker when idle if the model loads slower than --target-seconds.")
+    ] = False,
+    concurrency: Annotated[int | None, typer.Option(
+        help="Processes per cpu-pool worker (default: cores).")] = None,
+    device: Annotated[str | None, typer.Option(help="Torch device of gpu-pool workers.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Serve /metrics on this port (basic auth from AIDIST_METRICS_BASIC_AUTH).")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address /metrics binds to.")] = "127.0.0.1",
+    no_auth: Annotated[bool, typer.Option(
+        help="Serve /metrics without auth (loopback only).")] = False,
+) -> None:
+    """Start and stop `aidist worker` processes of a pool on this host to follow the backlog."""
+    settings = _settings()
+    cores = concurrency or 1 if pool == "gpu" else concurrency or (os.cpu_count() or 1)
+    policy = ScalePolicy(min_workers=min_workers, max_workers=max_workers,
+                         target_seconds=target_seconds, idle_s=idle_s,
+                         cooldown_s=settings.autoscale_cooldown_s, keep_warm=keep_warm,
+                         concurrency=cores)
+    extra = ["--concurrency", str(cores)] if pool == "cpu" else []
+    extra += ["--device", device] if device else []
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    run_autoscaler(settings, pool=pool, models=names, policy=policy, worker_args=extra,
+                   metrics_port=metrics_port, metrics_host=metrics_host, no_auth=no_auth)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aidist.errors import ConfigError
@@ -142,6 +142,32 @@ class Settings(BaseSettings):
                     "its own part of a batch; 0 = one per core when every model it serves is "
                     "thread_safe, else 1. On a CUDA device 0 means 1.")
 
+    metrics_basic_auth: SecretStr | None = Field(
+        default=None,
+        description="user:password that /metrics and /healthz ask for (HTTP basic auth). "
+                    "Without it a metrics endpoint refuses to start unless told --no-auth on "
+                    "loopback.")
+    autoscale_seconds_per_job: float = Field(
+        default=0.05, gt=0,
+        description="Autoscaler: seconds a job is assumed to take until workers have measured "
+                    "the model (worker_stats).")
+    autoscale_poll_s: float = Field(
+        default=0.5, gt=0, le=30,
+        description="Autoscaler: how often the backlog is read (a burst is seen within it).")
+    autoscale_cooldown_s: float = Field(
+        default=30.0, ge=0,
+        description="Autoscaler: a lower worker count is only acted on once it has been "
+                    "enough for this long (no flapping); scaling up is immediate.")
+
+    @field_validator("metrics_basic_auth")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, _, password = value.get_secret_value().partition(":")
+            if not user or not password:
+                raise ValueError("expected user:password")
+        return value
+
     @field_validator("plugins", mode="before")
     @classmethod
     def _split_plugins(cls, value: object) -> object:
@@ -160,6 +186,7 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None:  # unset: the child takes the default too
                 continue
-            text = ",".join(value) if isinstance(value, list) else str(value)
+            plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+            text = ",".join(plain) if isinstance(plain, list) else str(plain)
             env[f"AIDIST_{name.upper()}"] = text
         return env

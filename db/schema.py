@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -94,3 +95,19 @@ class JobRow(Base):
 
 # The declarative __table__ is typed as FromClause; for a mapped class it is always a Table.
 jobs_table = cast(Table, JobRow.__table__)
+
+
+class WorkerStatRow(Base):
+    """One process's measured speed on one model (``db.backlog``): jobs finished, seconds busy
+    finishing them, and how long the model took to load and warm up."""
+
+    __tablename__ = "worker_stats"
+
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(16))
+    jobs: Mapped[float] = mapped_column(Float)
+    busy_s: Mapped[float] = mapped_column(Float)
+    cold_start_s: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())

@@ -87,6 +87,9 @@ class WorkerHook:
         """A process that runs jobs has built its connections (once per process: a forked
         child gets its own call)."""
 
+    def model_loaded(self, target: str, seconds: float) -> None:
+        """A model or op loaded and warmed up in this process, in ``seconds`` (a cold start)."""
+
     def consumer_ready(self, consumer: Any) -> None:
         """Celery's consumer built the batching handler (gpu pool; again after a reconnect)."""
 
@@ -142,6 +145,9 @@ class Hooks:
     def process_started(self, process: ProcessView) -> None:
         self._process = (os.getpid(), process)
         self._each("process_started", process)
+
+    def model_loaded(self, target: str, seconds: float) -> None:
+        self._each("model_loaded", target, seconds)
 
     def consumer_ready(self, consumer: Any) -> None:
         self._each("consumer_ready", consumer)

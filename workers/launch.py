@@ -20,6 +20,7 @@ from workers.hooks import Hooks, WorkerHook
 from workers.periodic import PeriodicDuty
 from workers.presence import WorkerPresence
 from workers.runtime import RuntimeHolder
+from workers.service_times import ServiceTimes
 from workers.sweeper import sweeper
 from workers.task_events import TaskEvents
 from workers.watchdog import Watchdog
@@ -41,19 +42,45 @@ def worker_argv(pool: str, queues: list[str], concurrency: int, hostname: str,
     return argv
 
 
-def default_hooks(settings: Settings, presence: WorkerPresence) -> list[WorkerHook]:
-    """Every cross-cutting duty of a worker, in the order they run: the alive mark and the job
-    time limit of each process that runs jobs, Flower's task events for batched messages, the
-    presence heartbeat and the outbox sweeper of the worker's main process."""
+def default_hooks(settings: Settings, pool: str, presence: WorkerPresence) -> list[WorkerHook]:
+    """Every cross-cutting duty of a worker, in the order they run: in each process that runs
+    jobs, the alive mark, the job time limit and the service times (the autoscaler's speed
+    figures); for batched messages, Flower's task events; in the worker's main process, the
+    presence heartbeat and the outbox sweeper."""
     return [
         AliveMarks(),
         Watchdog(settings.job_time_limit_s),
+        ServiceTimes(settings, pool),
         TaskEvents(),
         PeriodicDuty("aidist-presence", presence.beat, retry_s=1.0),
         sweeper(settings, JobStore.connect(settings.database_url, settings.connect_timeout_s),
                 Publisher(settings.broker_url, settings.namespace,
                           settings.connect_timeout_s).publish),
     ]
+
+
+def load_models(settings: Settings, holder: RuntimeHolder, targets: list[str]
+                ) -> tuple[list[str], dict[str, str]]:
+    """Load and warm up a gpu worker's models in this process, before it consumes: (the ready
+    ones, the ones that failed with their errors). A model that failed leaves its queue to
+    workers that can run it."""
+    # Where one model call uses a torch thread per core (a GPU, or a model that is not
+    # thread_safe), its OpenMP threads share the cores with the consumer, the broker and the
+    # databases: spinning while they wait for a core steals it from them (measured: +15-25%
+    # single-message on 2 cores with passive waiting, at ~20% of the model's own speed;
+    # side-by-side calls with one torch thread each avoid both). Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    runtime = holder.get()
+    runtime.warm(targets)
+    not_ready = {t: runtime.load_errors[t] for t in targets if t in runtime.load_errors}
+    ready = [t for t in targets if t not in not_ready]
+    for target, error in not_ready.items():
+        log.error("not ready for %s: %s; its jobs wait for a worker that can run them, or "
+                  "fail with this error after %.0fs", target, error,
+                  settings.load_failure_grace_s)
+    if not ready:
+        raise ConfigError(f"no model of pool gpu could load here: {not_ready}")
+    return ready, not_ready
 
 
 def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None,
@@ -69,47 +96,29 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
     targets = pool_targets(registry, pool, models)
     if not targets:
         raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
+    # Celery sets up logging only once its worker starts; model loading and waits come first.
+    logging.basicConfig(level=loglevel.upper(),
+                        format="[%(asctime)s: %(levelname)s/MainProcess] %(message)s")
     declare_dead_letters(settings.broker_url, settings.namespace, settings.connect_timeout_s)
     placement = device or settings.device
-    hooks = Hooks()
-    holder = RuntimeHolder(settings, device=placement, dtype=dtype,
-                           targets=targets if pool == "gpu" else (), hooks=hooks)
-    ready, not_ready = targets, {}
-    if pool == "gpu":
-        # Where one model call uses a torch thread per core (a GPU, or a model that is not
-        # thread_safe), its OpenMP threads share the cores with the consumer, the broker and the
-        # databases: spinning while they wait for a core steals it from them (measured: +15-25%
-        # single-message on 2 cores with passive waiting, at ~20% of the model's own speed;
-        # side-by-side calls with one torch thread each avoid both). Set before torch loads.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        # Celery sets up logging only once its worker starts; the model loading below comes first.
-        logging.basicConfig(level=loglevel.upper(),
-                            format="[%(asctime)s: %(levelname)s/MainProcess] %(message)s")
-        # One solo process per device, no fork: load and warm up here, before consuming, and
-        # leave the queues of models that failed to load to workers that can run them.
-        runtime = holder.get()
-        runtime.warm(targets)
-        not_ready = {t: runtime.load_errors[t] for t in targets if t in runtime.load_errors}
-        ready = [t for t in targets if t not in not_ready]
-        for target, error in not_ready.items():
-            log.error("not ready for %s: %s; its jobs wait for a worker that can run them, or "
-                      "fail with this error after %.0fs", target, error,
-                      settings.load_failure_grace_s)
-        if not ready:
-            raise ConfigError(f"no model of pool gpu could load here: {not_ready}")
-    batching = (batch_policy(settings, registry, ready, holder.get().batch_threads)
-                if pool == "gpu" else None)
-    app = create_app(settings, registry, holder, warm_targets=ready, batching=batching)
     node = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
     presence = WorkerPresence(
         settings,
         ResultCache.connect(settings.redis_url, settings.namespace, settings.connect_timeout_s),
-        node=node, pool=pool, device=placement if pool == "gpu" else "cpu", ready=ready,
-        not_ready=not_ready, queue_of=dict(zip(targets, queues_for(settings, registry, targets),
-                                               strict=True)),
+        node=node, pool=pool, device=placement if pool == "gpu" else "cpu",
+        queue_of=dict(zip(targets, queues_for(settings, registry, targets), strict=True)),
+        # late-bound: the app exists by the time a grace period ends
         consume=lambda queue: app.control.add_consumer(queue, destination=[node], reply=False),
     )
-    hooks.add(*default_hooks(settings, presence))
+    hooks = Hooks(default_hooks(settings, pool, presence))
+    holder = RuntimeHolder(settings, device=placement, dtype=dtype,
+                           targets=targets if pool == "gpu" else (), hooks=hooks)
+    ready, not_ready = (load_models(settings, holder, targets) if pool == "gpu"
+                        else (targets, {}))
+    presence.serving(ready, not_ready)
+    batching = (batch_policy(settings, registry, ready, holder.get().batch_threads)
+                if pool == "gpu" else None)
+    app = create_app(settings, registry, holder, warm_targets=ready, batching=batching)
     worker_ready.connect(lambda **_: hooks.worker_started(), weak=False)
     worker_shutting_down.connect(lambda **_: hooks.worker_stopping(), weak=False)
     workers = concurrency or os.cpu_count() or 1

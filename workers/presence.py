@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from aidist.config import Settings
 from aidist.transport import queue_stats
-from db.cache import ResultCache
+from db.interfaces import ResultCacheLike
 
 log = logging.getLogger("aidist.worker")
 HEARTBEAT_S = 5.0
@@ -26,18 +26,25 @@ HEARTBEAT_S = 5.0
 class WorkerPresence:
     """One heartbeat per ``beat()``; run it with ``workers.periodic.Periodic``."""
 
-    def __init__(self, settings: Settings, cache: ResultCache, *, node: str, pool: str,
-                 device: str, ready: list[str], not_ready: Mapping[str, str],
-                 queue_of: Mapping[str, str], consume: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, cache: ResultCacheLike, *, node: str, pool: str,
+                 device: str, queue_of: Mapping[str, str],
+                 consume: Callable[[str], None]) -> None:
         self.settings = settings
         self.cache = cache
         self.node = node
-        self.info = {"node": node, "pool": pool, "device": device, "ready": ready,
-                     "not_ready": dict(not_ready), "host": socket.gethostname(),
-                     "pid": os.getpid()}
-        self.waiting = dict(not_ready)  # targets whose grace period is running
+        self.info: dict[str, object] = {
+            "node": node, "pool": pool, "device": device, "ready": [], "not_ready": {},
+            "host": socket.gethostname(), "pid": os.getpid()}
+        self.waiting: dict[str, str] = {}  # targets whose grace period is running
         self.queue_of = queue_of
         self.consume = consume
+        self.started = time.monotonic()
+
+    def serving(self, ready: list[str], not_ready: Mapping[str, str]) -> None:
+        """What this worker serves, once its models have loaded (or failed to): announced from
+        the next beat on; the grace period of those that failed starts now."""
+        self.info = {**self.info, "ready": list(ready), "not_ready": dict(not_ready)}
+        self.waiting = dict(not_ready)
         self.started = time.monotonic()
 
     def beat(self) -> float:

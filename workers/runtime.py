@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -125,6 +126,7 @@ class WorkerRuntime:
         if target in self.load_errors:
             raise ModelLoadError(self.load_errors[target])
         spec = self.registry.get(target)
+        started = time.perf_counter()
         try:
             context = replace(self.context, dtype=self.dtype_override or spec.dtype)
             runner = spec.load(context)
@@ -148,6 +150,7 @@ class WorkerRuntime:
                         "torch threads; set AIDIST_BATCH_THREADS=1 if it is this worker's main "
                         "model", target, self.context.torch_threads)
         self.runners[target] = runner
+        self.hooks.model_loaded(target, time.perf_counter() - started)
         return runner
 
     def warm(self, targets: list[str]) -> None:
