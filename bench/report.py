@@ -57,6 +57,19 @@ def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     tiny = results.get("tiny", {})
     add("tiny jobs: aidist normalize (client.map)", tiny.get("aidist"), "jobs/s", False)
     add("tiny jobs: bare Celery normalize (group)", tiny.get("celery"), "jobs/s", False)
+    scaled = results.get("autoscale")
+    if isinstance(scaled, dict) and scaled.get("status", "ok") == "ok":
+        auto, fixed = scaled["autoscaled"], scaled["fixed"]
+        rows.append(f"{'autoscale --min 0 --max ' + str(scaled['max_workers']):<44}"
+                    f"{scaled['items']:>8,}{auto['drain_s']:>9.2f}{auto['per_s']:>11,.1f} jobs/s"
+                    f"  first job running {auto['first_running_s']:.1f}s, "
+                    f"{auto['peak_desired']:g} workers ready at {auto['desired_ready_s']}s, "
+                    f"back to 0 after {auto['back_to_zero_s']:.0f}s")
+        rows.append(f"{'  fixed pool of ' + str(scaled['max_workers']) + ' warm workers':<44}"
+                    f"{scaled['items']:>8,}{fixed['drain_s']:>9.2f}{fixed['per_s']:>11,.1f} jobs/s"
+                    f"  drain autoscaled / fixed = {scaled['drain_vs_fixed']}")
+    elif isinstance(scaled, dict):
+        rows.append(f"{'autoscale':<44} ERROR: {str(scaled.get('error'))[:WIDTH - 60]}")
     return rows
 
 

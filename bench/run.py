@@ -29,6 +29,7 @@ from bench import analysis, report
 from bench.celery_common import baseline_queues
 from bench.config import AIDIST_SCENARIOS, FULL, QUICK, REPO, SCENARIOS, Options
 from bench.env import CpuAccount, cleanup, cpu_busy, isolated_settings, phase, prepare
+from bench.scenarios.autoscale import write_png as autoscale_png
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -129,7 +130,7 @@ def _meta(options: Options, settings: Settings) -> dict[str, Any]:
 
 def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[str, Any]:
     """Every selected scenario, in order; each result is a dict with a ``status``."""
-    from bench.scenarios import aidist_paths, celery_paths, inprocess
+    from bench.scenarios import aidist_paths, autoscale, celery_paths, inprocess
     from producers import Client
 
     results: dict[str, Any] = {}
@@ -165,6 +166,9 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
     if options.wants("tiny"):
         results.setdefault("tiny", {})["celery"] = guarded(
             "tiny (bare Celery)", lambda: celery_paths.tiny(settings, texts, log_dir))
+    if options.wants("autoscale"):
+        results["autoscale"] = guarded(
+            "autoscale", lambda: autoscale.run(settings, options, log_dir))
     return results
 
 
@@ -206,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
            "errors": failures, "cleanup_problems": problems}
     report.write_json(doc, options.out / "results.json")
     report.write_png(doc, options.out / "results.png")
+    if isinstance(results.get("autoscale"), dict) and results["autoscale"].get("status") == "ok":
+        autoscale_png(results["autoscale"], options.out / "autoscale.png")
     print(report.table(doc))
     print(f"wrote {options.out / 'results.json'} and {options.out / 'results.png'} "
           f"(worker logs in {log_dir})")

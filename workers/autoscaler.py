@@ -74,12 +74,19 @@ class ScalingMetrics:
                              registry=self.registry)
         self.workers = Gauge("aidist_workers", "Workers running (not stopping)", labels,
                              registry=self.registry)
+        self.ready = Gauge("aidist_workers_ready", "Workers running that have loaded their "
+                           "models and consume", labels, registry=self.registry)
+        for gauge in (self.backlog_jobs, self.backlog_seconds, self.desired, self.workers,
+                      self.ready):
+            gauge.labels(self.pool).set(0)  # present from the first scrape on
 
-    def show(self, backlog: PoolBacklog, decision: Decision, running: int) -> None:
+    def show(self, backlog: PoolBacklog, decision: Decision, running: list[ManagedWorker]
+             ) -> None:
         self.backlog_jobs.labels(self.pool).set(backlog.jobs)
         self.backlog_seconds.labels(self.pool).set(backlog.seconds)
         self.desired.labels(self.pool).set(decision.desired)
-        self.workers.labels(self.pool).set(running)
+        self.workers.labels(self.pool).set(len(running))
+        self.ready.labels(self.pool).set(sum(1 for w in running if w.ready_at is not None))
 
 
 def children_of(pid: int) -> set[int]:
@@ -157,7 +164,7 @@ class Autoscaler:
             for worker in self._idlest(running)[: len(running) - decision.desired]:
                 self._stop_worker(worker, now)
         if self.metrics is not None:
-            self.metrics.show(backlog, decision, len(self.running()))
+            self.metrics.show(backlog, decision, self.running())
         return decision
 
     def running(self) -> list[ManagedWorker]:
@@ -256,6 +263,8 @@ def run_autoscaler(settings: Settings, *, pool: str, models: Sequence[str] | Non
                    metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
                    no_auth: bool = False) -> None:
     """``aidist autoscale``: run the supervisor in the foreground until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO,
+                        format="[%(asctime)s: %(levelname)s/autoscale] %(message)s")
     registry = build_registry(settings.plugins, max_input_chars=settings.max_input_chars)
     targets = pool_targets(registry, pool, list(models) if models else None)
     if not targets:

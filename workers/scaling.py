@@ -77,7 +77,9 @@ class Scaler:
                       f" {seconds:.1f}s of work at target {policy.target_seconds:g}s")
         elif self._last_busy is None or now - self._last_busy >= policy.idle_s:
             self._asked.clear()
-            return Decision(floor, f"idle for {policy.idle_s:g}s: down to the floor", 0.0)
+            why = ("nothing queued or running" if self._last_busy is None
+                   else f"idle for {policy.idle_s:g}s")
+            return Decision(floor, f"{why}: the floor ({floor})", 0.0)
         else:
             raw = current
             reason = f"idle for {now - self._last_busy:.0f}s of {policy.idle_s:g}s: keep"

@@ -24,7 +24,14 @@ from aidist.config import Settings
 from aidist.processes import warm_stop
 from db import JobStore, ResultCache
 from db import setup as db_setup
-from tests.conftest import REPO, aidist_command, delete_queues, make_settings, settings_env, wait_for
+from tests.conftest import (
+    REPO,
+    aidist_command,
+    delete_queues,
+    make_settings,
+    settings_env,
+    wait_for,
+)
 from tests.plugins import EXEC_LOG_ENV
 from workers.autoscaler import children_of
 
@@ -151,7 +158,8 @@ def test_a_burst_scales_a_pool_up_from_zero_and_back(burst_pool: Pool) -> None:
              message="the pool to go back to zero after --idle-s")
     log = pool.log()
     assert "0 -> 1 workers" in log or "0 -> 2 workers" in log
-    assert "-> 0 workers" in log and "idle for 2s" in log
+    assert "idle for 2s: the floor (0): 2 -> 0 workers" in log or (
+        "idle for 2s: the floor (0): 1 -> 0 workers" in log)
 
     assert warm_stop(pool.process, timeout=120) == 0
     assert "no worker left" in pool.log()
