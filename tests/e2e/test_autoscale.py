@@ -48,6 +48,7 @@ class Pool:
     log_path: Path
     port: int
     exec_dir: Path
+    model: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -76,7 +77,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start(tmp_path: Path, model: str, *args: str, **overrides: object) -> Pool:
+def _start(tmp_path: Path, pool: str, model: str, *args: str, **overrides: object) -> Pool:
     tag = f"a{uuid.uuid4().hex[:10]}"
     base = make_settings()
     database_url = make_url(base.database_url).set(database=f"aidist_scale_{tag}")
@@ -90,13 +91,13 @@ def _start(tmp_path: Path, model: str, *args: str, **overrides: object) -> Pool:
     env = {**settings_env(settings), "AIDIST_METRICS_BASIC_AUTH": AUTH,
            EXEC_LOG_ENV: str(exec_dir)}
     process = subprocess.Popen(
-        [aidist_command(), "autoscale", "--pool", "gpu", "--models", model,
+        [aidist_command(), "autoscale", "--pool", pool, "--models", model,
          "--metrics-port", str(port), *args],
         env=env, cwd=REPO, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    pool = Pool(settings, Client(settings), JobStore.connect(settings.database_url), process,
-                log_path, port, exec_dir)
-    wait_for(lambda: _answers(pool), timeout=60, message="the autoscaler's /metrics")
-    return pool
+    started = Pool(settings, Client(settings), JobStore.connect(settings.database_url),
+                   process, log_path, port, exec_dir)
+    wait_for(lambda: _answers(started), timeout=60, message="the autoscaler's /metrics")
+    return started
 
 
 def _answers(pool: Pool) -> bool:
@@ -121,10 +122,13 @@ def _finish(pool: Pool) -> None:
     db_setup.drop_database(pool.settings.database_url)
 
 
-@pytest.fixture
-def burst_pool(tmp_path: Path) -> Iterator[Pool]:
-    pool = _start(tmp_path, "toy-classifier", "--min", "0", "--max", "2", "--idle-s", "2",
-                  "--target-seconds", "5")
+@pytest.fixture(params=[("gpu", "toy-classifier"), ("cpu", "normalize")], ids=["gpu", "cpu"])
+def burst_pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
+    pool_name, model = request.param
+    extra = ["--concurrency", "2"] if pool_name == "cpu" else []
+    pool = _start(tmp_path, pool_name, model, "--min", "0", "--max", "2", "--idle-s", "2",
+                  "--target-seconds", "5", *extra)
+    pool.model = model
     try:
         yield pool
     finally:
@@ -145,7 +149,7 @@ def test_a_burst_scales_a_pool_up_from_zero_and_back(burst_pool: Pool) -> None:
     assert refused.value.code == 401
     assert AUTH.split(":")[1] not in pool.log()  # the secret is never logged
 
-    jobs = pool.client.infer_many("toy-classifier", [f"burst {i}" for i in range(2000)])
+    jobs = pool.client.submit_many(pool.model, [f"burst {i}" for i in range(2000)])
     wait_for(lambda: pool.gauge("aidist_desired_workers") >= 1, timeout=30,
              message="the autoscaler to see the burst")
     wait_for(lambda: pool.workers(), timeout=60, message="a worker process to start")
@@ -167,7 +171,7 @@ def test_a_burst_scales_a_pool_up_from_zero_and_back(burst_pool: Pool) -> None:
 
 @pytest.fixture
 def steady_pool(tmp_path: Path) -> Iterator[Pool]:
-    pool = _start(tmp_path, "logged", "--min", "1", "--max", "2", "--idle-s", "30",
+    pool = _start(tmp_path, "gpu", "logged", "--min", "1", "--max", "2", "--idle-s", "30",
                   "--target-seconds", "2", autoscale_cooldown_s=1.0)
     try:
         yield pool
@@ -200,6 +204,10 @@ def test_scale_in_under_a_steady_load_loses_and_repeats_nothing(steady_pool: Poo
     executed = [line.split("\t", 1)[1] for path in pool.exec_dir.glob("*.log")
                 for line in path.read_text().splitlines()]
     assert len(executed) == len(set(executed)) == len(jobs)  # nothing ran twice
-    assert len(pool.workers()) == 1
+    left = pool.workers()
+    assert len(left) == 1
+    descendants = left | {kid for pid in left for kid in children_of(pid)}
     os.kill(pool.process.pid, signal.SIGTERM)
     assert pool.process.wait(timeout=120) == 0
+    assert not [pid for pid in descendants if Path(f"/proc/{pid}").exists()]  # none left behind
+    assert "no worker left" in pool.log()
