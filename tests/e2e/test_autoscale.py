@@ -152,7 +152,7 @@ def test_a_burst_scales_a_pool_up_from_zero_and_back(burst_pool: Pool) -> None:
     jobs = pool.client.submit_many(pool.model, [f"burst {i}" for i in range(2000)])
     wait_for(lambda: pool.gauge("aidist_desired_workers") >= 1, timeout=30,
              message="the autoscaler to see the burst")
-    wait_for(lambda: pool.workers(), timeout=60, message="a worker process to start")
+    wait_for(pool.workers, timeout=60, message="a worker process to start")
     results = pool.client.results_of(jobs, timeout=240)
     assert len(results) == 2000
     assert pool.store.count_by_status()[JobStatus.SUCCEEDED] == 2000
