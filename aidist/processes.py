@@ -1,10 +1,12 @@
 """Stopping a worker process the way an operator does: SIGTERM for a warm shutdown, SIGKILL only
-if it has not exited in time. Used by the demo, the tests and the benchmarks."""
+if it has not exited in time; finding a prefork worker's children. Used by the autoscaler, the
+demo, the tests and the benchmarks."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 
@@ -23,3 +25,18 @@ def wait_or_kill(process: subprocess.Popen[Any], timeout: float = 60.0) -> int:
         process.kill()
         process.wait()
     return process.returncode
+
+
+def children_of(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (a prefork worker's children), read from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(entry.name))
+    return found

@@ -19,17 +19,15 @@ checks that the two are the same and runs it against a real Postgres with a know
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from aidist.config import redact_url
-from aidist.errors import AidistError, ConfigError, ServiceUnavailable, StoreError
+from aidist.errors import ConfigError
+from db.engine import transaction
 
-SERVICE = "PostgreSQL"
 STATS_FRESH_S = 600  # worker_stats rows older than this are ignored (their worker is gone)
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -166,19 +164,9 @@ class BacklogStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._url = redact_url(engine.url.render_as_string(hide_password=False))
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except AidistError:
-            raise
-        except OperationalError as exc:
-            raise ServiceUnavailable(SERVICE, self._url, str(exc).splitlines()[0]) from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(f"backlog statement failed: {str(exc).splitlines()[0]}") from exc
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine)
 
     def backlog(self, models: Sequence[str], default_seconds_per_job: float) -> PoolBacklog:
         """Queued and running jobs of ``models`` with their measured speed (one query)."""

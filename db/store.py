@@ -24,7 +24,6 @@ from sqlalchemy import (
     Uuid,
     any_,
     bindparam,
-    create_engine,
     func,
     insert,
     select,
@@ -32,30 +31,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from aidist.config import redact_url
-from aidist.errors import AidistError, ConfigError, ServiceUnavailable, StoreError, UnknownJob
+from aidist.errors import UnknownJob
 from aidist.jobs import JobKind, JobStatus
+from db.engine import create_store_engine, transaction
 from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
 from db.schema import jobs_table
 from db.statements import CLAIM, FINISH, SETTLE_FOLLOWERS
 
-SERVICE = "PostgreSQL"
 DEFAULT_MAX_ATTEMPTS = 8
 
 
-
-
-def create_store_engine(database_url: str, connect_timeout_s: float = 5.0) -> Engine:
-    """An engine with a short connect timeout and pre-ping, so a dead server fails fast."""
-    return create_engine(
-        database_url,
-        pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
-        connect_args={"connect_timeout": max(1, int(connect_timeout_s))},
-    )
 
 
 def _record(row: RowMapping) -> JobRecord:
@@ -90,7 +76,6 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._url = redact_url(engine.url.render_as_string(hide_password=False))
 
     @classmethod
     def connect(cls, database_url: str, connect_timeout_s: float = 5.0) -> JobStore:
@@ -99,21 +84,8 @@ class JobStore:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except AidistError:
-            raise
-        except OperationalError as exc:
-            raise ServiceUnavailable(SERVICE, self._url, _first_line(exc)) from exc
-        except ProgrammingError as exc:
-            if "jobs" in str(exc.orig) and "does not exist" in str(exc.orig):
-                raise ConfigError(
-                    f"the jobs table is missing in {self._url}; run `aidist db upgrade`"
-                ) from exc
-            raise StoreError(f"job store statement failed: {_first_line(exc)}") from exc
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise StoreError(f"job store statement failed: {_first_line(exc)}") from exc
+        with transaction(self.engine) as connection:
+            yield connection
 
     def ping(self) -> None:
         """Raise ``ServiceUnavailable`` unless the database answers."""
@@ -225,6 +197,13 @@ class JobStore:
         with self._begin() as connection:
             counts = {JobStatus(status): n for status, n in connection.execute(query)}
         return {status: counts.get(status, 0) for status in JobStatus}
+
+    def reruns(self) -> int:
+        """Attempts beyond each job's first, over every row: runs started again after a worker
+        death or a redelivery (what the fault suite reports as re-runs)."""
+        query = select(func.coalesce(func.sum(func.greatest(jobs_table.c.attempts - 1, 0)), 0))
+        with self._begin() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def claim(self, requests: Sequence[ClaimRequest], worker: str,
               max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[Claim]:
@@ -408,8 +387,3 @@ def _uuids(values: Sequence[str]) -> list[uuid.UUID]:
         except ValueError:
             continue
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    source = getattr(exc, "orig", None) or exc
-    return (str(source).strip().splitlines() or [type(source).__name__])[0]

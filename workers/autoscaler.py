@@ -23,12 +23,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from aidist.config import Settings
 from aidist.errors import AidistError, ConfigError
+from aidist.processes import children_of
 from db import JobStore, ResultCache
 from db.backlog import BacklogStore, PoolBacklog
 from db.interfaces import ResultCacheLike
@@ -87,21 +87,6 @@ class ScalingMetrics:
         self.desired.labels(self.pool).set(decision.desired)
         self.workers.labels(self.pool).set(len(running))
         self.ready.labels(self.pool).set(sum(1 for w in running if w.ready_at is not None))
-
-
-def children_of(pid: int) -> set[int]:
-    """Process ids whose parent is ``pid`` (a prefork worker's children), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(entry.name))
-    return found
 
 
 class Autoscaler:

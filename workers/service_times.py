@@ -18,7 +18,7 @@ from collections import defaultdict
 from aidist.config import Settings
 from aidist.jobs import JobStatus
 from db.backlog import BacklogStore, ServiceStat
-from db.store import create_store_engine
+from db.engine import create_store_engine
 from workers.hooks import BatchReport, Flush, ProcessView, WorkerHook
 from workers.periodic import Periodic
 

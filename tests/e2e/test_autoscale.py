@@ -21,7 +21,7 @@ from sqlalchemy import make_url, text
 
 from aidist import Client, JobStatus
 from aidist.config import Settings
-from aidist.processes import warm_stop
+from aidist.processes import children_of, warm_stop
 from db import JobStore, ResultCache
 from db import setup as db_setup
 from tests.conftest import (
@@ -33,7 +33,6 @@ from tests.conftest import (
     wait_for,
 )
 from tests.plugins import EXEC_LOG_ENV
-from workers.autoscaler import children_of
 
 pytestmark = pytest.mark.e2e
 AUTH = "scraper:s3cret-autoscale"
