@@ -28,6 +28,7 @@ from db import setup as db_setup
 from producers import Client
 from producers.progress import job_progress
 from workers.autoscaler import run_autoscaler
+from workers.flower import run_flower
 from workers.launch import run_worker
 from workers.scaling import ScalePolicy
 from workers.sweeper import sweep_once
@@ -41,7 +42,8 @@ app.add_typer(db_app, name="db")
 
 # Piped output gets wide lines rather than Rich's 80-column default, so ids are never wrapped.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+# An error is one line, however long: a supervisor's log must not get it in 80-column pieces.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -112,7 +114,7 @@ def autoscale(
 ) -> None:
     """Start and stop `aidist worker` processes of a pool on this host to follow the backlog."""
     settings = _settings()
-    cores = concurrency or 1 if pool == "gpu" else concurrency or (os.cpu_count() or 1)
+    cores = 1 if pool == "gpu" else (concurrency or os.cpu_count() or 1)
     policy = ScalePolicy(min_workers=min_workers, max_workers=max_workers,
                          target_seconds=target_seconds, idle_s=idle_s,
                          cooldown_s=settings.autoscale_cooldown_s, keep_warm=keep_warm,
@@ -122,6 +124,20 @@ def autoscale(
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     run_autoscaler(settings, pool=pool, models=names, policy=policy, worker_args=extra,
                    metrics_port=metrics_port, metrics_host=metrics_host, no_auth=no_auth)
+
+
+@app.command()
+def flower(
+    *,
+    port: Annotated[int, typer.Option(help="Port to serve on (0: a free one).")] = 5555,
+    address: Annotated[str, typer.Option(help="Address to bind (0.0.0.0: every interface).")
+                       ] = "127.0.0.1",
+    no_auth: Annotated[bool, typer.Option(
+        help="Serve without credentials (loopback only).")] = False,
+) -> None:
+    """Serve Flower (the Celery web monitor) for aidist's workers, with basic auth from
+    AIDIST_FLOWER_BASIC_AUTH=user:password."""
+    run_flower(_settings(), port=port, address=address, no_auth=no_auth)
 
 
 @app.command()

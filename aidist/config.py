@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     )
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    broker_heartbeat_s: float = Field(
+        default=10.0, ge=0, le=600,
+        description="Workers: AMQP heartbeat with RabbitMQ. A worker whose host vanishes (power "
+                    "lost, link cut: no FIN ever arrives) is noticed by the broker after about "
+                    "this long, and its unacked messages go to the other workers (measured "
+                    "11-16 s at 10; RabbitMQ's own 60 s took ~60 s). A flush run inline on the "
+                    "consumer's thread (a GPU worker) sends no heartbeat meanwhile: one longer "
+                    "than about twice this loses the connection (its jobs still commit once), "
+                    "so raise it for models whose batches take that long. 0 = no heartbeat.")
     publish_retry_s: float = Field(
         default=15.0, ge=0,
         description="Client: how long a publish is retried when the broker fails mid-submit "
@@ -130,6 +139,12 @@ class Settings(BaseSettings):
         default=False,
         description="Workers send Celery task events (for Flower); three small messages per "
                     "job message, so off by default like Celery's own -E.")
+    worker_startup_wait_s: float | None = Field(
+        default=None, ge=0,
+        description="How long a starting worker waits for RabbitMQ, PostgreSQL and Redis to "
+                    "answer (logging every few seconds) before it exits with ServiceUnavailable; "
+                    "unset = as long as it takes (a supervisor may start it during a restart), "
+                    "0 = fail at once.")
     load_failure_grace_s: float = Field(
         default=300.0, ge=0,
         description="How long jobs of a model no worker could load wait before they fail.")
@@ -147,6 +162,10 @@ class Settings(BaseSettings):
         description="user:password that /metrics and /healthz ask for (HTTP basic auth). "
                     "Without it a metrics endpoint refuses to start unless told --no-auth on "
                     "loopback.")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None,
+        description="user:password that `aidist flower` asks for (HTTP basic auth). Without it "
+                    "Flower refuses to start unless told --no-auth on loopback.")
     autoscale_seconds_per_job: float = Field(
         default=0.05, gt=0,
         description="Autoscaler: seconds a job is assumed to take until workers have measured "
@@ -159,7 +178,7 @@ class Settings(BaseSettings):
         description="Autoscaler: a lower worker count is only acted on once it has been "
                     "enough for this long (no flapping); scaling up is immediate.")
 
-    @field_validator("metrics_basic_auth")
+    @field_validator("metrics_basic_auth", "flower_basic_auth")
     @classmethod
     def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:

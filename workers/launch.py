@@ -1,5 +1,6 @@
-"""Starting a worker the way ``aidist worker`` does: pick the queues of a pool, declare the
-dead-letter topology, build the app, hand over to Celery's worker main loop."""
+"""Starting a worker the way ``aidist worker`` does: pick the queues of a pool, wait for the
+services (declaring the dead-letter topology), build the app, hand over to Celery's worker main
+loop."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from aidist.config import Settings
 from aidist.errors import ConfigError
-from aidist.transport import Publisher, declare_dead_letters
+from aidist.transport import Publisher
 from db import JobStore, ResultCache
 from models import build_registry
 from workers.alive import AliveMarks
@@ -21,6 +22,7 @@ from workers.periodic import PeriodicDuty
 from workers.presence import WorkerPresence
 from workers.runtime import RuntimeHolder
 from workers.service_times import ServiceTimes
+from workers.startup import wait_for_services
 from workers.sweeper import sweeper
 from workers.task_events import TaskEvents
 from workers.watchdog import Watchdog
@@ -99,7 +101,9 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
     # Celery sets up logging only once its worker starts; model loading and waits come first.
     logging.basicConfig(level=loglevel.upper(),
                         format="[%(asctime)s: %(levelname)s/MainProcess] %(message)s")
-    declare_dead_letters(settings.broker_url, settings.namespace, settings.connect_timeout_s)
+    # A supervisor may start this worker while a service restarts: wait for them (this also
+    # declares the dead-letter topology), bounded by AIDIST_WORKER_STARTUP_WAIT_S.
+    wait_for_services(settings)
     placement = device or settings.device
     node = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
     presence = WorkerPresence(

@@ -24,8 +24,11 @@ from aidist.jobs import RUN_JOBS_TASK
 from aidist.transport.topology import dead_letter_exchange, dead_letter_queue, jobs_exchange
 
 SERVICE = "RabbitMQ"
-# A passive declare of a queue that does not exist yet is an expected answer here, not a warning.
-logging.getLogger("pika.channel").setLevel(logging.ERROR)
+# Every pika failure reaches the caller as an exception (``ServiceUnavailable`` with the reason);
+# pika's own lines would repeat it (an ERROR and a traceback for each refused connect: a flood
+# while a worker waits for the broker at start-up), and a passive declare of a queue that does
+# not exist yet is an expected answer here, not an error.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +58,24 @@ def broker_channel(broker_url: str, connect_timeout_s: float = 5.0
     try:
         connection = pika.BlockingConnection(pika_parameters(broker_url, connect_timeout_s))
     except (pika.exceptions.AMQPError, OSError) as exc:
-        raise ServiceUnavailable(SERVICE, redact_url(broker_url),
-                                 str(exc) or type(exc).__name__) from exc
+        raise ServiceUnavailable(SERVICE, redact_url(broker_url), _reason(exc)) from exc
     try:
         yield connection.channel()
     except (pika.exceptions.AMQPConnectionError, OSError) as exc:
-        raise ServiceUnavailable(SERVICE, redact_url(broker_url),
-                                 str(exc) or type(exc).__name__) from exc
+        raise ServiceUnavailable(SERVICE, redact_url(broker_url), _reason(exc)) from exc
     finally:
         if connection.is_open:
             connection.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in words. pika wraps a refused or timed-out socket in errors whose text
+    is empty (``AMQPConnectionError(AMQPConnectorSocketConnectError(...))``): name the socket
+    error inside."""
+    inner = getattr(exc.args[0], "exception", None) if exc.args else None
+    if isinstance(inner, BaseException):
+        return str(inner) or type(inner).__name__
+    return str(exc) or repr(exc)
 
 
 def queue_stats(broker_url: str, queues: Sequence[str],
