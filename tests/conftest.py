@@ -7,6 +7,7 @@ A service that is down makes the tests that need it fail (never skip): `.ci/run`
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -101,6 +102,13 @@ def delete_queues(settings: Settings) -> None:
     transport.delete_namespace(
         settings.broker_url, settings.namespace,
         [queue_name(settings.namespace, spec.kind, spec.name) for spec in registry.specs()])
+
+
+def free_port() -> int:
+    """A local port nothing listens on (the kernel's pick, closed again at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.05,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from tests.conftest import (
     REPO,
     aidist_command,
     delete_queues,
+    free_port,
     make_settings,
     settings_env,
     wait_for,
@@ -70,12 +70,6 @@ class Pool:
         return children_of(self.process.pid)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _start(tmp_path: Path, pool: str, model: str, *args: str, **overrides: object) -> Pool:
     tag = f"a{uuid.uuid4().hex[:10]}"
     base = make_settings()
@@ -85,7 +79,7 @@ def _start(tmp_path: Path, pool: str, model: str, *args: str, **overrides: objec
     db_setup.upgrade(settings.database_url)
     exec_dir = tmp_path / "executions"
     exec_dir.mkdir()
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "autoscale.log"
     env = {**settings_env(settings), "AIDIST_METRICS_BASIC_AUTH": AUTH,
            EXEC_LOG_ENV: str(exec_dir)}

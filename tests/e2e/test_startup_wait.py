@@ -30,6 +30,7 @@ from tests.conftest import (
     WorkerProcess,
     aidist_command,
     delete_queues,
+    free_port,
     make_settings,
     settings_env,
     wait_for,
@@ -42,13 +43,6 @@ pytestmark = pytest.mark.e2e
 SOCAT = "/usr/bin/socat"
 DEFAULT_PORTS = {"amqp": 5672, "redis": 6379, "postgresql+psycopg": 5432}
 SETTING = "AIDIST_WORKER_STARTUP_WAIT_S"
-
-
-def free_port() -> int:
-    """A local port nothing listens on (the kernel's pick, closed again at once)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def listening(port: int) -> bool:
