@@ -65,14 +65,16 @@ class Settings(BaseSettings):
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
     broker_heartbeat_s: float = Field(
-        default=10.0, ge=0, le=600,
+        default=60.0, ge=0, le=600,
         description="Workers: AMQP heartbeat with RabbitMQ. A worker whose host vanishes (power "
-                    "lost, link cut: no FIN ever arrives) is noticed by the broker after about "
-                    "this long, and its unacked messages go to the other workers (measured "
-                    "11-16 s at 10; RabbitMQ's own 60 s took ~60 s). A flush run inline on the "
+                    "lost, link cut: no FIN ever arrives) is noticed by the broker 2-3 times "
+                    "this long after its last data, and its unacked messages go to the other "
+                    "workers (measured 29 s at 10, 177 s at Celery's default of 120, which "
+                    "RabbitMQ negotiates down to its own 60). A flush run inline on the "
                     "consumer's thread (a GPU worker) sends no heartbeat meanwhile: one longer "
-                    "than about twice this loses the connection (its jobs still commit once), "
-                    "so raise it for models whose batches take that long. 0 = no heartbeat.")
+                    "than about twice this loses the connection (its jobs still commit once). "
+                    "60 keeps RabbitMQ's default; lower it (10) where hosts may vanish and "
+                    "batches are short. 0 = no heartbeat.")
     publish_retry_s: float = Field(
         default=15.0, ge=0,
         description="Client: how long a publish is retried when the broker fails mid-submit "

@@ -81,6 +81,9 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         # then fails and the broker redelivers the message, whose claim skips finished jobs).
         # Celery's alternative, terminating it, throws away work the model already did.
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A host that vanishes sends no FIN: the heartbeat is how the broker notices, and hands
+        # its unacked messages to the other workers (AIDIST_BROKER_HEARTBEAT_S).
+        broker_heartbeat=settings.broker_heartbeat_s,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
         task_create_missing_queues=False,

@@ -39,6 +39,8 @@ FAULT_SETTINGS: dict[str, Any] = {
     "sweep_interval_s": 0.5,
     "publish_retry_s": 60.0,
     "load_failure_grace_s": 2.0,
+    # A host whose link is cut is noticed by RabbitMQ 2-3 heartbeats later (~30 s at 10 s).
+    "broker_heartbeat_s": 10.0,
 }
 
 
