@@ -1,8 +1,8 @@
 """Persistence: the Postgres job store, the Redis result cache, and migrations."""
 
 from db.cache import Notice, ResultCache
-from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
+from db.records import Claim, ClaimRequest, JobRecord, JobRun, NewJob, Outcome, UnsentJob
 from db.store import JobStore
 
-__all__ = ["Claim", "ClaimRequest", "JobRecord", "JobStore", "NewJob", "Notice", "Outcome",
-           "ResultCache", "UnsentJob"]
+__all__ = ["Claim", "ClaimRequest", "JobRecord", "JobRun", "JobStore", "NewJob", "Notice",
+           "Outcome", "ResultCache", "UnsentJob"]

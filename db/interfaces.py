@@ -13,7 +13,7 @@ from typing import Protocol
 
 from aidist.jobs import JobStatus
 from db.cache import Notice
-from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
+from db.records import Claim, ClaimRequest, JobRecord, JobRun, NewJob, Outcome, UnsentJob
 
 
 class JobStoreLike(Protocol):
@@ -33,6 +33,8 @@ class JobStoreLike(Protocol):
                        ) -> list[tuple[str, JobStatus, str | None]]: ...
 
     def holders(self, job_ids: Sequence[str], other_than: str) -> dict[str, str]: ...
+
+    def runs(self, job_ids: Sequence[str]) -> dict[str, JobRun]: ...
 
     def existing(self, job_ids: Sequence[str]) -> set[str]: ...
 

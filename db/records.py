@@ -57,13 +57,27 @@ class JobRecord:
 class ClaimRequest:
     """What a delivery asks of a job's row. A first delivery (step 0) takes a queued job only: a
     running one is held by another worker, whose unacked message comes back if that worker dies.
-    A ``takeover`` (a redelivered message: the previous holder is gone) may take a running one.
-    A later pipeline step continues the run that forwarded it, fenced on its ``attempt``."""
+    A ``takeover`` (a redelivered message: the previous holder is gone) may take a running one,
+    at the same step, and only from ``holder`` when given (the worker seen dead: a run that another
+    delivery took over meanwhile is not taken again). A later pipeline step continues the run
+    that forwarded it, fenced on its ``attempt``."""
 
     id: str
     step: int = 0
     attempt: int = 0
     takeover: bool = False
+    holder: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """Where a job's run stands: what a redelivered message looks at before claiming its jobs
+    (nobody runs it, it runs at some step on some worker, or it is over)."""
+
+    id: str
+    status: JobStatus
+    step: int
+    worker: str | None
 
 
 @dataclass(frozen=True, slots=True)

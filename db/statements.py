@@ -8,14 +8,18 @@ from __future__ import annotations
 from sqlalchemy import text
 
 # Which deliveries may start a run (see ClaimRequest): a first delivery takes a queued job; a
-# redelivery may take over a running one at the same step; a pipeline step continues the run
-# that forwarded it (same attempt, previous step); and a worker may claim again what it holds
-# itself (its claim is retried after a lost connection). Starting a run of step 0, or taking one
-# over, counts against the attempt budget; continuing a pipeline, or claiming again, does not.
+# redelivery may take over a running one at the same step (only from the worker it saw dead, if
+# it names one: a run another delivery took over meanwhile is not taken again); a pipeline step
+# continues the run that forwarded it (same attempt, previous step); and a worker may claim
+# again what it holds itself (its claim is retried after a lost connection). Starting a run of
+# step 0, or taking a run over, counts against the attempt budget; continuing a pipeline (a
+# redelivered step that had not begun included), or claiming again, does not.
 # A fresh start of a job identical to one already running (same cache key) does not run: it
 # follows that job (``follows``) and takes its end state and result when it finishes.
 _OWN = "(jobs.status = 'running' AND jobs.worker = :worker AND jobs.step = u.step)"
-_COUNTS = f"((u.takeover OR u.step = 0) AND NOT {_OWN})"
+_TAKES_OVER = ("(u.takeover AND jobs.status = 'running' AND jobs.step = u.step "
+               "AND (u.holder IS NULL OR jobs.worker = u.holder))")
+_COUNTS = f"((u.step = 0 OR {_TAKES_OVER}) AND NOT {_OWN})"
 _GIVE_UP = f"({_COUNTS} AND jobs.attempts >= :max_attempts)"
 _PAST_DEADLINE = "(jobs.deadline IS NOT NULL AND jobs.deadline < now())"
 CLAIM = text(
@@ -39,13 +43,14 @@ CLAIM = text(
                              LIMIT 1)
                        END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:steps AS int[]), CAST(:attempts AS int[]),
-                CAST(:takeovers AS boolean[])) AS u(id, step, attempt, takeover)
+                CAST(:takeovers AS boolean[]), CAST(:holders AS text[]))
+         AS u(id, step, attempt, takeover, holder)
     WHERE jobs.id = u.id AND (
         (u.step = 0 AND jobs.status = 'queued')
         OR ({_OWN} AND (u.step = 0 OR jobs.attempts = u.attempt))
-        OR (u.step = 0 AND u.takeover AND jobs.status = 'running' AND jobs.step = 0)
+        OR (u.step = 0 AND {_TAKES_OVER})
         OR (u.step > 0 AND jobs.status = 'running' AND jobs.attempts = u.attempt
-            AND (jobs.step = u.step - 1 OR (u.takeover AND jobs.step = u.step))))
+            AND (jobs.step = u.step - 1 OR {_TAKES_OVER})))
     RETURNING jobs.id, jobs.status, jobs.attempts, jobs.follows
     """
 )

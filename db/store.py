@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from aidist.errors import UnknownJob
 from aidist.jobs import JobKind, JobStatus
 from db.engine import create_store_engine, transaction
-from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
+from db.records import Claim, ClaimRequest, JobRecord, JobRun, NewJob, Outcome, UnsentJob
 from db.schema import jobs_table
 from db.statements import CLAIM, FINISH, SETTLE_FOLLOWERS
 
@@ -164,6 +164,19 @@ class JobStore:
         with self._begin() as connection:
             return {str(row.id): row.worker for row in connection.execute(query)}
 
+    def runs(self, job_ids: Sequence[str]) -> dict[str, JobRun]:
+        """Status, pipeline step and last claimer of those of ``job_ids`` that have a row: a
+        redelivered message's jobs, looked at before any of them is claimed (only a redelivery
+        pays this read)."""
+        ids = _uuids(job_ids)
+        if not ids:
+            return {}
+        query = select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.step,
+                       jobs_table.c.worker).where(_id_in(ids))
+        with self._begin() as connection:
+            return {str(r.id): JobRun(str(r.id), JobStatus(r.status), r.step, r.worker)
+                    for r in connection.execute(query)}
+
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Those of ``job_ids`` that have a row."""
         ids = _uuids(job_ids)
@@ -218,6 +231,7 @@ class JobStore:
         params = {"ids": [_uuid(r.id) for r in valid], "steps": [r.step for r in valid],
                   "attempts": [r.attempt for r in valid],
                   "takeovers": [r.takeover for r in valid],
+                  "holders": [r.holder for r in valid],
                   "worker": worker, "max_attempts": max_attempts,
                   "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
                              "interrupted: worker deaths or redeliveries)"}

@@ -25,8 +25,9 @@ from typing import Any
 
 from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
 from aidist.jobs import JobEntry
-from workers.executor import PARK_S, parse_entries, run_flush, split_redelivered
+from workers.executor import PARK_S, parse_entries, run_flush
 from workers.hooks import Hooks
+from workers.redelivery import look_again, split_lost
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("aidist.worker")
@@ -56,6 +57,7 @@ class _Held:
     message: Any
     entries: list[JobEntry]
     problems: dict[str, str]
+    lost: Mapping[str, str] = field(default_factory=dict)  # takeovers: id -> the dead holder
 
 
 @dataclass
@@ -93,26 +95,49 @@ class MessageBatcher:
             message.reject(requeue=False)
             return
         redelivered = bool((getattr(message, "delivery_info", None) or {}).get("redelivered"))
+        if redelivered or any(entry.takeover for entry in entries):
+            self._add_redelivered(message, entries, problems)
+            return
+        self._hold(_Held(message, entries, problems))
+
+    def _add_redelivered(self, message: Any, entries: list[JobEntry],
+                         problems: dict[str, str]) -> None:
+        """A redelivered message (or a split-off copy), after a look at its jobs' rows: if one
+        of them still runs on a live worker, the message is parked and looked at again; if one
+        had its run lost with its worker, the message is split (several jobs) or runs alone;
+        otherwise nothing ran its jobs, and it joins the batches like any message."""
+        runtime = self.runtime()
         try:
-            if redelivered and not problems and split_redelivered(self.runtime(), entries):
-                message.ack()
+            found = look_again(runtime, entries)
+            if found.lost and not found.held and not problems and split_lost(
+                    runtime, entries, found):
+                _settle_one(message, "ack")
                 return
         except ServiceUnavailable as exc:
-            log.error("requeueing a redelivered message, cannot split it now: %s", exc)
-            message.reject(requeue=True)
+            log.error("requeueing a redelivered message, cannot look at its jobs now: %s", exc)
+            _settle_one(message, "requeue")
             return
-        if redelivered:
-            entries = [entry.taking_over() for entry in entries]
-        if any(entry.takeover for entry in entries):
-            # A job delivered again may be the one that killed the last process (a crash, or a
-            # hang ended by the watchdog): it runs in a batch of its own, with no other batch
-            # running beside it, so a job that kills every process it runs in never takes its
-            # neighbours down with it again.
+        if not problems and {entry.id for entry in entries} <= found.done:
+            _settle_one(message, "ack")  # every job of it has ended: nothing to claim
+            return
+        if found.held:  # neither run nor acked: that run goes on, or its worker dies
+            self.call_after(PARK_S, lambda: self._add_redelivered(message, entries, problems))
+            return
+        if found.lost:
+            # A job whose run was lost with its worker may be the one that killed it (a crash,
+            # or a hang ended by the watchdog): it runs in a batch of its own, with no other
+            # batch running beside it, so a job that kills every process it runs in never takes
+            # its neighbours down with it again.
             self.flush()
-            self._held.append(_Held(message, entries, problems))
+            self._held.append(_Held(message, entries, problems, found.lost))
             self.flush(alone=True)
             return
-        self._held.append(_Held(message, entries, problems))
+        self._hold(_Held(message, entries, problems))
+
+    def _hold(self, item: _Held) -> None:
+        """Keep a message for the next flush, and flush when the policy says so."""
+        message, entries, problems = item.message, item.entries, item.problems
+        self._held.append(item)
         self.hooks.message_event("received", message)
         self._jobs += len(entries) + len(problems)
         self._chars += sum(len(e.input) if isinstance(e.input, str) else 0 for e in entries)
@@ -225,9 +250,10 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
     """Run the jobs of held messages as one batch (any thread); says how to settle them."""
     entries = [entry for item in held for entry in item.entries]
     problems = {k: v for item in held for k, v in item.problems.items()}
+    lost = {k: v for item in held for k, v in item.lost.items()}
     started = time.perf_counter()
     try:
-        report = run_flush(runtime, entries, problems)
+        report = run_flush(runtime, entries, problems, lost=lost)
     except ServicesDown as exc:
         return _Outcome(requeue=str(exc))
     except Exception:

@@ -3,8 +3,13 @@
 A flush is the jobs of one message (the cpu pool's task) or of many messages gathered by the
 batcher (the gpu pool). ``run_flush`` shows its whole path on one screen:
 
-- **triage**: the same job twice in a flush runs once; a redelivered job still running on another
-  live worker, or in another flush of this process, is held (its message waits);
+- **look again** (a redelivered message only, before anything else): its jobs as their rows say
+  now. Only a job whose run was lost with its worker (running on one whose alive mark is gone)
+  is a takeover, fenced on that worker, and may be the job that killed it (split off, run alone);
+  one still running on a live worker is held (its message waits); every other job (never
+  claimed, finished, a pipeline step not begun) is an ordinary delivery: no attempt spent;
+- **triage**: the same job twice in a flush runs once; a job running in another flush of this
+  process is held (its message waits);
 - **claim**: one fenced UPDATE starts the jobs (or says they are finished, expired, out of
   attempts, following a twin elsewhere, or unknown);
 - **run**: jobs whose result another run stored meanwhile take it; the rest run through their
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -43,9 +48,10 @@ from aidist.transport import queue_name
 from db import Claim, ClaimRequest, Notice, Outcome
 from workers.hooks import BatchReport
 from workers.model_runs import run_group
+from workers.redelivery import look_again, split_lost
 from workers.runtime import WorkerRuntime
 
-__all__ = ["PARK_S", "BatchReport", "execute", "parse_entries", "run_flush", "split_redelivered"]
+__all__ = ["PARK_S", "BatchReport", "execute", "parse_entries", "run_flush"]
 
 log = logging.getLogger("aidist.worker")
 SERVICE_RETRY_S = 30.0
@@ -85,6 +91,7 @@ class FlushState:
     problems: dict[str, str]  # malformed entries that still name a job: failed, not run
     orphans: list[str] = field(default_factory=list)  # problem ids with no readable entry
     held: frozenset[str] = frozenset()
+    lost: dict[str, str] = field(default_factory=dict)  # takeovers: id -> the dead holder
     claims: dict[str, Claim] = field(default_factory=dict)
     groups: dict[GroupKey, list[JobEntry]] = field(default_factory=lambda: defaultdict(list))
     outcomes: list[Outcome] = field(default_factory=list)
@@ -113,33 +120,44 @@ class FlushState:
 
 
 def execute(runtime: WorkerRuntime, raw_entries: Any, redelivered: bool = False) -> BatchReport:
-    """Run every job of one message (the cpu pool's task; ``aidist.testing``). Raises
-    ``PoisonMessage`` for a message that is unusable as a whole."""
+    """Run every job of one message (the cpu pool's task; ``aidist.testing``). A redelivered
+    message (or a copy marked ``takeover``) is looked at first: while one of its jobs runs on a
+    live worker nothing runs and ``held`` says so (the caller asks again); one holding a run
+    lost with its worker is split (``split_lost``). Raises ``PoisonMessage`` for a message that
+    is unusable as a whole; ``ServiceUnavailable`` if the look cannot be taken now."""
     entries, problems = parse_entries(raw_entries)
-    if redelivered:
-        if not problems and split_redelivered(runtime, entries):
+    lost: Mapping[str, str] = {}
+    if redelivered or any(entry.takeover for entry in entries):
+        found = look_again(runtime, entries)
+        if found.held or (not problems and {e.id for e in entries} <= found.done) or (
+                found.lost and not problems and split_lost(runtime, entries, found)):
             return BatchReport(received=len(entries), ran=0, succeeded=0, failed=0,
-                               skipped=len(entries), expired=0)
-        entries = [entry.taking_over() for entry in entries]
-    return run_flush(runtime, entries, problems)
+                               skipped=len(entries), expired=0, held=found.held)
+        lost = found.lost
+    return run_flush(runtime, entries, problems, lost=lost)
 
 
 def run_flush(runtime: WorkerRuntime, entries: Sequence[JobEntry],
               problems: dict[str, str] | None = None,
-              budget_s: float | None = None) -> BatchReport:
+              budget_s: float | None = None, lost: Mapping[str, str] | None = None
+              ) -> BatchReport:
     """Triage, claim, run and commit one flush, between the hooks' ``flush_started`` and
-    ``flush_ended`` (the watchdog ends the process past ``job_time_limit_s``). Each I/O step is
-    retried while its service is unreachable; past ``budget_s`` (default ``SERVICE_RETRY_S``)
-    ``ServicesDown`` tells the caller to requeue the messages, which is safe: claims are fenced
-    and a finished job is never claimed again."""
+    ``flush_ended`` (the watchdog ends the process past ``job_time_limit_s``). Only the jobs in
+    ``lost`` (id -> the dead worker their run was lost with, from ``look_again``) are taken
+    over; every other entry is claimed as an ordinary delivery, whatever its ``takeover`` flag.
+    Each I/O step is retried while its service is unreachable; past ``budget_s`` (default
+    ``SERVICE_RETRY_S``) ``ServicesDown`` tells the caller to requeue the messages, which is
+    safe: claims are fenced and a finished job is never claimed again."""
     io = ServiceRetry(SERVICE_RETRY_S if budget_s is None else budget_s)
     with runtime.hooks.flush(entries) as reports:
-        state = FlushState(triage(entries), problems or {})
-        state.held = io(lambda: held_elsewhere(runtime, list(state.entries.values())))
+        state = FlushState(triage(entries), problems or {}, lost=dict(lost or {}))
         # A job another flush of this process runs now (a duplicate delivery landing in the
-        # other runner thread) is held too: its message waits, then finds the job finished.
-        with runtime.in_flight.taking([i for i in state.entries if i not in state.held]) as busy:
-            state.held |= busy
+        # other runner thread) is held: its message waits, then finds the job finished.
+        with runtime.in_flight.taking(list(state.entries)) as busy:
+            state.held = busy
+            for job_id in sorted(busy):
+                log.info("job %s is still running on %s (another flush of this process): its "
+                         "message waits", job_id, runtime.name)
             state.orphans = [i for i in state.problems if i not in state.entries]
             state.entries = {i: e for i, e in state.entries.items() if i not in state.held}
             received = len(state.entries) + len(state.orphans)
@@ -173,43 +191,12 @@ def parse_entries(raw: Any) -> tuple[list[JobEntry], dict[str, str]]:
     return entries, problems
 
 
-def split_redelivered(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> bool:
-    """A redelivered message of several jobs is republished as one message per job (and the
-    caller acks the original): if one of its jobs killed the worker, only that job keeps coming
-    back (until its attempts run out) and its message-mates run normally. True if split."""
-    if len(entries) < 2:
-        return False
-    for entry in entries:
-        runtime.forward(queue_name(runtime.settings.namespace, entry.kind, entry.target),
-                        [entry.taking_over().to_wire()])
-    log.warning("split a redelivered message into %d single-job messages", len(entries))
-    return True
-
-
 def triage(entries: Sequence[JobEntry]) -> dict[str, JobEntry]:
     """The flush's jobs by id: the same job delivered twice runs once (the first copy)."""
     unique: dict[str, JobEntry] = {}
     for entry in entries:
         unique.setdefault(entry.id, entry)
     return unique
-
-
-def held_elsewhere(runtime: WorkerRuntime, entries: Sequence[JobEntry]) -> frozenset[str]:
-    """Ids of redelivered jobs that another worker is still running and is alive (its mark in
-    Redis is fresh): a broker restart redelivers the message of a job in the middle of its run.
-    Such a job is not taken over; its message waits until that worker commits or dies."""
-    takeovers = [entry.id for entry in entries if entry.takeover]
-    if not takeovers:
-        return frozenset()
-    holders = runtime.store.holders(takeovers, other_than=runtime.name)
-    if not holders:
-        return frozenset()
-    alive = runtime.cache.alive_among(sorted(set(holders.values())))
-    held = frozenset(job_id for job_id, worker in holders.items() if worker in alive)
-    for job_id in held:
-        log.info("job %s is still running on %s: its redelivered message waits", job_id,
-                 holders[job_id])
-    return held
 
 
 # -- claim -----------------------------------------------------------------------------------------
@@ -220,7 +207,8 @@ def claim(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
     group; expired, out-of-attempts and malformed jobs ended here; jobs following a twin that
     runs elsewhere left to it. A job with no claim finished before, is held by another run, or
     was never recorded: only the last is poison (never run blind)."""
-    requests = [ClaimRequest(e.id, e.step, e.attempt, e.takeover) for e in state.entries.values()]
+    requests = [ClaimRequest(e.id, e.step, e.attempt, e.id in state.lost, state.lost.get(e.id))
+                for e in state.entries.values()]
     requests += [ClaimRequest(job_id, takeover=True) for job_id in state.orphans]
     state.claims = {c.id: c for c in io(lambda: runtime.store.claim(
         requests, runtime.name, runtime.settings.max_attempts))}

@@ -17,8 +17,10 @@ log = logging.getLogger("aidist.worker")
 
 def run_jobs(holder: RuntimeHolder, entries: Any, redelivered: bool = False) -> dict[str, int]:
     """Run one message's jobs. A poison message is rejected without requeue (to the dead-letter
-    queue); if a service stays down past the retry budget the message is requeued, never acked;
-    a redelivered message of several jobs is split into one message per job."""
+    queue); if a service stays down past the retry budget the message is requeued, never acked.
+    A redelivered message waits while one of its jobs still runs on a live worker, and is split
+    if one of its jobs' runs was lost with its worker (``workers.redelivery``); otherwise its
+    jobs run as a first delivery's would."""
     try:
         report = execute(holder.get(), entries, redelivered)
         while report.held:  # still running on a live worker (a broker restart redelivered it)

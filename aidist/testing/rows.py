@@ -101,7 +101,7 @@ def claim_rows(rows: Rows, requests: Sequence[ClaimRequest], worker: str, max_at
         if not _may_claim(row, request, own):
             continue
         touched.add(row.id)
-        counts = (request.takeover or request.step == 0) and not own
+        counts = (request.step == 0 or _takes_over(row, request)) and not own
         give_up = counts and row.attempts >= max_attempts
         past = row.deadline is not None and row.deadline < now
         fresh = request.step == 0 and row.status is JobStatus.QUEUED
@@ -171,7 +171,14 @@ def _may_claim(row: Row, request: ClaimRequest, own: bool) -> bool:
         return True
     if own and (request.step == 0 or row.attempts == request.attempt):
         return True
-    if request.step == 0 and request.takeover and running and row.step == 0:
+    if request.step == 0 and _takes_over(row, request):
         return True
     return (request.step > 0 and running and row.attempts == request.attempt
-            and (row.step == request.step - 1 or (request.takeover and row.step == request.step)))
+            and (row.step == request.step - 1 or _takes_over(row, request)))
+
+
+def _takes_over(row: Row, request: ClaimRequest) -> bool:
+    """``CLAIM``'s ``_TAKES_OVER``: a takeover of the run at the request's step, from the holder
+    it names (if it names one)."""
+    return (request.takeover and row.status is JobStatus.RUNNING and row.step == request.step
+            and (request.holder is None or row.worker == request.holder))

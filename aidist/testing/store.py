@@ -24,7 +24,7 @@ from typing import Any
 from aidist.errors import StoreError, UnknownJob
 from aidist.jobs import JobKind, JobStatus
 from aidist.testing.rows import Row, Rows, at, claim_rows, finish_rows, row_key, settle_rows
-from db.records import Claim, ClaimRequest, JobRecord, NewJob, Outcome, UnsentJob
+from db.records import Claim, ClaimRequest, JobRecord, JobRun, NewJob, Outcome, UnsentJob
 from db.store import DEFAULT_MAX_ATTEMPTS
 
 Clock = Callable[[], datetime]
@@ -237,6 +237,12 @@ class InMemoryStore:
             return {row.id: row.worker for row in self._found(job_ids)
                     if row.status is JobStatus.RUNNING and row.worker is not None
                     and row.worker != other_than}
+
+    def runs(self, job_ids: Sequence[str]) -> dict[str, JobRun]:
+        """Status, pipeline step and last claimer of those of ``job_ids`` that have a row."""
+        with self._lock:
+            return {row.id: JobRun(row.id, row.status, row.step, row.worker)
+                    for row in self._found(job_ids)}
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Those of ``job_ids`` that have a row."""

@@ -1,6 +1,6 @@
-"""The fault suite's instruments: worker processes under a supervisor, the execution log, service
-restarts done the way an operator does them, a producer that keeps submitting, and the tally line
-each scenario prints.
+"""The fault suite's instruments: worker processes under a supervisor, service restarts done the
+way an operator does them, a producer that keeps submitting, and each scenario's world (the tally
+line and the execution log are in tests.faults.tally).
 
 Counting is independent of aidist's own records where it matters: executions come from the
 ``logged`` model's execution log (tests/plugins.py), and "lost" means a row of the scenario's own
@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,87 +24,19 @@ from typing import Any
 from aidist.config import Settings
 from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobStatus
+from aidist.processes import children_of
 from aidist.transport import queue_name, queue_stats
 from db import JobStore
 from producers import Client, Job
 from tests.conftest import REPO, aidist_command, settings_env, wait_for
+from tests.faults.tally import IN_FLIGHT, ExecLog, Tally
 from tests.plugins import EXEC_LOG_ENV, GATE_FILE
 
+__all__ = ["IN_FLIGHT", "ExecLog", "Fleet", "Member", "Producer", "Scenario", "Tally",
+           "ensure_services", "flush_redis", "queue_messages", "restart_postgres",
+           "restart_rabbitmq", "restart_redis", "settle", "unique_inputs", "when"]
+
 SERVICE_TIMEOUT_S = 120
-IN_FLIGHT = 2  # flushes a fault-suite worker runs at once (AIDIST_BATCH_RUNNERS)
-
-
-# -- tally ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Tally:
-    """What one scenario did to its jobs."""
-
-    scenario: str
-    submitted: int  # rows in the scenario's database: every job aidist accepted
-    succeeded: int
-    failed: int
-    cancelled: int
-    expired: int
-    lost: int  # not terminal within the bound
-    executed_twice: int  # jobs the model ran more than once (crash re-runs excluded, see below)
-    rerun_after_crash: int  # runs of work in flight in a process that was killed
-    seconds: float
-    refused_submits: int = 0  # submits refused while a service was down (nothing written)
-    worker_restarts: int = 0  # processes the supervisor started after one died
-
-    def line(self) -> str:
-        return (f"{self.scenario}: submitted={self.submitted} succeeded={self.succeeded} "
-                f"failed={self.failed} cancelled={self.cancelled} expired={self.expired} "
-                f"lost={self.lost} executed-twice={self.executed_twice} "
-                f"(re-run after crash={self.rerun_after_crash}) refused-submits="
-                f"{self.refused_submits} worker-restarts={self.worker_restarts} "
-                f"in {self.seconds:.1f}s")
-
-
-# -- execution log --------------------------------------------------------------------------------
-
-class ExecLog:
-    """The ``logged`` model's record of every input it ran: ``<dir>/<pid>.log``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def runs(self) -> dict[str, list[tuple[int, int]]]:
-        """input -> [(pid, call number)] of every execution."""
-        found: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for path in self.directory.glob("*.log"):
-            pid = int(path.stem)
-            for line in path.read_text().splitlines():
-                call, _, text = line.partition("\t")
-                found[text].append((pid, int(call)))
-        return found
-
-    def count(self) -> int:
-        return sum(len(runs) for runs in self.runs().values())
-
-    def duplicates(self, crashed: set[int]) -> tuple[int, int]:
-        """(executed twice, re-run after crash). A process that was killed (or ended by the
-        watchdog) may have run its last batches without committing them: those run again
-        elsewhere, which is the one re-run no system can avoid. They are counted apart; any other
-        second execution counts as executed twice. (A flush is one model call in the suite, and
-        IN_FLIGHT flushes run at once: a process has at most its last IN_FLIGHT calls
-        uncommitted.)"""
-        runs = self.runs()
-        last_call: dict[int, int] = {}
-        for executions in runs.values():
-            for pid, call in executions:
-                last_call[pid] = max(call, last_call.get(pid, 0))
-        twice = rerun = 0
-        for executions in runs.values():
-            counted = [(pid, call) for pid, call in executions
-                       if not (pid in crashed and call > last_call[pid] - IN_FLIGHT)]
-            if len(counted) > 1:
-                twice += 1
-            rerun += len(executions) - len(counted) if len(executions) > 1 else 0
-        return twice, rerun
-
-
 # -- workers under a supervisor --------------------------------------------------------------------
 
 @dataclass
@@ -119,19 +50,13 @@ class Member:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (a prefork pool's processes), read from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return children
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 @dataclass
@@ -145,6 +70,7 @@ class Fleet:
     members: list[Member] = field(default_factory=list)
     crashed: set[int] = field(default_factory=set)  # pids that died without a warm shutdown
     restarts: int = 0
+    on_death: Callable[[int], None] | None = None  # called with the pid of each crashed member
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -180,21 +106,26 @@ class Fleet:
 
     def kill_child(self, member: Member) -> int | None:
         """SIGKILL one process of a prefork pool (its parent starts another)."""
-        children = child_pids(member.process.pid)
+        children = sorted(children_of(member.process.pid))
         if not children:
             return None
         self.crashed.add(children[0])
         os.kill(children[0], signal.SIGKILL)
         return children[0]
 
-    def terminate(self, member: Member, timeout: float = 60.0) -> int:
-        """Warm shutdown (SIGTERM), waited for; the caller starts a replacement if it wants."""
+    def terminate(self, member: Member, timeout: float = 60.0,
+                  meanwhile: Callable[[], None] | None = None) -> int:
+        """Warm shutdown (SIGTERM), waited for; the caller starts a replacement if it wants.
+        ``meanwhile`` runs between the signal and the wait (e.g. letting a held batch end)."""
         member.stopping = True
         member.process.send_signal(signal.SIGTERM)
+        if meanwhile is not None:
+            meanwhile()
         return member.process.wait(timeout=timeout)
 
     def _supervise(self) -> None:
         while not self._stop.wait(0.1):
+            died = []
             with self._lock:
                 for index, member in enumerate(self.members):
                     code = member.process.poll()
@@ -202,8 +133,12 @@ class Fleet:
                         continue
                     if code != 0:  # killed, or ended by the watchdog
                         self.crashed.add(member.process.pid)
+                        died.append(member.process.pid)
                     self.members[index] = self._spawn(member.args, member.extra_env)
                     self.restarts += 1
+            for pid in died:
+                if self.on_death is not None:
+                    self.on_death(pid)
 
     def logs(self) -> str:
         return "\n".join(m.log_path.read_text(errors="replace")[-2000:] for m in self.members)
@@ -286,10 +221,11 @@ class Producer(threading.Thread):
     refused because a service is down (nothing was written) is tried again after a pause."""
 
     def __init__(self, client: Client, target: str, inputs: Sequence[str], chunk: int = 50,
-                 pause: float = 0.0) -> None:
+                 pause: float = 0.0, *, then: Sequence[str] = ()) -> None:
         super().__init__(daemon=True)
         self.client = client
         self.target = target
+        self.steps = [target, *then]  # more than one: each input is a pipeline job
         self.inputs = list(inputs)
         self.chunk = chunk
         self.pause = pause
@@ -304,7 +240,9 @@ class Producer(threading.Thread):
                 part = self.inputs[start : start + self.chunk]
                 while True:
                     try:
-                        self.jobs.extend(self.client.submit_many(self.target, part))
+                        self.jobs.extend(self.client.submit_many(self.target, part)
+                                         if len(self.steps) == 1
+                                         else self.client.pipeline_many(self.steps, part))
                         break
                     except ServiceUnavailable:
                         self.refused += 1
@@ -357,6 +295,29 @@ class Scenario:
     store: JobStore
     log: ExecLog
     started: float = field(default_factory=time.monotonic)
+    in_flight_at_kills: int = 0
+
+    def __post_init__(self) -> None:
+        self.fleet.on_death = self._count_in_flight  # a killed worker, or one the watchdog ended
+
+    def kill_child(self, member: Member) -> int | None:
+        """SIGKILL one process of a prefork pool, counting what it had in flight."""
+        pid = self.fleet.kill_child(member)
+        if pid is not None:
+            self._count_in_flight(pid)
+        return pid
+
+    def _count_in_flight(self, pid: int) -> None:
+        """Jobs a dead process had claimed and not committed: its rows still say running on it
+        (a runtime's name is host:pid:token), and none is taken over while its alive mark lasts
+        (seconds), so a look right after its death sees them all. Each may run once more: the
+        re-runs no system avoids."""
+        wait_for(lambda: not process_alive(pid), timeout=30, interval=0.01,
+                 message=f"process {pid} to die")
+        running = self.store.list_jobs(limit=1_000_000, status=JobStatus.RUNNING)
+        self.in_flight_at_kills += sum(
+            1 for record in running
+            if record.worker is not None and record.worker.split(":")[-2] == str(pid))
 
     def gpu_worker(self, target: str = "logged", env: dict[str, str] | None = None) -> Member:
         return self.fleet.start("--pool", "gpu", "--models", target, env=env)
@@ -399,6 +360,9 @@ class Scenario:
             seconds=time.monotonic() - self.started,
             refused_submits=sum(p.refused for p in producers),
             worker_restarts=self.fleet.restarts,
+            reruns=self.store.reruns(),
+            extra_executions=self.log.extra(),
+            in_flight_at_kills=self.in_flight_at_kills,
         )
 
     def open_gate(self) -> None:

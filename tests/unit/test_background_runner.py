@@ -115,6 +115,8 @@ def test_a_redelivered_job_runs_with_no_other_flush_beside_it(harness: Harness) 
     batcher.add(held)
     assert gate.entered.wait(WAIT_S)
     again, again_id = _message(harness, log, "m2", "again")
+    # its run was lost with its worker (no alive mark): it may be what killed that worker
+    harness.store.set_state(again_id, status=JobStatus.RUNNING, attempts=1, worker="dead")
     again.delivery_info = {"redelivered": True}
     batcher.add(again)  # returns once it has run, alone
     assert gate.company["again"] == 0  # "hold" had left before it started

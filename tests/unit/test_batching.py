@@ -202,7 +202,8 @@ def test_a_job_out_of_attempts_is_failed_and_its_message_dead_lettered(harness: 
     timers = Timers()
     batcher = _batcher(harness, timers, max_jobs=10)
     message, (entry,) = _message(harness, log, "poison", "kills its worker")
-    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=8)  # died 8 times already
+    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=8,
+                      worker="dead-worker")  # died 8 times already
     message.delivery_info = {"redelivered": True}
     batcher.add(message)
     timers.fire()

@@ -37,7 +37,8 @@ def test_a_redelivered_message_does_not_run_jobs_twice(harness: Harness) -> None
 
 def test_a_redelivery_takes_over_the_run_of_a_lost_worker(harness: Harness) -> None:
     entry = harness.entry("flaky", "again")
-    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=2)  # lost worker earlier
+    harness.store.add(entry["id"], status=JobStatus.RUNNING, attempts=2,
+                      worker="lost-worker")  # its mark is gone
     execute(harness.runtime, [entry], redelivered=True)
     assert harness.outcome(entry).attempt == 3
     assert harness.store.status[entry["id"]] is JobStatus.SUCCEEDED
