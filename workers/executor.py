@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from tenacity import (
+    RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception_type,
@@ -74,6 +75,7 @@ class ServiceRetry:
             retry=retry_if_exception_type(ServiceUnavailable),
             wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
             stop=stop_after_delay(max(self.deadline - time.monotonic(), 0.0)),
+            before_sleep=_log_retry,
             reraise=False,
         )
         try:
@@ -81,6 +83,13 @@ class ServiceRetry:
         except RetryError as exc:
             error = exc.last_attempt.exception()
             raise ServicesDown(str(error)) from error
+
+
+def _log_retry(state: RetryCallState) -> None:
+    """One line per retried step, so a flush that waited on a service says so and why."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning("a flush waits for a service (try %d, %.1fs so far): %s", state.attempt_number,
+                state.seconds_since_start or 0.0, error)
 
 
 @dataclass
