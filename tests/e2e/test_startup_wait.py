@@ -8,15 +8,11 @@ real service, the way the service would come back after a restart.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -35,54 +31,13 @@ from tests.conftest import (
     settings_env,
     wait_for,
 )
+from tests.forwarding import Forwarder, moved_to
 from tests.plugins import EXEC_LOG_ENV, GATE_FILE
 from tests.startup_plugins import LOADING_FILE
 
 pytestmark = pytest.mark.e2e
 
-SOCAT = "/usr/bin/socat"
-DEFAULT_PORTS = {"amqp": 5672, "redis": 6379, "postgresql+psycopg": 5432}
 SETTING = "AIDIST_WORKER_STARTUP_WAIT_S"
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(1.0)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def moved_to(url: str, port: int) -> tuple[str, int]:
-    """``url`` pointed at 127.0.0.1:``port`` instead, and the port it pointed at."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc)), parts.port or DEFAULT_PORTS[parts.scheme]
-
-
-class Forwarder:
-    """``socat`` from a local port to a real service: the service "comes back" on ``start()``
-    and goes away again, open connections and all, on ``stop()``."""
-
-    def __init__(self, port: int, target_port: int) -> None:
-        self.port = port
-        self.target_port = target_port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [SOCAT, f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr",
-             f"TCP:127.0.0.1:{self.target_port}"],
-            start_new_session=True)  # its forked children share its process group
-        wait_for(lambda: listening(self.port), timeout=30, message=f"socat on {self.port}")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)  # the group of the socat we started
-        self.process.wait(timeout=30)
-        self.process = None
-        wait_for(lambda: not listening(self.port), timeout=30, message=f"{self.port} closed")
 
 
 @contextmanager

@@ -11,17 +11,19 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import msgpack
 import pytest
 from sqlalchemy import make_url
 
 from aidist.config import Settings
 from aidist.jobs import JobKind, JobStatus
+from aidist.transport import queue_name
 from db import setup as db_setup
 from db.cache import ResultCache
 from db.records import ClaimRequest, NewJob
 from db.store import JobStore
 from producers import Client
-from tests.conftest import delete_queues, make_settings
+from tests.conftest import delete_queues, make_settings, pika_connection
 
 
 def unique(prefix: str) -> str:
@@ -116,3 +118,26 @@ def first(*ids: str) -> list[ClaimRequest]:
 def takeover(*ids: str) -> list[ClaimRequest]:
     """Claims of redeliveries (the previous holder is gone)."""
     return [ClaimRequest(job_id, takeover=True) for job_id in ids]
+
+
+TOY = "toy-classifier"
+
+
+def toy_queue(settings: Settings) -> str:
+    """The queue of the toy model in this settings' namespace."""
+    return queue_name(settings.namespace, JobKind.INFER, TOY)
+
+
+def drain(settings: Settings, queue: str) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """Take every ready message off ``queue``: (properties, job entries) each."""
+    connection = pika_connection(settings)
+    messages: list[tuple[Any, list[dict[str, Any]]]] = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((properties, msgpack.unpackb(body, raw=False)[0][0]))
+    finally:
+        connection.close()

@@ -1,18 +1,15 @@
-"""producers.Client against the real services, with no worker running: validation writes and sends
-nothing, submissions land in Postgres and RabbitMQ (packed), cache hits finish at once, handles
-time out, cancel and look up jobs, and dead services fail fast with ServiceUnavailable.
+"""producers.Client against the real services, with no worker running: submissions land in
+Postgres and RabbitMQ (packed), cache hits finish at once, handles time out, cancel and look up
+jobs, idempotency. Validation: test_client_validation.py; failing services:
+test_client_failures.py.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
 from sqlalchemy import func, select
@@ -22,151 +19,31 @@ from aidist.config import Settings
 from aidist.errors import (
     AidistError,
     IdempotencyConflict,
-    InvalidInput,
     JobCancelled,
-    JobExpired,
     JobTimeout,
     ResultUnavailable,
-    ServiceUnavailable,
     UnknownJob,
-    UnknownModel,
 )
 from aidist.jobs import JobEntry, JobKind, JobStatus
-from aidist.transport import Publisher, queue_name
+from aidist.transport import queue_name
 from db.cache import ResultCache
 from db.records import Outcome
 from db.schema import jobs_table
 from db.store import JobStore
 from producers import Client
-from tests.conftest import make_settings, pika_connection, queue_depth
+from tests.conftest import queue_depth
 from tests.integration.conftest import (
-    clean_namespace,
+    TOY,
+    drain,
     first,
-    isolated_settings,
     total_jobs,
+    toy_queue,
     unique,
 )
-from workers.sweeper import sweep_once
 
 pytestmark = pytest.mark.integration
 
-TOY = "toy-classifier"
-
-
-def _toy_queue(settings: Settings) -> str:
-    return queue_name(settings.namespace, JobKind.INFER, TOY)
-
-
-def _drain(settings: Settings, queue: str) -> list[tuple[Any, list[dict[str, Any]]]]:
-    """Take every ready message off ``queue``: (properties, job entries) each."""
-    connection = pika_connection(settings)
-    messages: list[tuple[Any, list[dict[str, Any]]]] = []
-    try:
-        channel = connection.channel()
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return messages
-            messages.append((properties, msgpack.unpackb(body, raw=False)[0][0]))
-    finally:
-        connection.close()
-
-
-# -- validation: nothing written, nothing sent --------------------------------------------------
-
 Submit = Callable[[Client], object]
-NAIVE_DEADLINE = datetime(2999, 1, 1, 12, 0)  # no tzinfo: ambiguous, so refused
-NOT_A_DICT: Any = ["lowercase"]
-
-INVALID_SUBMISSIONS: dict[str, Submit] = {
-    "none": lambda c: c.infer(TOY, None),
-    "bytes": lambda c: c.infer(TOY, b"bytes"),
-    "nested": lambda c: c.infer(TOY, {"nested": ["junk"]}),
-    "empty": lambda c: c.infer(TOY, ""),
-    "blank": lambda c: c.infer(TOY, " \n\t "),
-    "oversize": lambda c: c.infer(TOY, "x" * 100_001),
-    "priority-11": lambda c: c.infer(TOY, "x", priority=11),
-    "priority-negative": lambda c: c.infer(TOY, "x", priority=-1),
-    "priority-bool": lambda c: c.infer(TOY, "x", priority=True),
-    "deadline-negative": lambda c: c.infer(TOY, "x", deadline=-5),
-    "deadline-zero": lambda c: c.infer(TOY, "x", deadline=0),
-    "deadline-naive": lambda c: c.infer(TOY, "x", deadline=NAIVE_DEADLINE),
-    "params-for-paramless-model": lambda c: c.infer(TOY, "x", params={"temperature": 2}),
-    "params-not-a-dict": lambda c: c.preprocess("normalize", "x", params=NOT_A_DICT),
-    "bad-param-value": lambda c: c.preprocess("normalize", "x", params={"lowercase": "yes"}),
-    "unknown-param": lambda c: c.preprocess("chunk", "x", params={"width": 3}),
-    "no-inputs": lambda c: c.infer_many(TOY, []),
-    "one-bad-among-many": lambda c: c.infer_many(TOY, ["fine", "also fine", None, "fine"]),
-}
-
-
-@pytest.mark.parametrize("submit", list(INVALID_SUBMISSIONS.values()),
-                         ids=list(INVALID_SUBMISSIONS))
-def test_invalid_submission_raises_and_writes_and_sends_nothing(
-        ns_settings: Settings, ns_client: Client, store: JobStore, submit: Submit) -> None:
-    ns_client.infer(TOY, "a valid job, so the queue exists")
-    queue = _toy_queue(ns_settings)
-    prep_queue = queue_name(ns_settings.namespace, JobKind.PREPROCESS, "normalize")
-    before = (total_jobs(store), queue_depth(ns_settings, queue),
-              queue_depth(ns_settings, prep_queue))
-    assert before[1] == 1
-
-    with pytest.raises(InvalidInput) as raised:
-        submit(ns_client)
-    assert isinstance(raised.value, AidistError)
-    assert isinstance(raised.value, ValueError)
-    assert str(raised.value)
-
-    after = (total_jobs(store), queue_depth(ns_settings, queue),
-             queue_depth(ns_settings, prep_queue))
-    assert after == before
-
-
-@pytest.mark.parametrize("submit", [
-    lambda c: c.infer("no-such-model", "x"),
-    lambda c: c.infer_many("no-such-model", ["x"]),
-    lambda c: c.preprocess(TOY, "x"),  # a model is not a preprocessing op
-    lambda c: c.infer("normalize", "x"),  # and an op is not a model
-], ids=["infer", "infer_many", "preprocess-a-model", "infer-an-op"])
-def test_unknown_model_lists_known_names_and_writes_nothing(
-        ns_settings: Settings, ns_client: Client, store: JobStore, submit: Submit) -> None:
-    before = total_jobs(store)
-    with pytest.raises(UnknownModel) as raised:
-        submit(ns_client)
-    error = raised.value
-    assert isinstance(error, AidistError) and isinstance(error, LookupError)
-    assert error.known == sorted(error.known) and error.known
-    assert set(error.known) <= {"minilm", TOY, "flaky", "sleepy", "unloadable", "oom-on-batches",
-                                "crashing", "logged", "logged-cpu",
-                                "tokenize",
-                                "chunk", "normalize"}
-    for name in error.known:
-        assert name in str(error)
-    assert "aidist models" in str(error)
-    assert total_jobs(store) == before
-    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 0
-
-
-def test_unknown_model_names_the_builtins(ns_client: Client) -> None:
-    with pytest.raises(UnknownModel) as raised:
-        ns_client.infer("gpt-17", "x")
-    assert raised.value.name == "gpt-17"
-    assert {"minilm", TOY, "flaky"} <= set(raised.value.known)
-
-
-def test_too_many_inputs_in_one_call_is_refused(settings: Settings, store: JobStore) -> None:
-    limited = isolated_settings(settings, max_jobs_per_call=2)
-    try:
-        with Client(limited) as limited_client:
-            before = total_jobs(store)
-            with pytest.raises(InvalidInput, match="limit is 2"):
-                limited_client.infer_many(TOY, ["a", "b", "c"])
-            assert total_jobs(store) == before
-            assert len(limited_client.infer_many(TOY, ["a", "b"])) == 2
-            assert total_jobs(store) == before + 2
-    finally:
-        clean_namespace(limited)
-
 
 # -- submitting without workers ------------------------------------------------------------------
 
@@ -186,7 +63,7 @@ def test_infer_records_a_queued_job_and_publishes_it(ns_settings: Settings, ns_c
     assert record.cache_hit is False and record.attempts == 0
     assert store.payloads([job.id]) == {job.id: codec.encode("hello world")}
 
-    [(properties, entries)] = _drain(ns_settings, _toy_queue(ns_settings))
+    [(properties, entries)] = drain(ns_settings, toy_queue(ns_settings))
     assert properties.priority == 6
     [entry] = [JobEntry.from_wire(raw) for raw in entries]
     assert (entry.id, entry.input, entry.target) == (job.id, "hello world", TOY)
@@ -211,7 +88,7 @@ def test_infer_many_packs_jobs_into_few_messages(ns_settings: Settings, ns_clien
     texts = [f"sentence number {i}" for i in range(300)]
     jobs = ns_client.infer_many(TOY, texts)
     assert len(jobs) == 300
-    queue = _toy_queue(ns_settings)
+    queue = toy_queue(ns_settings)
     assert queue_depth(ns_settings, queue) == 3  # ceil(300 / 128)
 
     ids = [job.id for job in jobs]
@@ -220,7 +97,7 @@ def test_infer_many_packs_jobs_into_few_messages(ns_settings: Settings, ns_clien
     assert counts[JobStatus.QUEUED] == 300
     assert sum(counts.values()) == 300
 
-    messages = _drain(ns_settings, queue)
+    messages = drain(ns_settings, queue)
     assert [len(entries) for _, entries in messages] == [128, 128, 44]
     carried = [entry for _, entries in messages for entry in entries]
     assert [entry["id"] for entry in carried] == ids  # input order is kept
@@ -234,10 +111,10 @@ def test_preprocess_goes_to_the_ops_queue_with_checked_params(
     assert job.kind is JobKind.PREPROCESS
     assert store.get(job.id).params == {"size": 3, "overlap": 2}
     queue = queue_name(ns_settings.namespace, JobKind.PREPROCESS, "chunk")
-    [(_, [entry])] = _drain(ns_settings, queue)
+    [(_, [entry])] = drain(ns_settings, queue)
     assert entry["kind"] == "preprocess"
     assert entry["params"] == {"size": 3, "overlap": 2}
-    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 0
+    assert queue_depth(ns_settings, toy_queue(ns_settings)) == 0
 
 
 def test_submit_many_routes_by_the_registered_kind(ns_settings: Settings,
@@ -248,7 +125,7 @@ def test_submit_many_routes_by_the_registered_kind(ns_settings: Settings,
     assert {job.kind for job in models} == {JobKind.INFER}
     assert queue_depth(ns_settings,
                        queue_name(ns_settings.namespace, JobKind.PREPROCESS, "normalize")) == 1
-    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 1
+    assert queue_depth(ns_settings, toy_queue(ns_settings)) == 1
 
 
 def test_cache_key_depends_on_model_params_and_input(ns_settings: Settings,
@@ -270,7 +147,7 @@ def test_cache_hit_succeeds_at_once_without_publishing(ns_settings: Settings, ns
                                                        store: JobStore) -> None:
     text = f"cached input {uuid.uuid4()}"
     first = ns_client.infer(TOY, text)
-    queue = _toy_queue(ns_settings)
+    queue = toy_queue(ns_settings)
     assert queue_depth(ns_settings, queue) == 1
     value = np.array([0.125, 0.875], dtype=np.float32)
     ns_cache = ResultCache.connect(ns_settings.redis_url, ns_settings.namespace)
@@ -307,13 +184,13 @@ def test_infer_many_publishes_only_the_cache_misses(ns_settings: Settings, ns_cl
                                                     store: JobStore) -> None:
     texts = [f"mixed {i} {uuid.uuid4()}" for i in range(3)]
     probe = ns_client.infer(TOY, texts[1])
-    _drain(ns_settings, _toy_queue(ns_settings))
+    drain(ns_settings, toy_queue(ns_settings))
     ns_client.cache.put_many({probe.cache_key: codec.encode([1.0])}, 60)
 
     jobs = ns_client.infer_many(TOY, texts)
     statuses = [store.get(job.id).status for job in jobs]
     assert statuses == [JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.QUEUED]
-    [(_, entries)] = _drain(ns_settings, _toy_queue(ns_settings))
+    [(_, entries)] = drain(ns_settings, toy_queue(ns_settings))
     assert [entry["id"] for entry in entries] == [jobs[0].id, jobs[2].id]
     assert jobs[1].result(timeout=5) == [1.0]
 
@@ -325,11 +202,11 @@ def test_evicted_result_is_recomputed_through_the_queue(ns_client: Client,
     ns_client.cache.put_many({key: codec.encode(7)}, 60)
     hit = ns_client.infer(TOY, text)
     assert hit.status() is JobStatus.SUCCEEDED
-    _drain(ns_settings, _toy_queue(ns_settings))
+    drain(ns_settings, toy_queue(ns_settings))
     ns_client.cache.client.delete(ns_client.cache.result_key(key))
     with pytest.raises(JobTimeout):  # no worker in this tier: the recompute job waits
         hit.result(timeout=0.5)
-    [(_, entries)] = _drain(ns_settings, _toy_queue(ns_settings))
+    [(_, entries)] = drain(ns_settings, toy_queue(ns_settings))
     assert [(e["key"], e["input"]) for e in entries] == [(key, text)]
 
 
@@ -431,7 +308,7 @@ def test_idempotency_key_returns_the_same_job_and_publishes_once(
     again = ns_client.infer(TOY, "charge the card", idempotency_key=key)
     assert again.id == first.id
     assert again.cache_key == first.cache_key
-    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 1
+    assert queue_depth(ns_settings, toy_queue(ns_settings)) == 1
     with store.engine.connect() as connection:
         rows = connection.execute(
             select(func.count()).select_from(jobs_table)
@@ -443,7 +320,7 @@ def test_idempotency_key_returns_the_same_job_and_publishes_once(
         assert other.infer(TOY, "charge the card", idempotency_key=key).id == first.id
     other_tenant = ns_client.infer(TOY, "charge the card", idempotency_key=key, tenant="b")
     assert other_tenant.id != first.id
-    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 2
+    assert queue_depth(ns_settings, toy_queue(ns_settings)) == 2
 
 
 def test_idempotency_key_reused_for_another_submission_conflicts(
@@ -464,7 +341,7 @@ def test_idempotency_key_reused_for_another_submission_conflicts(
         assert first.id in str(raised.value)
     # nothing written, nothing sent: the key still belongs to the first job alone
     assert total_jobs(store) == before
-    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 1
+    assert queue_depth(ns_settings, toy_queue(ns_settings)) == 1
     assert queue_depth(ns_settings, queue_name(ns_settings.namespace, JobKind.PREPROCESS,
                                                "normalize")) == 0
 
@@ -472,27 +349,7 @@ def test_idempotency_key_reused_for_another_submission_conflicts(
     other_tenant = ns_client.infer(TOY, "refund order 2", idempotency_key=key, tenant="b")
     assert other_tenant.id != first.id
     assert store.get(other_tenant.id).tenant == "b"
-    assert queue_depth(ns_settings, _toy_queue(ns_settings)) == 2
-
-
-def test_publish_refused_by_the_broker_marks_the_jobs_failed(
-        ns_settings: Settings, ns_client: Client, store: JobStore) -> None:
-    queue = _toy_queue(ns_settings)
-    connection = pika_connection(ns_settings)
-    try:  # someone declared the queue with other arguments: RabbitMQ refuses ours
-        connection.channel().queue_declare(queue, durable=True)
-    finally:
-        connection.close()
-    before = store.count_by_status()
-    with pytest.raises(AidistError) as raised:
-        ns_client.infer_many(TOY, ["one", "two", "three"])
-    assert "PRECONDITION_FAILED" in str(raised.value)
-    after = store.count_by_status()
-    assert after[JobStatus.FAILED] == before[JobStatus.FAILED] + 3
-    assert after[JobStatus.QUEUED] == before[JobStatus.QUEUED]
-    failed = store.list_jobs(limit=3, status=JobStatus.FAILED)
-    assert all(record.error and record.error.startswith("not published:") for record in failed)
-    assert queue_depth(ns_settings, queue) == 0
+    assert queue_depth(ns_settings, toy_queue(ns_settings)) == 2
 
 
 def test_models_lists_the_builtins(client: Client) -> None:
@@ -507,112 +364,3 @@ def test_models_lists_the_builtins(client: Client) -> None:
     assert infos["minilm"].device == client.settings.device
     assert infos["normalize"].device == "cpu"
     assert infos[TOY].version == client.registry.version(TOY)
-
-
-# -- dead services ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DeadService:
-    """A setting pointing at a port nothing listens on, and what the error must show."""
-
-    setting: str
-    url: str
-    service: str
-    shown: str
-    secret: str | None = None
-
-
-DEAD_SERVICES = {
-    "broker": DeadService("broker_url", "amqp://guest:guest@127.0.0.1:1//", "RabbitMQ",
-                          "amqp://guest:***@127.0.0.1:1//", "guest:guest"),
-    "redis": DeadService("redis_url", "redis://127.0.0.1:1/0", "Redis", "redis://127.0.0.1:1/0"),
-    "redis-password": DeadService("redis_url", "redis://:hunter2@127.0.0.1:1/0", "Redis",
-                                  "redis://:***@127.0.0.1:1/0", "hunter2"),
-    "postgres": DeadService("database_url", "postgresql+psycopg://postgres@127.0.0.1:1/x",
-                            "PostgreSQL", "postgresql+psycopg://postgres@127.0.0.1:1/x"),
-    "postgres-password": DeadService(
-        "database_url", "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/x", "PostgreSQL",
-        "postgresql+psycopg://postgres:***@127.0.0.1:1/x", "hunter2"),
-}
-
-
-@pytest.mark.timeout(10, func_only=True)  # the issue's bound: the error comes within 10 s
-@pytest.mark.parametrize("dead_service", list(DEAD_SERVICES.values()), ids=list(DEAD_SERVICES))
-def test_dead_service_raises_service_unavailable_fast(settings: Settings, store: JobStore,
-                                                      dead_service: DeadService) -> None:
-    setting, service, shown, secret = (dead_service.setting, dead_service.service,
-                                       dead_service.shown, dead_service.secret)
-    dead = isolated_settings(settings, **{setting: dead_service.url})
-    before = total_jobs(store)
-    try:
-        with Client(dead) as dead_client, pytest.raises(ServiceUnavailable) as raised:
-            dead_client.infer(TOY, "x")
-        error = raised.value
-        assert isinstance(error, AidistError) and isinstance(error, ConnectionError)
-        assert error.service == service
-        assert error.url == shown
-        message = str(error)
-        assert service in message and shown in message
-        if secret is not None:
-            assert secret not in message
-        assert error.__cause__ is not None
-        assert total_jobs(store) == before  # nothing written anywhere it could be
-        if setting != "broker_url":
-            assert queue_depth(dead, _toy_queue(dead)) == 0  # and nothing sent
-    finally:
-        clean_namespace(make_settings(**{**dead.model_dump(), setting: getattr(settings,
-                                                                               setting)}))
-
-
-
-def test_jobs_whose_publish_failed_mid_submit_are_published_by_the_sweeper(
-        ns_settings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = ns_settings.model_copy(update={"publish_retry_s": 0.0})
-    queue = _toy_queue(settings)
-    with Client(settings) as client:
-        client.publisher.connect()  # the broker was up when the submit began
-
-        def broker_gone(*_: Any, **__: Any) -> str:
-            raise ServiceUnavailable("RabbitMQ", settings.broker_url, "connection reset")
-
-        monkeypatch.setattr(client.publisher, "publish", broker_gone)
-        jobs = client.infer_many(TOY, [f"outbox {uuid.uuid4()}" for _ in range(3)])
-    assert len(jobs) == 3  # recorded: accepted, to be sent later
-    records = store.get_many([job.id for job in jobs])
-    assert {records[job.id].status for job in jobs} == {JobStatus.QUEUED}
-    assert queue_depth(settings, queue) == 0
-
-    publisher = Publisher(settings.broker_url, settings.namespace)
-    try:
-        assert sweep_once(settings, store, publisher.publish, older_than_s=0) >= 3
-    finally:
-        publisher.close()
-    swept = {entry["id"] for _, entries in _drain(settings, queue) for entry in entries}
-    assert {job.id for job in jobs} <= swept  # (rows other tests left unsent may come along)
-
-
-def test_a_queued_job_past_its_deadline_is_expired_by_a_sweep_without_a_worker(
-        ns_settings: Settings, ns_client: Client, store: JobStore) -> None:
-    late = ns_client.infer(TOY, f"too late {uuid.uuid4()}",
-                           deadline=datetime.now(UTC) - timedelta(seconds=1))
-    timely = ns_client.infer(TOY, f"in time {uuid.uuid4()}", deadline=3600)
-    plain = ns_client.infer(TOY, f"no deadline {uuid.uuid4()}")
-    published: list[str] = []
-    with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(late.result, 30)  # a client already waiting on it learns it too
-        # No worker consumes this namespace: only the sweep can end the job. (A day's age keeps
-        # it from publishing rows other tests left unsent.)
-        sweep_once(ns_settings, store, lambda queue, *_: published.append(queue),
-                   older_than_s=86_400.0)
-        assert isinstance(waiting.exception(timeout=15), JobExpired)
-    assert published == []
-    record = store.get(late.id)
-    assert record.status is JobStatus.EXPIRED
-    assert record.finished_at is not None and record.started_at is None
-    with pytest.raises(JobExpired) as raised:
-        late.result(timeout=5)
-    assert raised.value.job_id == late.id
-    assert {timely.status(), plain.status()} == {JobStatus.QUEUED}
-    # someone else's handle reads the same from Postgres
-    with Client(ns_settings) as other, pytest.raises(JobExpired):
-        other.get(late.id).result(timeout=5)
