@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -110,29 +109,17 @@ class Hooks:
 
     def __init__(self, hooks: Iterable[WorkerHook] = ()) -> None:
         self.hooks: list[WorkerHook] = list(hooks)
-        self._process: tuple[int, ProcessView] | None = None
-
-    def add(self, *hooks: WorkerHook) -> None:
-        """Register more hooks. If this process already runs jobs (a gpu worker loads its
-        models before the app that needs them exists), they get ``process_started`` at once."""
-        self.hooks.extend(hooks)
-        if self._process is not None and self._process[0] == os.getpid():
-            for hook in hooks:
-                self._call(hook, "process_started", self._process[1])
 
     def __iter__(self) -> Iterator[WorkerHook]:
         return iter(self.hooks)
 
     def _each(self, method: str, *args: Any) -> None:
         for hook in self.hooks:
-            self._call(hook, method, *args)
+            try:
+                getattr(hook, method)(*args)
+            except Exception:
+                log.exception("worker hook %s.%s failed", type(hook).__name__, method)
 
-    @staticmethod
-    def _call(hook: WorkerHook, method: str, *args: Any) -> None:
-        try:
-            getattr(hook, method)(*args)
-        except Exception:
-            log.exception("worker hook %s.%s failed", type(hook).__name__, method)
 
     def worker_started(self) -> None:
         self._each("worker_started")
@@ -143,7 +130,6 @@ class Hooks:
                 hook.worker_stopping()
 
     def process_started(self, process: ProcessView) -> None:
-        self._process = (os.getpid(), process)
         self._each("process_started", process)
 
     def model_loaded(self, target: str, seconds: float) -> None:

@@ -76,20 +76,6 @@ def test_a_flush_that_raises_ends_with_no_report(harness: Harness,
     assert recording.seen == [("started", 1), ("ended", None)]
 
 
-def test_hooks_added_after_the_process_started_get_process_started(harness: Harness) -> None:
-    early, late = Recording(), Recording()
-    hooks = Hooks([early])
-    hooks.process_started(harness.runtime)
-    hooks.add(late)  # a gpu worker builds its runtime (to load models) before the app exists
-    assert early.seen == late.seen == [("process", "test-worker")]
-
-
-def test_hooks_added_before_any_process_started_wait_for_it() -> None:
-    late = Recording()
-    Hooks().add(late)
-    assert late.seen == []
-
-
 def test_the_watchdog_watches_each_flush_as_a_hook(harness: Harness) -> None:
     overruns: list[str] = []
     watchdog = Watchdog(3600.0, lambda what, _: overruns.append(what))
