@@ -134,6 +134,12 @@ class MalformedEntry(AidistError, ValueError):
     """One job entry of a message cannot be read; its job (if it names one) is failed."""
 
 
+class JobsFailed(AidistError):
+    """Some jobs of a cpu-pool message ran and failed (each failure is recorded in its row). The
+    task raises it after the commit so that Celery acks the message and Flower shows it as failed,
+    naming the jobs; it is never raised to a client."""
+
+
 class ServicesDown(AidistError):
     """A service stayed unreachable for a worker's whole retry budget: the messages go back to
     the queue."""

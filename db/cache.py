@@ -8,7 +8,7 @@ completions in bulk instead of polling Postgres for each.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
@@ -16,7 +16,7 @@ from typing import cast
 import msgpack
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aidist.config import redact_url
@@ -130,6 +130,34 @@ class ResultCache:
         with self._guard():
             self.client.set(f"{self.namespace}:worker:{node}", json.dumps(info),
                             px=int(ttl_s * 1000))
+
+    def claim_presence(self, node: str, info: Mapping[str, object], ttl_s: float,
+                       stale: Callable[[dict[str, object]], bool]) -> bool:
+        """Take the node name ``node`` for this worker if no live worker holds it: free, or held
+        by an announcement that ``stale`` judges dead (its pid gone on this host). Atomic (SET NX,
+        else WATCH and replace), so two workers starting at once never take the same name."""
+        key = f"{self.namespace}:worker:{node}"
+        value = json.dumps(info)
+        with self._guard():
+            if self.client.set(key, value, px=int(ttl_s * 1000), nx=True):
+                return True
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    held = pipe.get(key)
+                    if held is not None and not stale(json.loads(held)):
+                        return False
+                    pipe.multi()
+                    pipe.set(key, value, px=int(ttl_s * 1000))
+                    pipe.execute()
+                except WatchError:
+                    return False
+        return True
+
+    def drop_presence(self, node: str) -> None:
+        """Withdraw a stopping worker's announcement, freeing its node name at once."""
+        with self._guard():
+            self.client.delete(f"{self.namespace}:worker:{node}")
 
     def put_alive(self, runner: str, ttl_s: float) -> None:
         """Say that the process ``runner`` (a worker runtime's name) is alive for ``ttl_s``: a

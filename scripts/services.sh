@@ -37,4 +37,10 @@ status=0
 ensure PostgreSQL 5432 bash -c 'pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start' || status=1
 ensure Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log || status=1
 ensure RabbitMQ 5672 rabbitmq-server -detached || status=1
+# The management plugin gives Flower's Broker page its queue depths (the dead-letter queue's too);
+# enabling it on a running node is idempotent and takes effect at once.
+if command -v rabbitmq-plugins >/dev/null 2>&1 && port_open 5672 && ! port_open 15672; then
+  rabbitmq-plugins --quiet enable rabbitmq_management >/dev/null || status=1
+  wait_port "RabbitMQ management" 15672 60 || status=1
+fi
 exit $status

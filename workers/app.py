@@ -9,6 +9,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_shutting_down
 
 from aidist.config import Settings
+from aidist.errors import JobsFailed
 from aidist.jobs import RUN_JOBS_TASK
 from aidist.transport import job_queue, jobs_exchange, queue_name
 from models import Registry
@@ -38,9 +39,10 @@ def batch_policy(settings: Settings, registry: Registry, targets: list[str],
                  side_by_side: int = 1) -> BatchPolicy:
     """The gpu pool's flush rules: a few of the largest batches any served model takes (sorted by
     length into model batches, so less padding); each model's jobs wait for company at most its
-    own ``max_delay_ms`` (default ``AIDIST_BATCH_MAX_DELAY_MS``); flushes run on runner threads
-    where ``batch_pipeline`` says so (by default where the worker makes ``side_by_side`` model
-    calls at once, i.e. on a CPU)."""
+    own ``max_delay_ms`` (default ``AIDIST_BATCH_MAX_DELAY_MS``). Flushes always run off the
+    consumer's thread, so a long batch never stops its heartbeats, control replies (``celery
+    inspect``, Flower) and acks; several at once where ``batch_pipeline`` says so (by default
+    where the worker makes ``side_by_side`` model calls at once, i.e. on a CPU), else one."""
     specs = [registry.get(target) for target in targets]
     default_s = settings.batch_max_delay_ms / 1000.0
     pipelined = (side_by_side > 1 if settings.batch_pipeline is None
@@ -51,7 +53,7 @@ def batch_policy(settings: Settings, registry: Registry, targets: list[str],
         max_delay_s=default_s,
         delays={s.name: s.max_delay_ms / 1000.0 for s in specs if s.max_delay_ms is not None},
         idle_s=settings.batch_idle_ms / 1000.0,
-        runners=settings.batch_runners if pipelined else 0,
+        runners=settings.batch_runners if pipelined else 1,
     )
 
 
@@ -70,13 +72,11 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # An unexpected task error rejects the message to the dead-letter queue instead of acking
-        # it away: nothing is lost, an operator can inspect and replay it.
-        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=(
             settings.batch_prefetch if batching else settings.prefetch_multiplier),
         worker_send_task_events=settings.task_events,
-        worker_hijack_root_logger=True,
+        # JSON logs (AIDIST_LOG_FORMAT=json) keep the handler workers.logs installed.
+        worker_hijack_root_logger=settings.log_format == "text",
         # A task running when the broker connection drops runs to its end and commits (its ack
         # then fails and the broker redelivers the message, whose claim skips finished jobs).
         # Celery's alternative, terminating it, throws away work the model already did.
@@ -103,7 +103,11 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         strategy = BatchingStrategy(holder.get, batching, holder.hooks)
         options["Strategy"] = strategy
         worker_shutting_down.connect(lambda **_: strategy.shutdown(SHUTDOWN_GRACE_S), weak=False)
-    app.task(name=RUN_JOBS_TASK, ignore_result=True, bind=True, **options)(run_jobs)
+    # Acked on failure: the one failure the task raises on purpose is JobsFailed (some jobs
+    # failed and are recorded; Flower shows the message failed), logged without a traceback.
+    # Everything else it turns into a Reject (dead-letter or requeue) itself.
+    app.task(name=RUN_JOBS_TASK, ignore_result=True, bind=True, acks_on_failure_or_timeout=True,
+             throws=(JobsFailed,), Request="workers.tasks:SummaryRequest", **options)(run_jobs)
 
     if warm_targets:
         def warm(**_: Any) -> None:

@@ -179,7 +179,7 @@ class Autoscaler:
         def load(worker: ManagedWorker) -> int:
             pids = {worker.pid} | children_of(worker.pid)
             return sum(count for name, count in busy.items()
-                       if _pid_of(name) in pids and name.startswith(f"{self.host}:"))
+                       if _pid_of(name) in pids and name.startswith(f"{worker.node}:"))
         return sorted(running, key=lambda w: (load(w), -w.started_at))
 
     def _stop_worker(self, worker: ManagedWorker, now: float) -> None:
@@ -238,7 +238,7 @@ class Autoscaler:
 
 
 def _pid_of(runtime_name: str) -> int:
-    """The pid inside a runtime name ``host:pid:token`` (0 if it has none)."""
+    """The pid inside a runtime name ``node:pid:token`` (0 if it has none)."""
     parts = runtime_name.split(":")
     return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
-from aidist.jobs import JobEntry
+from aidist.jobs import JobEntry, JobStatus
 from workers.executor import PARK_S, parse_entries, run_flush
 from workers.hooks import Hooks
 from workers.redelivery import look_again, split_lost
 from workers.runtime import WorkerRuntime
+from workers.task_events import failure_text
 
 log = logging.getLogger("aidist.worker")
 DRAIN_EVERY_S = 0.002
@@ -170,7 +171,7 @@ class MessageBatcher:
         for item in held:
             self._event("started", item)
         if self.background is not None:
-            self.background.submit(held, alone)  # blocks while one already waits: backpressure
+            self.background.submit(held, alone)
         else:
             self._settle(held, execute_held(self.runtime(), held))
 
@@ -207,8 +208,12 @@ class MessageBatcher:
                 self._event("failed", item, exception="out of attempts")
                 continue
             _settle_one(item.message, "ack")
-            self._event("succeeded", item, result=f"{len(item.entries)} jobs",
-                        runtime=outcome.seconds)
+            failed = sorted(ids & outcome.failed)
+            if failed:  # acked (each job's failure is recorded), but shown as failed
+                self._event("failed", item, exception=failure_text(failed, len(ids)))
+            else:
+                self._event("succeeded", item, result=f"{len(item.entries)} jobs",
+                            runtime=outcome.seconds)
         if parked:
             self.call_after(PARK_S, lambda: self._retry_parked(parked))
         self.batches += 1
@@ -244,6 +249,7 @@ class _Outcome:
     missing: frozenset[str] = frozenset()
     gave_up: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
+    failed: frozenset[str] = frozenset()  # jobs that ran and failed (recorded, acked)
 
 
 def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
@@ -260,22 +266,25 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
         log.exception("dead-lettering %d messages after an unexpected error", len(held))
         return _Outcome(dead="unexpected error, dead-lettered")
     seconds = time.perf_counter() - started
-    log.debug("batch of %d messages, %d jobs (%d ok, %d failed) in %.1f ms", len(held),
-              report.received, report.succeeded, report.failed, seconds * 1000)
+    failed = frozenset(o.id for o in report.outcomes if o.status is JobStatus.FAILED)
     return _Outcome(seconds=seconds, missing=report.missing, gave_up=report.gave_up,
-                    held=report.held)
+                    held=report.held, failed=failed | report.gave_up)
 
 
 class BackgroundRunner:
     """Threads that run flushes while the consumer thread gathers the next ones (the model never
-    waits for message handling). With two, one flush's claim and result writes overlap the other's
-    model calls. At most one flush waits behind the running ones; one that must run alone (a
-    redelivered job, which may be the one that killed the last process) waits until nothing else
-    runs, and nothing else starts until it is done."""
+    waits for message handling, and the consumer's loop never waits for a model). With two, one
+    flush's claim and result writes overlap the other's model calls. Flushes wait their turn in
+    order; one that must run alone (a redelivered job, which may be the one that killed the last
+    process) waits until nothing else runs, and nothing else starts until it is done (the one
+    case where the consumer's thread waits: rare, after a worker died)."""
 
     def __init__(self, runtime: Callable[[], WorkerRuntime], threads: int = 1) -> None:
         self.runtime = runtime
-        self._todo: queue.Queue[list[_Held] | None] = queue.Queue(maxsize=1)
+        # Not bounded here: the prefetch window bounds what the consumer holds, and a bound here
+        # would block the consumer's thread (its heartbeats, acks and control replies) until a
+        # flush ends.
+        self._todo: queue.Queue[list[_Held] | None] = queue.Queue()
         self._done: queue.Queue[tuple[list[_Held], _Outcome]] = queue.Queue()
         self._unfinished = 0  # submitted and not yet done (or dropped)
         self._running = 0  # being run by a runner thread now
@@ -287,8 +296,8 @@ class BackgroundRunner:
             thread.start()
 
     def submit(self, held: list[_Held], alone: bool = False) -> None:
-        """Queue a flush (blocks while another one is already waiting); with ``alone``, return
-        only once it has run, and start it only once everything before it has."""
+        """Queue a flush; with ``alone``, return only once it has run, and start it only once
+        everything before it has."""
         if alone:
             self.wait_idle()
         with self._cond:

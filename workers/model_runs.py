@@ -54,7 +54,7 @@ def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any],
         return [(None, error_text(still_failing)) for _ in inputs]
     except Exception as batch_error:
         if len(inputs) == 1:
-            log.info("an input failed: %s", batch_error)
+            log.debug("an input failed: %s", batch_error)  # the executor names its job
             return [(None, error_text(batch_error))]
         log.info("a batch of %d failed (%s); running its items one by one", len(inputs),
                  batch_error)
@@ -64,7 +64,7 @@ def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any],
             (output,) = _call(runner, [value], params, retries)
             results.append((output, None))
         except Exception as exc:
-            log.info("an input failed: %s", exc)
+            log.debug("an input failed: %s", exc)
             results.append((None, error_text(exc)))
     return results
 

@@ -16,11 +16,50 @@ import time
 from collections.abc import Callable, Mapping
 
 from aidist.config import Settings
+from aidist.errors import ConfigError
 from aidist.transport import queue_stats
 from db.interfaces import ResultCacheLike
 
 log = logging.getLogger("aidist.worker")
 HEARTBEAT_S = 5.0
+DEFAULT_NAMESPACE = "aidist"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def claim_node_name(cache: ResultCacheLike, pool: str, namespace: str = DEFAULT_NAMESPACE, *,
+                    limit: int = 1024) -> str:
+    """The Celery node name of a worker started without ``--hostname``: the lowest free slot of
+    its pool on this host, ``gpu-1@host``, ``gpu-2@host``, as ``celery multi`` names ``w1@host``.
+    Stable across restarts (a restarted worker takes its old name back: a slot whose holder's pid
+    is gone from this host is free at once), unique on a host (the slot is claimed atomically in
+    Redis, and held by the presence heartbeat), so Flower keeps one row per worker and metrics
+    one series, and the same name starts every runtime name recorded in Postgres. Outside the
+    default namespace the name carries it (``gpu-1.staging@host``): Celery's control queues are
+    per node name across the whole broker, whatever aidist's namespace."""
+    host = socket.gethostname()
+    suffix = "" if namespace == DEFAULT_NAMESPACE else f".{namespace}"
+
+    def stale(held: dict[str, object]) -> bool:
+        pid = held.get("pid")
+        return held.get("host") == host and isinstance(pid, int) and not _pid_alive(pid)
+
+    for slot in range(1, limit + 1):
+        node = f"{pool}-{slot}{suffix}@{host}"
+        info = {"node": node, "pool": pool, "host": host, "pid": os.getpid(), "ready": [],
+                "not_ready": {}, "starting": True}
+        if cache.claim_presence(node, info, HEARTBEAT_S * 3, stale):
+            return node
+    raise ConfigError(f"no free worker name of pool {pool} on {host} among {limit} slots; "
+                      "pass --hostname")
 
 
 class WorkerPresence:

@@ -174,8 +174,10 @@ class RuntimeHolder:
     """Builds the runtime on first use in each process (a forked child builds its own)."""
 
     def __init__(self, settings: Settings, *, device: str, dtype: str | None = None,
-                 targets: Sequence[str] = (), hooks: Hooks | None = None) -> None:
+                 targets: Sequence[str] = (), hooks: Hooks | None = None,
+                 node: str | None = None) -> None:
         self.settings = settings
+        self.node = node or socket.gethostname()
         self.device = device
         self.dtype = dtype
         self.targets = tuple(targets)
@@ -211,7 +213,8 @@ class RuntimeHolder:
             hooks=self.hooks,
             batch_threads=batch_threads,
             dtype_override=self.dtype,
-            # Unique per process start, even where a restarted container gets the same host name
-            # and pid: the claim fencing tells a worker's own runs from a dead one's by it.
-            name=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+            # The Celery node name (what Flower and `celery inspect` show), then what makes it
+            # unique per process start, even where a restarted container gets the same host
+            # name and pid: the claim fencing tells a worker's own runs from a dead one's by it.
+            name=f"{self.node}:{os.getpid()}:{secrets.token_hex(3)}",
         )

@@ -1,24 +1,69 @@
-"""Celery task events for batched messages, so Flower shows them like any task.
+"""What Celery's own tools see of batched messages: task events for Flower, and the worker state
+that ``celery inspect active``/``reserved``/``query_task`` and ``stats`` read.
 
-The gpu pool's batcher takes messages itself (a Celery task strategy), so Celery's own task
-events never fire for them. This hook sends them instead: received when a message is taken,
-started when its batch runs, then succeeded, failed or retried. The cpu pool runs ordinary Celery
-tasks, whose events Celery sends itself. Nothing is sent unless the worker sends events
-(``AIDIST_TASK_EVENTS``, Celery's ``worker_send_task_events``).
+The gpu pool's batcher takes messages itself (a Celery task strategy), so Celery never builds its
+``Request`` objects for them: without this hook no task event fires, ``inspect active`` stays
+empty while a batch runs and ``stats.total`` stays ``{}`` after thousands of jobs. This hook puts a
+``BatchedRequest`` in Celery's worker state for each held message (reserved when taken, active when
+its batch starts, gone when it is settled) and sends the ``task-*`` events Celery would send:
+received, started, then succeeded, failed (a message some of whose jobs failed: the event names
+them, so Flower does not show "Failed 0" while jobs failed) or retried. The cpu pool runs ordinary
+Celery tasks, whose state and events Celery keeps itself (``workers.requests``). Events are sent
+only if the worker sends events (``AIDIST_TASK_EVENTS``, on by default); the worker state is kept
+either way (it costs a few set operations per message). Every moment runs on the consumer's
+thread, as Celery's own state updates do.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
+
+from celery.worker import state as worker_state
 
 from workers.hooks import WorkerHook
 
+LISTED_FAILURES = 5  # job ids a failure event names; the rest are counted
+
+
+class BatchedRequest:
+    """A batched message in Celery's worker state, with what ``inspect`` shows of a task: its
+    id, its shadow name (model and job count), the argument summary (never the inputs)."""
+
+    __slots__ = ("__weakref__", "acknowledged", "argsrepr", "delivery_info", "hostname", "id",
+                 "name", "time_start", "worker_pid")
+
+    def __init__(self, message: Any, hostname: str) -> None:
+        headers = message.headers or {}
+        self.id: str = headers.get("id") or ""
+        self.name: str = headers.get("shadow") or headers.get("task") or "aidist.run_jobs"
+        self.argsrepr: str = headers.get("argsrepr", "")
+        self.hostname = hostname
+        self.delivery_info = dict(getattr(message, "delivery_info", None) or {})
+        self.time_start: float | None = None
+        self.acknowledged = False
+        self.worker_pid = os.getpid()
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        """What ``inspect active``/``reserved`` report (``safe`` or not: inputs stay out)."""
+        return {"id": self.id, "name": self.name, "args": self.argsrepr, "kwargs": "{}",
+                "type": "aidist.run_jobs", "hostname": self.hostname,
+                "time_start": self.time_start, "acknowledged": self.acknowledged,
+                "delivery_info": self.delivery_info, "worker_pid": self.worker_pid}
+
+    def terminate(self, pool: Any, signal: Any = None) -> None:
+        """``revoke --terminate`` cannot stop one message of a shared model batch; cancelling
+        its jobs does (``aidist jobs cancel``), at the next batch boundary."""
+
 
 class TaskEvents(WorkerHook):
-    """Sends ``task-*`` events through the consumer's event dispatcher."""
+    """Keeps Celery's worker state and sends ``task-*`` events for batched messages."""
 
     def __init__(self) -> None:
         self.dispatcher: Any = None
+        self.hostname = ""
+        self._requests: dict[int, BatchedRequest] = {}  # id(message) -> its request
 
     @property
     def enabled(self) -> bool:
@@ -26,15 +71,46 @@ class TaskEvents(WorkerHook):
 
     def consumer_ready(self, consumer: Any) -> None:
         self.dispatcher = getattr(consumer, "event_dispatcher", None)
+        self.hostname = str(getattr(consumer, "hostname", "") or "")
 
     def message_event(self, event: str, message: Any, fields: dict[str, Any]) -> None:
+        self._track(event, message)
         if not self.enabled:
             return
         headers = message.headers or {}
         if event == "received":
-            fields = {"name": headers.get("task"), "args": headers.get("argsrepr", ""),
+            fields = {"name": headers.get("shadow") or headers.get("task"),
+                      "args": headers.get("argsrepr", ""),
                       "kwargs": headers.get("kwargsrepr", "{}"),
                       "root_id": headers.get("root_id"), "parent_id": headers.get("parent_id"),
                       "retries": headers.get("retries", 0), "eta": None, "expires": None,
                       **fields}
+        elif event == "failed":
+            fields = {"traceback": "", **fields}
         self.dispatcher.send(f"task-{event}", uuid=headers.get("id"), **fields)
+
+    def _track(self, event: str, message: Any) -> None:
+        key = id(message)
+        if event == "received":
+            taken = BatchedRequest(message, self.hostname)
+            self._requests[key] = taken
+            worker_state.task_reserved(taken)
+            return
+        request = self._requests.get(key)
+        if request is None:
+            return
+        if event == "started":
+            request.time_start = time.time()
+            worker_state.task_accepted(request)
+        else:  # succeeded, failed or retried: settled
+            request.acknowledged = event != "retried"
+            del self._requests[key]
+            worker_state.task_ready(request, successful=event == "succeeded")
+
+
+def failure_text(failed: list[str], of: int) -> str:
+    """The exception a failure event carries: how many of a message's jobs failed, which."""
+    named = ", ".join(failed[:LISTED_FAILURES])
+    more = f" and {len(failed) - LISTED_FAILURES} more" if len(failed) > LISTED_FAILURES else ""
+    return (f"JobsFailed: {len(failed)} of {of} jobs failed: {named}{more} (the message is "
+            "acked; each job's error: aidist jobs show ID)")

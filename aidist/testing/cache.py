@@ -133,6 +133,21 @@ class InMemoryCache:
         with self._lock:
             self._presence[node] = (text, self.clock() + ttl_s)
 
+    def claim_presence(self, node: str, info: Mapping[str, object], ttl_s: float,
+                       stale: Callable[[dict[str, object]], bool]) -> bool:
+        """Take ``node`` unless a live announcement that ``stale`` does not reject holds it."""
+        with self._lock:
+            held = self._presence.get(node)
+            if held is not None and held[1] > self.clock() and not stale(json.loads(held[0])):
+                return False
+            self._presence[node] = (json.dumps(dict(info)), self.clock() + ttl_s)
+            return True
+
+    def drop_presence(self, node: str) -> None:
+        """Withdraw a worker's announcement."""
+        with self._lock:
+            self._presence.pop(node, None)
+
     def put_alive(self, runner: str, ttl_s: float) -> None:
         """Say that the process ``runner`` is alive for ``ttl_s``."""
         with self._lock:

@@ -29,10 +29,21 @@ SERVICE = "RabbitMQ"
 _BROKER_ERRORS = (OSError, KombuError, amqp.exceptions.AMQPError)
 
 
+def task_label(entries: Sequence[dict[str, Any]]) -> str:
+    """What a message runs, as Flower and ``celery inspect`` show it (the task's shadow name):
+    its model or op and how many jobs it carries, e.g. ``minilm (56 jobs)``. Never an input: they
+    may be private."""
+    targets = sorted({str(entry.get("target", "?")) for entry in entries})
+    count = len(entries)
+    return f"{'+'.join(targets)} ({count} job{'' if count == 1 else 's'})"
+
+
 def task_message(
     entries: Sequence[dict[str, Any]], origin: str
 ) -> tuple[Any, dict[str, Any], str]:
-    """Body and headers of a Celery protocol-2 ``aidist.run_jobs`` message carrying ``entries``."""
+    """Body and headers of a Celery protocol-2 ``aidist.run_jobs`` message carrying ``entries``:
+    the shadow name says what it runs, the argument summary how many jobs (inputs stay out of
+    every header, so no monitor shows them)."""
     task_id = str(uuid.uuid4())
     headers = {
         "lang": "py",
@@ -41,12 +52,12 @@ def task_message(
         "root_id": task_id,
         "parent_id": None,
         "group": None,
-        "shadow": None,
+        "shadow": task_label(entries),
         "eta": None,
         "expires": None,
         "retries": 0,
         "timelimit": [None, None],
-        "argsrepr": f"[<{len(entries)} jobs>]",
+        "argsrepr": f"[<{len(entries)} job{'' if len(entries) == 1 else 's'}>]",
         "kwargsrepr": "{}",
         "origin": origin,
         "ignore_result": True,

@@ -4,16 +4,12 @@ and Flower seeing aidist's own workers."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,80 +18,11 @@ from pydantic import SecretStr
 from aidist.config import Settings
 from aidist.jobs import JobKind
 from aidist.processes import warm_stop
-from aidist.transport import queue_name
-from tests.conftest import (
-    WorkerProcess,
-    aidist_command,
-    make_settings,
-    settings_env,
-    wait_for,
-)
+from aidist.transport import dead_letter_queue, queue_name
+from tests.conftest import WorkerProcess, aidist_command, make_settings, wait_for
+from tests.flower_process import USER, FlowerProcess, environment, get, start_flower
 
 pytestmark = pytest.mark.e2e
-
-USER = "ops"
-LISTENING = re.compile(r"flower on http://([^/]+):(\d+)/")
-
-
-@dataclass
-class FlowerProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    port: int
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-def environment(settings: Settings) -> dict[str, str]:
-    """What `aidist flower` runs with: these settings, and no stray FLOWER_* or credentials from
-    the test's own environment."""
-    env = settings_env(settings)
-    for name in [n for n in env if n.startswith("FLOWER_")]:
-        del env[name]
-    if settings.flower_basic_auth is None:
-        env.pop("AIDIST_FLOWER_BASIC_AUTH", None)
-    return env
-
-
-def start_flower(settings: Settings, tmp_path: Path, *args: str) -> FlowerProcess:
-    """Start `aidist flower --port 0 ARGS` and wait until it answers /healthcheck."""
-    log_path = tmp_path / f"flower-{uuid.uuid4().hex[:6]}.log"
-    with log_path.open("wb") as handle:
-        process = subprocess.Popen([aidist_command(), "flower", "--port", "0", *args],
-                                   env=environment(settings), cwd=tmp_path, stdout=handle,
-                                   stderr=subprocess.STDOUT)
-
-    def listening() -> int:
-        if process.poll() is not None:
-            pytest.fail(f"aidist flower exited with {process.returncode}:\n"
-                        f"{log_path.read_text()[-3000:]}")
-        found = LISTENING.search(log_path.read_text(errors="replace"))
-        return int(found.group(2)) if found else 0
-
-    port = int(str(wait_for(listening, timeout=60, message="aidist flower to listen")))
-    flower = FlowerProcess(process, log_path, port)
-    wait_for(lambda: get(flower.url("/healthcheck"))[0] == 200, timeout=30,
-             message="flower's /healthcheck")
-    return flower
-
-
-def get(url: str, credentials: str | None = None) -> tuple[int, bytes]:
-    """Status and body of a GET (a connection refused counts as status 0)."""
-    request = urllib.request.Request(url)
-    if credentials is not None:
-        token = base64.b64encode(credentials.encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-    except (urllib.error.URLError, ConnectionError):
-        return 0, b""
 
 
 def run_flower(settings: Settings, tmp_path: Path, *args: str
@@ -189,7 +116,10 @@ def test_flower_sees_aidist_workers_and_their_queues(workers: dict[str, WorkerPr
                                  "flower_basic_auth": SecretStr(f"{USER}:{password}")})
     started = start_flower(with_auth, tmp_path)
     host = socket.gethostname()
-    nodes = {pool: f"{pool}-{worker.process.pid}@{host}" for pool, worker in workers.items()}
+    nodes = {pool: worker.node(settings) for pool, worker in workers.items()}
+    # stable names: a slot of the pool on this host, with the test namespace (not the pid)
+    for pool, node in nodes.items():
+        assert re.fullmatch(rf"{pool}-\d+\.{settings.namespace}@{re.escape(host)}", node), node
     expected = {"gpu": queue_name(settings.namespace, JobKind.INFER, "minilm"),
                 "cpu": queue_name(settings.namespace, JobKind.PREPROCESS, "tokenize")}
     try:
@@ -204,3 +134,28 @@ def test_flower_sees_aidist_workers_and_their_queues(workers: dict[str, WorkerPr
                         message="Flower to list the session's workers and their queues")
     finally:
         assert warm_stop(started.process, timeout=30) == 0
+
+
+def test_the_broker_page_shows_queue_depths_and_the_dead_letters_and_state_persists(
+        workers: dict[str, WorkerProcess], settings: Settings, tmp_path: Path,
+        password: str) -> None:
+    """With RabbitMQ's management plugin on (scripts/services.sh enables it), the Broker page
+    lists aidist's queues, the dead-letter queue included; Flower keeps its task history in
+    AIDIST_FLOWER_DB across restarts."""
+    db = tmp_path / "state" / "flower.db"
+    with_auth = make_settings(**{**settings.model_dump(), "flower_db": str(db),
+                                 "flower_basic_auth": SecretStr(f"{USER}:{password}")})
+    started = start_flower(with_auth, tmp_path)
+    try:
+        def broker_page() -> str:
+            status, body = get(started.url("/broker"), f"{USER}:{password}")
+            text = body.decode(errors="replace")
+            return text if status == 200 and dead_letter_queue(settings.namespace) in text else ""
+
+        page = wait_for(broker_page, timeout=60, message="the dead-letter queue on /broker")
+        assert queue_name(settings.namespace, JobKind.INFER, "minilm") in page
+        assert password not in started.log()
+    finally:
+        assert warm_stop(started.process, timeout=30) == 0
+    assert list(db.parent.iterdir())  # the state Flower saved on its way out
+    assert db.parent.stat().st_mode & 0o077 == 0  # private: Flower writes it with shelve

@@ -10,7 +10,6 @@ from celery import Celery
 from kombu.connection import Connection
 
 from aidist.config import Settings
-from aidist.jobs import RUN_JOBS_TASK
 from producers import Client
 from tests.conftest import wait_for
 
@@ -35,8 +34,10 @@ def test_gpu_pool_messages_emit_received_started_succeeded(workers: object, clie
 
     def batched_task_succeeded() -> bool:  # retried until the receiver is listening
         client.infer("toy-classifier", f"event probe {len(events)}").result(timeout=60)
+        # named for what it runs (the shadow name), not aidist.run_jobs
         received = {e["uuid"]: e for e in events if e["type"] == "task-received"
-                    and e.get("name") == RUN_JOBS_TASK and e["hostname"].startswith("gpu-")}
+                    and e.get("name") == "toy-classifier (1 job)"
+                    and e["hostname"].startswith("gpu-")}
         return any(e["type"] == "task-succeeded" and e["uuid"] in received for e in events)
 
     try:

@@ -309,7 +309,7 @@ class Scenario:
 
     def _count_in_flight(self, pid: int) -> None:
         """Jobs a dead process had claimed and not committed: its rows still say running on it
-        (a runtime's name is host:pid:token), and none is taken over while its alive mark lasts
+        (a runtime's name is node:pid:token), and none is taken over while its alive mark lasts
         (seconds), so a look right after its death sees them all. Each may run once more: the
         re-runs no system avoids."""
         wait_for(lambda: not process_alive(pid), timeout=30, interval=0.01,

@@ -90,16 +90,20 @@ class Hosts:
                        for runs in self.scenario.log.runs().values() for pid, _ in runs)
 
     def rows_by_host(self, jobs: Sequence[Job]) -> Counter[str]:
-        """Jobs by the host in their ``worker`` column (runtime names are host:pid:token)."""
+        """Jobs by the host in their ``worker`` column (runtime names are node:pid:token, and
+        a node is name@host)."""
         records = self.scenario.store.get_many([job.id for job in jobs])
-        return Counter((record.worker or "none").partition(":")[0]
-                       for record in records.values())
+        return Counter(_host_of(record.worker or "none") for record in records.values())
 
     def held_by(self, jobs: Sequence[Job], host: str) -> list[str]:
         """Ids of jobs running on ``host`` now (claimed, not yet committed)."""
         running = self.scenario.store.holders([job.id for job in jobs], other_than="")
-        return [job_id for job_id, worker in running.items()
-                if worker.partition(":")[0] == host]
+        return [job_id for job_id, worker in running.items() if _host_of(worker) == host]
+
+
+def _host_of(runtime_name: str) -> str:
+    """The host in a runtime name ``name@host:pid:token``."""
+    return runtime_name.partition(":")[0].rpartition("@")[2]
 
 
 @pytest.fixture

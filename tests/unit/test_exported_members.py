@@ -25,7 +25,7 @@ PUBLIC = {
     "CacheError",
 }
 # Raised and handled inside workers; a user never meets them.
-INTERNAL_ERRORS = {"PoisonMessage", "ServicesDown", "MalformedEntry"}
+INTERNAL_ERRORS = {"JobsFailed", "PoisonMessage", "ServicesDown", "MalformedEntry"}
 
 
 def test_all_is_pinned() -> None:
