@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv services db demo test test-unit test-integration test-e2e faults lint bench clean
+.PHONY: venv services tools db demo test test-unit test-integration test-e2e faults lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -23,22 +23,26 @@ venv: $(STAMP)
 services:
 	bash scripts/services.sh
 
+# Debian packages the tests run as tools (docker-compose, prometheus, chromium), where missing.
+tools:
+	bash scripts/tools.sh
+
 db: venv services
 	$(BIN)/aidist db upgrade
 
 demo: db
 	$(BIN)/aidist demo
 
-test: db
+test: tools db
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: db
+test-integration: tools db
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: db
+test-e2e: tools db
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # The fault suite alone (also part of `make test`): kills workers, restarts RabbitMQ, PostgreSQL

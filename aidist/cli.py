@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from aidist import demo as demo_module
+from aidist.cli_jobs import jobs_app
 from aidist.config import Settings, redact_url
 from aidist.errors import AidistError, ConfigError, JobError, ServiceUnavailable
 from aidist.jobs import JobStatus
@@ -35,7 +36,6 @@ from workers.sweeper import sweep_once
 
 app = typer.Typer(help="aidist: AI inference and preprocessing as durable jobs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-jobs_app = typer.Typer(help="Inspect jobs recorded in Postgres.", no_args_is_help=True)
 db_app = typer.Typer(help="Database set-up.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
@@ -80,11 +80,18 @@ def worker(
         help="float32, float16 or bfloat16 for every model (default: each model's own).")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Serve /metrics and /healthz on this port (default: AIDIST_WORKER_METRICS_PORT; "
+             "basic auth from AIDIST_METRICS_BASIC_AUTH).")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address /metrics binds to.")] = "127.0.0.1",
+    no_auth: Annotated[bool, typer.Option(
+        help="Serve /metrics without auth (loopback only).")] = False,
 ) -> None:
     """Run a worker that consumes the queues of one pool."""
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     run_worker(_settings(), pool=pool, models=names, concurrency=concurrency, device=device,
-               dtype=dtype, hostname=hostname, loglevel=loglevel)
+               dtype=dtype, hostname=hostname, loglevel=loglevel, metrics_port=metrics_port,
+               metrics_host=metrics_host, no_auth=no_auth)
 
 
 @app.command()
@@ -181,46 +188,6 @@ def _progress(client: Client, jobs: list[Any], timeout: float, label: str) -> No
         task = bar.add_task(label, total=len(jobs))
         for _ in client.as_completed(jobs, timeout=timeout):
             bar.advance(task)
-
-
-@jobs_app.command("ls")
-def jobs_ls(
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
-    status: Annotated[JobStatus | None, typer.Option(help="Only this status.")] = None,
-) -> None:
-    """List recent jobs."""
-    with Client(_settings()) as client:
-        records = client.store.list_jobs(limit=limit, status=status)
-        counts = client.store.count_by_status()
-    table = Table(Column("id", no_wrap=True), "kind", "target", "status", "attempts", "cache",
-                  "created", "worker")
-    for r in records:
-        table.add_row(r.id, r.kind.value, r.target, r.status.value, str(r.attempts),
-                      "hit" if r.cache_hit else "", f"{r.created_at:%Y-%m-%d %H:%M:%S}",
-                      r.worker or "")
-    out.print(table)
-    out.print("  ".join(f"{s.value}: {n}" for s, n in counts.items()))
-
-
-@jobs_app.command("show")
-def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
-    """Show one job's record (and its result, if it is still cached)."""
-    with Client(_settings()) as client:
-        record = client.store.get(job_id)
-        table = Table("field", "value", show_header=False)
-        for name in ("id", "kind", "target", "version", "status", "attempts", "cache_hit",
-                     "priority", "tenant", "deadline", "created_at", "started_at", "finished_at",
-                     "worker", "error", "follows", "params", "cache_key"):
-            value = getattr(record, name)
-            table.add_row(name, "" if value is None else str(getattr(value, "value", value)))
-        if record.status is JobStatus.SUCCEEDED:
-            try:
-                result = client.results_of([client.get(job_id)])[0]
-                text = json.dumps(_jsonable(result))
-                table.add_row("result", text if len(text) < 400 else text[:400] + " ...")
-            except AidistError as exc:
-                table.add_row("result", str(exc))
-    out.print(table)
 
 
 @app.command()

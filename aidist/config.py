@@ -6,7 +6,7 @@ reads the environment itself.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -97,10 +97,13 @@ class Settings(BaseSettings):
         description="gpu pool: flush early once no message has arrived for this long.")
     batch_pipeline: bool | None = Field(
         default=None,
-        description="gpu pool: run flushes on threads of their own (batch_runners of them) while "
+        description="gpu pool: run batch_runners flushes at once on threads of their own while "
                     "the consumer gathers the next. Unset: on where a worker runs model calls "
                     "side by side on a CPU (measured +4-17% there), off on a GPU (measured -12 to "
-                    "-24% at batch 128-256 on an H200: the threads contend for the GIL).")
+                    "-24% with two at batch 128-256 on an H200: the threads contend for the GIL). "
+                    "Off, flushes still run on one thread of their own, one at a time: the "
+                    "consumer's thread never runs a model, so heartbeats and control replies "
+                    "flow during a batch.")
     batch_runners: int = Field(
         default=2, ge=1, le=8,
         description="gpu pool, pipelined: flushes in flight at once; with 2, one flush's claim "
@@ -138,9 +141,24 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=10.0, gt=0, description="How often each worker runs the sweeper.")
     task_events: bool = Field(
-        default=False,
-        description="Workers send Celery task events (for Flower); three small messages per "
-                    "job message, so off by default like Celery's own -E.")
+        default=True,
+        description="Workers send Celery task events, so Flower shows their tasks: three small "
+                    "messages per job message (a packed message carries up to pack_size jobs); "
+                    "their cost on throughput is measured in `make bench` (events scenario). "
+                    "A running Flower does not turn them on: this setting decides.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Worker log lines: text, or json (one object per line, for log shippers).")
+    flower_db: str | None = Field(
+        default=None,
+        description="`aidist flower`: file where Flower keeps its task history across restarts "
+                    "(Flower's --persistent); unset = ~/.cache/aidist/flower-<namespace>.db. "
+                    "Flower writes it with Python's shelve (pickle): keep it private.")
+    flower_broker_api: SecretStr | None = Field(
+        default=None,
+        description="`aidist flower`: RabbitMQ management API URL for the Broker page (queue "
+                    "depths, the dead-letter queue included); unset = the broker URL's host "
+                    "and credentials on port 15672.")
     worker_startup_wait_s: float | None = Field(
         default=None, ge=0,
         description="How long a starting worker waits for RabbitMQ, PostgreSQL and Redis to "
@@ -164,6 +182,10 @@ class Settings(BaseSettings):
         description="user:password that /metrics and /healthz ask for (HTTP basic auth). "
                     "Without it a metrics endpoint refuses to start unless told --no-auth on "
                     "loopback.")
+    worker_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of `aidist worker`'s /metrics and /healthz when --metrics-port is not "
+                    "given (so a Procfile or compose file can set it); unset = no endpoint.")
     flower_basic_auth: SecretStr | None = Field(
         default=None,
         description="user:password that `aidist flower` asks for (HTTP basic auth). Without it "

@@ -38,12 +38,17 @@ RATES = {
     "batches": "celery-batches",
     "tiny_aidist": "tiny jobs: aidist",
     "tiny_celery": "tiny jobs: bare Celery",
+    "events_on_packed": "packed, events on",
+    "events_off_packed": "packed, events off",
+    "events_on_single": "single-message, events on",
+    "events_off_single": "single-message, events off",
 }
 
 RATIO_PAIRS = (
     ("packed", "limit"), ("single", "limit"), ("naive", "limit"), ("batches", "limit"),
     ("single", "naive"), ("single", "batches"), ("packed", "naive"), ("packed", "batches"),
     ("batches", "naive"), ("tiny_aidist", "tiny_celery"),
+    ("events_on_packed", "events_off_packed"), ("events_on_single", "events_off_single"),
 )
 
 #: (ratio numerator, denominator, goal) of the issue's throughput targets: ratio >= goal.
@@ -53,6 +58,9 @@ RATIO_TARGETS = (
     ("single", "naive", 2.5),
     ("single", "batches", 1.3),
     ("tiny_aidist", "tiny_celery", 1.5),
+    # Task events (on by default, for Flower) cost at most 5 % of either path's throughput.
+    ("events_on_packed", "events_off_packed", 0.95),
+    ("events_on_single", "events_off_single", 0.95),
 )
 CACHE_HIT_P50_MS = 2.0
 
@@ -73,6 +81,10 @@ def rates(results: dict[str, Any]) -> dict[str, float]:
     for side in ("aidist", "celery"):
         if _ok(tiny.get(side)):
             found[f"tiny_{side}"] = tiny[side]["per_s"]
+    if _ok(results.get("events")):
+        for side in ("on", "off"):
+            for api in ("packed", "single"):
+                found[f"events_{side}_{api}"] = results["events"][side][api]["per_s"]
     return found
 
 

@@ -9,7 +9,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 #: Every scenario, in the order they run (workers of one system are up only for its scenarios).
-SCENARIOS = ("inprocess", "packed", "single", "latency", "tiny", "naive", "batches",
+SCENARIOS = ("inprocess", "packed", "single", "latency", "tiny", "events", "naive", "batches",
              "autoscale")
 AIDIST_SCENARIOS = ("packed", "single", "latency", "tiny")
 BATCH_SIZES = (1, 8, 32, 64, 128)
@@ -19,7 +19,7 @@ SIDE_BY_SIDE_SIZES = (32, 64, 128)
 #: Seed offsets per scenario, so no two scenarios embed the same sentences (aidist would answer a
 #: repeat from its cache); all come from the same generator, so lengths are alike.
 SEEDS = {"inprocess": 1, "packed": 2, "single": 3, "naive": 4, "batches": 5, "tiny": 6,
-         "latency": 7, "warmup": 8, "autoscale": 9}
+         "latency": 7, "warmup": 8, "autoscale": 9, "events_packed": 10, "events_single": 11}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +34,13 @@ class Sizes:
     tiny: int
     latency: int
     autoscale: int
+    events: int  # of each packed and each single-message measurement, events on and off
 
 
 FULL = Sizes(inprocess=2048, packed=5000, single=5000, naive=5000, batches=5000, tiny=10_000,
-             latency=200, autoscale=3000)
+             latency=200, autoscale=3000, events=3000)
 QUICK = Sizes(inprocess=256, packed=1000, single=500, naive=500, batches=500, tiny=2000,
-              latency=50, autoscale=500)
+              latency=50, autoscale=500, events=500)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,19 +22,22 @@ def _batch_label(key: object) -> str:
     return f"batch {size} x {calls} side by side" if calls else f"batch {size}"
 
 
+def _measured_row(label: str, entry: dict[str, Any], unit: str, limit: float | None) -> str:
+    """One measurement: items, seconds, rate and its share of the limit (or its error)."""
+    if entry.get("status", "ok") != "ok":
+        status = str(entry.get("status")).upper()
+        return f"{label:<44} {status}: {str(entry.get('error'))[:WIDTH - 60]}"
+    share = f"{entry['per_s'] / limit:8.0%}" if limit else f"{'':>8}"
+    return (f"{label:<44}{entry['items']:>8,}{entry['seconds']:>9.2f}"
+            f"{entry['per_s']:>11,.1f} {unit:<6}{share}")
+
+
 def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     rows: list[str] = []
 
     def add(label: str, entry: Any, unit: str, vs_limit: bool = True) -> None:
-        if not isinstance(entry, dict):
-            return
-        if entry.get("status", "ok") != "ok":
-            status = str(entry.get("status")).upper()
-            rows.append(f"{label:<44} {status}: {str(entry.get('error'))[:WIDTH - 60]}")
-            return
-        share = (f"{entry['per_s'] / limit:8.0%}" if vs_limit and limit else f"{'':>8}")
-        rows.append(f"{label:<44}{entry['items']:>8,}{entry['seconds']:>9.2f}"
-                    f"{entry['per_s']:>11,.1f} {unit:<6}{share}")
+        if isinstance(entry, dict):
+            rows.append(_measured_row(label, entry, unit, limit if vs_limit else None))
 
     inproc = results.get("inprocess")
     if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
@@ -57,6 +60,7 @@ def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     tiny = results.get("tiny", {})
     add("tiny jobs: aidist normalize (client.map)", tiny.get("aidist"), "jobs/s", False)
     add("tiny jobs: bare Celery normalize (group)", tiny.get("celery"), "jobs/s", False)
+    rows += _events_rows(results.get("events"), limit)
     scaled = results.get("autoscale")
     if isinstance(scaled, dict) and scaled.get("status", "ok") == "ok":
         auto, fixed = scaled["autoscaled"], scaled["fixed"]
@@ -71,6 +75,21 @@ def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     elif isinstance(scaled, dict):
         rows.append(f"{'autoscale':<44} ERROR: {str(scaled.get('error'))[:WIDTH - 60]}")
     return rows
+
+
+def _events_rows(events: Any, limit: float | None) -> list[str]:
+    """The events scenario: packed and single-message with task events on and off."""
+    if not isinstance(events, dict):
+        return []
+    if events.get("status", "ok") != "ok":
+        return [_measured_row("task events on vs off", events, "", None)]
+    header = (f"task events on vs off: fresh workers per phase, best of {events['rounds']}, "
+              f"order {' '.join(events['order'])}")
+    return [header[:WIDTH], *(
+        _measured_row(f"  {label}, events {side}", events[side][api], "sent/s", limit)
+        for api, label in (("packed", "packed: client.map"),
+                           ("single", "single-message: infer"))
+        for side in ("on", "off"))]
 
 
 def _latency_rows(results: dict[str, Any]) -> list[str]:
@@ -140,14 +159,16 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
 
 
 def write_png(doc: dict[str, Any], path: Path) -> None:
-    """Three panels: embedding throughput, tiny-job throughput, latency percentiles."""
+    """Four panels: embedding throughput, tiny-job throughput, latency percentiles, and
+    packed / single-message throughput with task events on and off."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results, found = doc["results"], doc["analysis"]["rates_per_s"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw={"width_ratios": [3, 1.2, 1.6]})
+    fig, axes = plt.subplots(1, 4, figsize=(21, 5.5),
+                             gridspec_kw={"width_ratios": [3, 1.2, 1.6, 1.6]})
     labels, values, colors = [], [], []
     inproc = results.get("inprocess")
     if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
@@ -177,6 +198,7 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
         _bars(axes[2], names, vals, ["#2a6fdb", "#7fa7e8", "#3a9d5d", "#8cc9a0"],
               title="ms, submit -> result (toy-classifier)", digits=2)
         axes[2].set_yscale("log")
+    _events_panel(axes[3], found)
     meta = doc["meta"]
     other = (meta.get("cpu") or {}).get("other_share")
     busy = "" if other is None else f", other work {other:.0%} of the machine"
@@ -185,6 +207,25 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _events_panel(axis: Any, found: dict[str, float]) -> None:
+    """Each path with task events on and off, and on / off under its pair (target >= 0.95)."""
+    labels, values, colors = [], [], []
+    ratios = []
+    for api, name, on_color, off_color in (("packed", "packed", "#2a6fdb", "#9bb7e6"),
+                                           ("single", "single", "#5b9bff", "#bcd4ff")):
+        on, off = found.get(f"events_on_{api}"), found.get(f"events_off_{api}")
+        if on is None or off is None:
+            continue
+        labels += [f"{name}\nevents on", f"{name}\nevents off"]
+        values += [on, off]
+        colors += [on_color, off_color]
+        ratios.append(f"{name} {on / off:.2f}")
+    title = "sentences / s, task events on vs off"
+    if ratios:
+        title += f"\non / off: {', '.join(ratios)} (goal >= 0.95)"
+    _bars(axis, labels, values, colors, title=title)
 
 
 def _bars(axis: Any, labels: list[str], values: list[float], colors: list[str], *, title: str,

@@ -2,7 +2,8 @@
 and database, then a table on stdout and ``results.json`` + ``results.png`` in the output folder.
 
 Workers of one system run only during that system's scenarios (nothing else idles on the cores):
-in-process first, then aidist (packed, single, latency, tiny), then the naive Celery worker, the
+in-process first, then aidist (packed, single, latency, tiny), then aidist again in phases of
+fresh workers with task events on and off (events), then the naive Celery worker, the
 celery-batches worker, and the bare-Celery normalize worker, each stopped with SIGTERM when done.
 Exit status: 0 when every selected scenario ran (targets are reported, not asserted), 1 otherwise.
 """
@@ -130,7 +131,7 @@ def _meta(options: Options, settings: Settings) -> dict[str, Any]:
 
 def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[str, Any]:
     """Every selected scenario, in order; each result is a dict with a ``status``."""
-    from bench.scenarios import aidist_paths, autoscale, celery_paths, inprocess
+    from bench.scenarios import aidist_paths, autoscale, celery_paths, events, inprocess
     from producers import Client
 
     results: dict[str, Any] = {}
@@ -140,8 +141,8 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
         results["inprocess"] = guarded("inprocess", lambda: inprocess.run(options))
     if options.wants(*AIDIST_SCENARIOS):
         with Client(settings) as client, phase(log_dir) as workers:
-            started = guarded("aidist workers", lambda: {
-                "commands": aidist_paths.start_workers(settings, workers, client)})
+            started = guarded("aidist workers",
+                              lambda: aidist_paths.start_workers(settings, workers, client))
             results["aidist_workers"] = started
             calls: dict[str, Callable[[], dict[str, Any]]] = {
                 "packed": lambda: aidist_paths.packed(client, options),
@@ -158,6 +159,8 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
                     results.setdefault("tiny", {})["aidist"] = entry
                 else:
                     results[name] = entry
+    if options.wants("events"):
+        results["events"] = guarded("events", lambda: events.run(settings, options, log_dir))
     if options.wants("naive"):
         results["naive"] = guarded("naive", lambda: celery_paths.naive(settings, options, log_dir))
     if options.wants("batches"):

@@ -102,6 +102,9 @@ class Claim:
     status: JobStatus
     attempt: int
     follows: str | None = None  # an identical job is running: this one takes its end, not a run
+    # seconds from the row's insert to this claim (Postgres's clock both times): a first claim's
+    # queue wait, for the workers' metrics; not compared (a claim is the same claim whenever)
+    queued_s: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +116,19 @@ class Outcome:
     status: JobStatus
     error: str | None = None
     result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One transition of a job, as the triggers on ``jobs`` recorded it (``job_events``): the
+    status it entered at ``at``, with the row's attempt, pipeline step and worker then. ``seq``
+    orders all events of all jobs; ``target`` is the job's, when its row still exists."""
+
+    seq: int
+    job_id: str
+    at: datetime
+    status: JobStatus
+    attempt: int
+    step: int
+    worker: str | None
+    target: str | None = None

@@ -7,10 +7,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
     Float,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -95,6 +97,28 @@ class JobRow(Base):
 
 # The declarative __table__ is typed as FromClause; for a mapped class it is always a Table.
 jobs_table = cast(Table, JobRow.__table__)
+
+
+class JobEventRow(Base):
+    """One transition of one job (queued, each claim of a run, its end), with its time. Written
+    only by the triggers on ``jobs`` that migration 0007 creates, from each statement's transition
+    tables: a row per job whose status, attempt, step or worker the statement changed. No foreign
+    key to ``jobs`` (it would cost an index probe per event on the hot path)."""
+
+    __tablename__ = "job_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(SmallInteger)
+    worker: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (Index("ix_job_events_job", "job_id", "seq"),)
+
+
+job_events_table = cast(Table, JobEventRow.__table__)
 
 
 class WorkerStatRow(Base):

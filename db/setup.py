@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -64,13 +67,41 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, connect_timeout_s: float = 5.0) -> bool:
-    """Create the database if needed, then migrate to head; returns True if it was created."""
-    created = create_database(database_url, connect_timeout_s)
+@contextmanager
+def _upgrade_lock(database_url: str, connect_timeout_s: float) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock named after the target database, taken in the server's
+    ``postgres`` database (the target may not exist yet), for as long as the block runs."""
+    name = make_url(database_url).database or ""
+    key = int.from_bytes(hashlib.blake2b(f"aidist-upgrade:{name}".encode(), digest_size=8)
+                         .digest(), "big", signed=True)
+    engine = _server_engine(database_url, connect_timeout_s)
     try:
-        command.upgrade(alembic_config(database_url), "head")
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     except OperationalError as exc:
         raise ServiceUnavailable(
             "PostgreSQL", redact_url(database_url), str(exc.orig).strip()
         ) from exc
+    finally:
+        engine.dispose()
+
+
+def upgrade(database_url: str, connect_timeout_s: float = 5.0) -> bool:
+    """Create the database if needed, then migrate to head; returns True if it was created.
+
+    Safe to run from several processes at once (a Procfile's lines, a migrate job beside a
+    rollout): they take turns on an advisory lock, so one creates and migrates and the others
+    find the database at head."""
+    with _upgrade_lock(database_url, connect_timeout_s):
+        created = create_database(database_url, connect_timeout_s)
+        try:
+            command.upgrade(alembic_config(database_url), "head")
+        except OperationalError as exc:
+            raise ServiceUnavailable(
+                "PostgreSQL", redact_url(database_url), str(exc.orig).strip()
+            ) from exc
     return created

@@ -51,7 +51,8 @@ CLAIM = text(
         OR (u.step = 0 AND {_TAKES_OVER})
         OR (u.step > 0 AND jobs.status = 'running' AND jobs.attempts = u.attempt
             AND (jobs.step = u.step - 1 OR {_TAKES_OVER})))
-    RETURNING jobs.id, jobs.status, jobs.attempts, jobs.follows
+    RETURNING jobs.id, jobs.status, jobs.attempts, jobs.follows,
+              CAST(EXTRACT(EPOCH FROM now() - jobs.created_at) AS double precision) AS queued_s
     """
 )
 

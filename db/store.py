@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Engine,
     RowMapping,
+    Select,
     Uuid,
     any_,
     bindparam,
@@ -35,8 +37,17 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from aidist.errors import UnknownJob
 from aidist.jobs import JobKind, JobStatus
 from db.engine import create_store_engine, transaction
-from db.records import Claim, ClaimRequest, JobRecord, JobRun, NewJob, Outcome, UnsentJob
-from db.schema import jobs_table
+from db.records import (
+    Claim,
+    ClaimRequest,
+    JobEvent,
+    JobRecord,
+    JobRun,
+    NewJob,
+    Outcome,
+    UnsentJob,
+)
+from db.schema import job_events_table, jobs_table
 from db.statements import CLAIM, FINISH, SETTLE_FOLLOWERS
 
 DEFAULT_MAX_ATTEMPTS = 8
@@ -70,6 +81,21 @@ def _record(row: RowMapping) -> JobRecord:
 
 _RECORD_COLUMNS = [c for c in jobs_table.c
                    if c.name not in ("payload", "result", "sent_at", "step")]
+
+
+def _events() -> Select[Any]:
+    # No foreign key ties events to jobs: an event whose row is gone still shows, without target.
+    events = job_events_table.c
+    return select(events.seq, events.job_id, events.at, events.status, events.attempt,
+                  events.step, events.worker, jobs_table.c.target).select_from(
+        job_events_table.outerjoin(jobs_table, jobs_table.c.id == events.job_id))
+
+
+def _event(row: RowMapping) -> JobEvent:
+    return JobEvent(seq=row["seq"], job_id=str(row["job_id"]), at=row["at"],
+                    status=JobStatus(row["status"]), attempt=row["attempt"], step=row["step"],
+                    worker=row["worker"], target=row["target"])
+
 
 class JobStore:
     """Reads and writes job rows. Thread-safe (one pooled connection per call)."""
@@ -194,13 +220,53 @@ class JobStore:
             )
             return {str(row.id): row.payload for row in rows if row.payload is not None}
 
-    def list_jobs(self, limit: int = 20, status: JobStatus | None = None) -> list[JobRecord]:
-        """The newest jobs first."""
+    def list_jobs(self, limit: int = 20, status: JobStatus | None = None, *,
+                  target: str | None = None, tenant: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None
+                  ) -> list[JobRecord]:
+        """The newest jobs first, of this status, target and tenant if given, created at or
+        after ``since`` and before ``until`` if given."""
         query = select(*_RECORD_COLUMNS).order_by(jobs_table.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(jobs_table.c.status == status.value)
+        if target is not None:
+            query = query.where(jobs_table.c.target == target)
+        if tenant is not None:
+            query = query.where(jobs_table.c.tenant == tenant)
+        if since is not None:
+            query = query.where(jobs_table.c.created_at >= since)
+        if until is not None:
+            query = query.where(jobs_table.c.created_at < until)
         with self._begin() as connection:
             return [_record(row) for row in connection.execute(query).mappings()]
+
+    def history(self, job_id: str) -> list[JobEvent]:
+        """Every recorded transition of one job, oldest first (empty for a job that has none:
+        unknown, or created before the history was; ``get`` tells which)."""
+        query = _events().where(job_events_table.c.job_id == _uuid(job_id)).order_by(
+            job_events_table.c.seq)
+        with self._begin() as connection:
+            return [_event(row) for row in connection.execute(query).mappings()]
+
+    def last_event_seq(self) -> int:
+        """The highest event seq so far (0 if none): where a tail of what comes next starts."""
+        query = select(func.coalesce(func.max(job_events_table.c.seq), 0))
+        with self._begin() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def events_after(self, seq: int, limit: int = 1000, also: Sequence[int] = ()
+                     ) -> list[JobEvent]:
+        """Up to ``limit`` events of any job after ``seq`` in seq order, and those of ``also``
+        (seqs a follower saw missing: a sequence number is taken when a row is written but seen
+        only when its transaction commits, so a lower one can appear after a higher one)."""
+        events = job_events_table.c
+        after = events.seq > seq
+        if also:
+            after = after | (events.seq == any_(bindparam(None, list(also),
+                                                          type_=ARRAY(BigInteger()))))
+        query = _events().where(after).order_by(events.seq).limit(limit)
+        with self._begin() as connection:
+            return [_event(row) for row in connection.execute(query).mappings()]
 
     def count_by_status(self, job_ids: Sequence[str] | None = None) -> dict[JobStatus, int]:
         """How many jobs are in each status (of ``job_ids`` if given, else all)."""
@@ -238,7 +304,8 @@ class JobStore:
         with self._begin() as connection:
             rows = connection.execute(CLAIM, params)
             return [Claim(str(r.id), JobStatus(r.status), r.attempts,
-                          str(r.follows) if r.follows is not None else None) for r in rows]
+                          str(r.follows) if r.follows is not None else None,
+                          queued_s=max(float(r.queued_s), 0.0)) for r in rows]
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """Record how each run ended, in one statement; returns how many rows changed. A row whose

@@ -160,6 +160,18 @@ class WorkerProcess:
         """Warm shutdown (SIGTERM), as an operator would; SIGKILL if it does not stop in time."""
         return warm_stop(self.process, timeout)
 
+    def node(self, settings: Settings) -> str:
+        """The Celery node name this worker took (``gpu-1@host``): its presence in Redis says."""
+        cache = ResultCache.connect(settings.redis_url, settings.namespace)
+        try:
+            found = wait_for(lambda: [str(p["node"]) for p in cache.presences()
+                                      if p.get("pid") == self.process.pid],
+                             timeout=30, message=f"the presence of worker {self.process.pid}")
+        finally:
+            cache.close()
+        assert isinstance(found, list)
+        return str(found[0])
+
 
 def start_worker(settings: Settings, pool: str, log_dir: Path, *extra: str,
                  serving: list[str] | None = None) -> WorkerProcess:

@@ -166,6 +166,8 @@ class Autoscaler:
         command = [sys.executable, "-m", "aidist.cli", "worker", "--pool", self.pool,
                    "--hostname", node, "--models", ",".join(self.models), *self.worker_args]
         env = {**os.environ, **self.settings.as_env()}
+        # One metrics port per host: the workers it starts would all try the same one.
+        env.pop("AIDIST_WORKER_METRICS_PORT", None)
         process = subprocess.Popen(command, env=env)
         worker = ManagedWorker(node, process, now)
         self.workers.append(worker)

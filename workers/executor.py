@@ -25,6 +25,7 @@ claim skips jobs that already finished.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -111,7 +112,9 @@ class FlushState:
     gave_up: set[str] = field(default_factory=set)
     expired: int = 0
     coalesced: int = 0
-    cancelled: int = 0
+    cancelled: set[str] = field(default_factory=set)
+    from_cache: set[str] = field(default_factory=set)  # took a result another run stored
+    computed: set[str] = field(default_factory=set)  # ran through their model here
 
     def end(self, entry: JobEntry, status: JobStatus, error: str | None = None,
             result: bytes | None = None) -> None:
@@ -158,6 +161,7 @@ def run_flush(runtime: WorkerRuntime, entries: Sequence[JobEntry],
     ``SERVICE_RETRY_S``) ``ServicesDown`` tells the caller to requeue the messages, which is
     safe: claims are fenced and a finished job is never claimed again."""
     io = ServiceRetry(SERVICE_RETRY_S if budget_s is None else budget_s)
+    started = time.perf_counter()
     with runtime.hooks.flush(entries) as reports:
         state = FlushState(triage(entries), problems or {}, lost=dict(lost or {}))
         # A job another flush of this process runs now (a duplicate delivery landing in the
@@ -175,7 +179,19 @@ def run_flush(runtime: WorkerRuntime, entries: Sequence[JobEntry],
             commit(runtime, state, io)
         report = _report(state, received)
         reports.append(report)
-        return report
+    _log_batch(entries, report, time.perf_counter() - started)
+    return report
+
+
+def _log_batch(entries: Sequence[JobEntry], report: BatchReport, seconds: float) -> None:
+    """The one line per batch: its id, model(s), size and time (as fields in JSON logs)."""
+    batch = secrets.token_hex(4)
+    targets = ",".join(sorted({entry.target for entry in entries}))
+    log.info("batch %s: %s, %d jobs: %d succeeded, %d failed, %d skipped in %.1f ms", batch,
+             targets, report.received, report.succeeded, report.failed, report.skipped,
+             seconds * 1000, extra={"batch": batch, "target": targets, "jobs": report.received,
+                                    "succeeded": report.succeeded, "failed": report.failed,
+                                    "ms": round(seconds * 1000, 2)})
 
 
 # -- triage ----------------------------------------------------------------------------------------
@@ -270,6 +286,7 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
         stored = {key: data for key, data in zip(keys, found, strict=True) if data is not None}
     for (target, version, _), group in state.groups.items():
         for entry in (e for e in group if e.cache_key in stored):
+            state.from_cache.add(entry.id)
             state.end(entry, JobStatus.SUCCEEDED,
                       result=stored[entry.cache_key] if durable else None)
         to_run = [entry for entry in group if entry.cache_key not in stored]
@@ -277,10 +294,11 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
             continue
         cancelled = io(partial(runtime.cache.cancelled_among, [e.id for e in to_run]))
         if cancelled:
-            state.cancelled += len(cancelled)
+            state.cancelled |= cancelled
             to_run = [entry for entry in to_run if entry.id not in cancelled]
             if not to_run:
                 continue
+        state.computed.update(entry.id for entry in to_run)
         for entry, output, run_error in run_group(runtime, target, version, to_run):
             error = run_error
             if error is None and entry.steps:
@@ -298,6 +316,8 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
                 state.end(entry, JobStatus.SUCCEEDED,
                           result=state.results[entry.cache_key] if durable else None)
             else:
+                log.warning("job %s (%s) failed: %s", entry.id, target, error,
+                            extra={"job_id": entry.id, "target": target})
                 state.end(entry, JobStatus.FAILED, error)
 
 
@@ -342,7 +362,7 @@ def commit(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
 def _drop_cancelled(state: FlushState, cancelled: set[str]) -> None:
     """Forget the outputs of jobs cancelled while they ran (a result another job of the flush
     shares stays: the cache is keyed by content)."""
-    state.cancelled += len(cancelled)
+    state.cancelled |= cancelled
     keep = [o for o in state.outcomes if o.id not in cancelled]
     kept_keys = {state.entries[o.id].cache_key for o in keep if o.id in state.entries}
     state.results = {k: v for k, v in state.results.items() if k in kept_keys}
@@ -366,6 +386,10 @@ def _report(state: FlushState, received: int) -> BatchReport:
         gave_up=frozenset(state.gave_up),
         coalesced=state.coalesced,
         held=state.held,
-        cancelled=state.cancelled,
+        cancelled=len(state.cancelled),
         outcomes=tuple(state.outcomes),
+        claims=tuple(state.claims.values()),
+        from_cache=frozenset(state.from_cache),
+        computed=frozenset(state.computed),
+        cancelled_ids=frozenset(state.cancelled),
     )

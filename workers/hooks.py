@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aidist.jobs import JobEntry
-from db import Outcome
+from db import Claim, Outcome
 from db.interfaces import ResultCacheLike
 
 log = logging.getLogger("aidist.worker")
@@ -53,6 +53,13 @@ class BatchReport:
     held: frozenset[str] = frozenset()  # redelivered, but still running on a live worker: wait
     cancelled: int = 0  # cancelled while claimed here: not run, or their result thrown away
     outcomes: tuple[Outcome, ...] = field(default=(), compare=False)  # terminal states recorded
+    # For the metrics (``workers.metrics``), not compared: what the claim returned (attempts,
+    # queue wait, expired or out of attempts), the jobs that took a result stored meanwhile
+    # (cache hits), those that ran through their model (misses), and the ids ``cancelled`` counts.
+    claims: tuple[Claim, ...] = field(default=(), compare=False)
+    from_cache: frozenset[str] = field(default=frozenset(), compare=False)
+    computed: frozenset[str] = field(default=frozenset(), compare=False)
+    cancelled_ids: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,22 +4,25 @@ loop."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-import socket
+from contextlib import suppress
 
 from celery.signals import worker_ready, worker_shutting_down
 
 from aidist.config import Settings
-from aidist.errors import ConfigError
+from aidist.errors import AidistError, ConfigError
 from aidist.transport import Publisher
 from db import JobStore, ResultCache
 from models import build_registry
 from workers.alive import AliveMarks
 from workers.app import batch_policy, create_app, pool_targets, queues_for
 from workers.hooks import Hooks, WorkerHook
+from workers.logs import configure_logging
+from workers.metrics import WorkerEndpoint, WorkerMetrics
 from workers.periodic import PeriodicDuty
-from workers.presence import WorkerPresence
+from workers.presence import WorkerPresence, claim_node_name
 from workers.runtime import RuntimeHolder
 from workers.service_times import ServiceTimes
 from workers.startup import wait_for_services
@@ -32,27 +35,33 @@ log = logging.getLogger("aidist.worker")
 
 
 def worker_argv(pool: str, queues: list[str], concurrency: int, hostname: str,
-                loglevel: str) -> list[str]:
+                loglevel: str, *, quiet: bool = False) -> list[str]:
     """Celery worker arguments: the GPU pool is one solo process (no fork, so CUDA is initialised
     only in the process that uses it); the CPU pool forks ``concurrency`` children."""
-    argv = ["worker", "-Q", ",".join(queues), "-n", hostname, "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle"]
+    argv = [*(["--quiet"] if quiet else []), "worker", "-Q", ",".join(queues), "-n", hostname,
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
     if pool == "gpu":
-        argv += ["-P", "solo"]
+        # -c 1: Celery multiplies the prefetch by the concurrency, which a solo pool otherwise
+        # takes as the core count (512 unacked messages on 2 cores, 4,096 on 16, not the
+        # AIDIST_BATCH_PREFETCH of 256 the settings say).
+        argv += ["-P", "solo", "-c", "1"]
     else:
         argv += ["-P", "prefork", "-c", str(concurrency)]
     return argv
 
 
-def default_hooks(settings: Settings, pool: str, presence: WorkerPresence) -> list[WorkerHook]:
+def default_hooks(settings: Settings, pool: str, presence: WorkerPresence,
+                  metrics: WorkerMetrics | None = None) -> list[WorkerHook]:
     """Every cross-cutting duty of a worker, in the order they run: in each process that runs
-    jobs, the alive mark, the job time limit and the service times (the autoscaler's speed
-    figures); for batched messages, Flower's task events; in the worker's main process, the
-    presence heartbeat and the outbox sweeper."""
+    jobs, the alive mark, the job time limit, the service times (the autoscaler's speed
+    figures) and, where the worker serves them, the Prometheus metrics; for batched messages,
+    Flower's task events; in the worker's main process, the presence heartbeat and the outbox
+    sweeper."""
     return [
         AliveMarks(),
         Watchdog(settings.job_time_limit_s),
         ServiceTimes(settings, pool),
+        *([metrics] if metrics is not None else []),
         TaskEvents(),
         PeriodicDuty("aidist-presence", presence.beat, retry_s=1.0),
         sweeper(settings, JobStore.connect(settings.database_url, settings.connect_timeout_s),
@@ -88,8 +97,10 @@ def load_models(settings: Settings, holder: RuntimeHolder, targets: list[str]
 def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None,
                concurrency: int | None = None, device: str | None = None,
                dtype: str | None = None, hostname: str | None = None,
-               loglevel: str = "info") -> None:
-    """Run a worker in this process until it is told to stop (SIGTERM: warm shutdown)."""
+               loglevel: str = "info", metrics_port: int | None = None,
+               metrics_host: str = "127.0.0.1", no_auth: bool = False) -> None:
+    """Run a worker in this process until it is told to stop (SIGTERM: warm shutdown); with a
+    metrics port (or ``AIDIST_WORKER_METRICS_PORT``), serving ``/metrics`` and ``/healthz``."""
     if pool not in POOLS:
         raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}")
     if pool == "gpu" and concurrency not in (None, 1):
@@ -99,23 +110,30 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
     if not targets:
         raise ConfigError(f"no model or op to serve in pool {pool!r} (models={models})")
     # Celery sets up logging only once its worker starts; model loading and waits come first.
-    logging.basicConfig(level=loglevel.upper(),
-                        format="[%(asctime)s: %(levelname)s/MainProcess] %(message)s")
+    configure_logging(settings.log_format, loglevel)
+    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+    endpoint = None
+    if port is not None:  # before any metric exists and before Celery forks (workers.multiproc)
+        endpoint = WorkerEndpoint.start(settings, pool=pool, targets=targets, host=metrics_host,
+                                        port=port, no_auth=no_auth)
+        atexit.register(endpoint.close)
     # A supervisor may start this worker while a service restarts: wait for them (this also
     # declares the dead-letter topology), bounded by AIDIST_WORKER_STARTUP_WAIT_S.
     wait_for_services(settings)
     placement = device or settings.device
-    node = hostname or f"{pool}-{os.getpid()}@{socket.gethostname()}"
+    cache = ResultCache.connect(settings.redis_url, settings.namespace, settings.connect_timeout_s)
+    node = hostname or claim_node_name(cache, pool, settings.namespace)
     presence = WorkerPresence(
         settings,
-        ResultCache.connect(settings.redis_url, settings.namespace, settings.connect_timeout_s),
+        cache,
         node=node, pool=pool, device=placement if pool == "gpu" else "cpu",
         queue_of=dict(zip(targets, queues_for(settings, registry, targets), strict=True)),
         # late-bound: the app exists by the time a grace period ends
         consume=lambda queue: app.control.add_consumer(queue, destination=[node], reply=False),
     )
-    hooks = Hooks(default_hooks(settings, pool, presence))
-    holder = RuntimeHolder(settings, device=placement, dtype=dtype,
+    hooks = Hooks(default_hooks(settings, pool, presence,
+                                endpoint.metrics if endpoint is not None else None))
+    holder = RuntimeHolder(settings, device=placement, dtype=dtype, node=node,
                            targets=targets if pool == "gpu" else (), hooks=hooks)
     ready, not_ready = (load_models(settings, holder, targets) if pool == "gpu"
                         else (targets, {}))
@@ -126,5 +144,9 @@ def run_worker(settings: Settings, *, pool: str, models: list[str] | None = None
     worker_ready.connect(lambda **_: hooks.worker_started(), weak=False)
     worker_shutting_down.connect(lambda **_: hooks.worker_stopping(), weak=False)
     workers = concurrency or os.cpu_count() or 1
-    app.worker_main(worker_argv(pool, queues_for(settings, registry, ready), workers, node,
-                                loglevel))
+    try:
+        app.worker_main(worker_argv(pool, queues_for(settings, registry, ready), workers, node,
+                                    loglevel, quiet=settings.log_format == "json"))
+    finally:
+        with suppress(AidistError):  # the name frees itself in seconds anyway
+            cache.drop_presence(node)

@@ -27,12 +27,24 @@ from workers.hooks import WorkerHook
 LISTED_FAILURES = 5  # job ids a failure event names; the rest are counted
 
 
+class _LateAck:
+    """What Celery reads of a request's task: acked late (after the results are stored)."""
+
+    acks_late = True
+    name = "aidist.run_jobs"
+
+
 class BatchedRequest:
     """A batched message in Celery's worker state, with what ``inspect`` shows of a task: its
-    id, its shadow name (model and job count), the argument summary (never the inputs)."""
+    id, its shadow name (model and job count), the argument summary (never the inputs). Celery
+    also handles the requests in its state itself: it sets ``eventer`` after a reconnect, reads
+    ``task.acks_late``/``acknowledged`` and calls ``cancel`` on a cold shutdown, ``terminate``
+    on a revoke; each is here (an attribute it lacked would crash the worker's consumer). No
+    ``__slots__``, so Celery may set what it likes."""
 
-    __slots__ = ("__weakref__", "acknowledged", "argsrepr", "delivery_info", "hostname", "id",
-                 "name", "time_start", "worker_pid")
+    task = _LateAck()
+    stamps = None
+    _eta_timer_entry = None
 
     def __init__(self, message: Any, hostname: str) -> None:
         headers = message.headers or {}
@@ -44,6 +56,7 @@ class BatchedRequest:
         self.time_start: float | None = None
         self.acknowledged = False
         self.worker_pid = os.getpid()
+        self.eventer: Any = None
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         """What ``inspect active``/``reserved`` report (``safe`` or not: inputs stay out)."""
@@ -52,9 +65,15 @@ class BatchedRequest:
                 "time_start": self.time_start, "acknowledged": self.acknowledged,
                 "delivery_info": self.delivery_info, "worker_pid": self.worker_pid}
 
-    def terminate(self, pool: Any, signal: Any = None) -> None:
+    def cancel(self, pool: Any = None, signal: Any = None, emit_retry: bool = True) -> None:
+        """A cold shutdown: nothing to do here, the message is not acked and comes back."""
+
+    def terminate(self, pool: Any = None, signal: Any = None) -> None:
         """``revoke --terminate`` cannot stop one message of a shared model batch; cancelling
-        its jobs does (``aidist jobs cancel``), at the next batch boundary."""
+        its jobs does (``job.cancel()``), at the next batch boundary."""
+
+    def __repr__(self) -> str:
+        return f"<BatchedRequest {self.name} [{self.id}]>"
 
 
 class TaskEvents(WorkerHook):

@@ -118,7 +118,8 @@ def claim_rows(rows: Rows, requests: Sequence[ClaimRequest], worker: str, max_at
         if fresh and not past and not give_up:
             others = [i for i in leaders.get(row.cache_key, []) if i != row.id]
             row.follows = others[0] if others else None
-        claims.append(Claim(row.id, row.status, row.attempts, row.follows))
+        claims.append(Claim(row.id, row.status, row.attempts, row.follows,
+                            queued_s=max((now - row.created_at).total_seconds(), 0.0)))
     return claims
 
 

@@ -1,4 +1,5 @@
-"""Scenarios 2, 3, 6 (aidist side) and 7: jobs through aidist's own path, with real workers.
+"""Scenarios 2, 3, 6 (aidist side) and 7: jobs through aidist's own path, with real workers
+(``bench.scenarios.events`` measures 2 and 3 again with task events on and off).
 
 ``aidist worker --pool gpu`` (minilm, toy-classifier; on the CPU here) and ``--pool cpu``
 (tokenize, chunk, normalize; 2 prefork processes) run as subprocesses on the run's isolated
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,54 +22,68 @@ from aidist.demo import make_corpus
 from aidist.transport import queue_name
 from bench.config import Options, best_run
 from bench.env import READY_TIMEOUT_S, Workers, aidist_env, consuming, venv_script, wait_for
+from bench.task_event_probe import check_task_events
 from producers import Client, Job
 
 CPU_POOL_PROCESSES = 2
 WAIT_S = 900.0
 
 
-def start_workers(settings: Settings, workers: Workers, client: Client) -> list[str]:
-    """Start both pools, wait until every queue has a consumer, then warm every path once."""
-    env = aidist_env(settings)
+def start_workers(settings: Settings, workers: Workers, client: Client, *,
+                  task_events: bool = True, tag: str = "") -> dict[str, Any]:
+    """Start both pools with ``AIDIST_TASK_EVENTS`` set explicitly (on: what aidist ships; the
+    environment or a .env could say otherwise), wait until every queue has a consumer, warm
+    every path once, and check on the broker that the gpu pool sends task events, or does not.
+    ``tag`` tells the worker logs of one phase from another's."""
+    flag = "true" if task_events else "false"
+    env = {**aidist_env(settings), "AIDIST_TASK_EVENTS": flag}
     commands = [
         [venv_script("aidist"), "worker", "--pool", "gpu"],
         [venv_script("aidist"), "worker", "--pool", "cpu", "--concurrency",
          str(CPU_POOL_PROCESSES)],
     ]
     for name, argv in zip(("aidist-gpu", "aidist-cpu"), commands, strict=True):
-        workers.start(name, argv, env)
+        workers.start(f"{name}{tag}", argv, env)
     queues = [queue_name(settings.namespace, spec.kind, spec.name)
               for spec in client.registry.specs()]
     wait_for(consuming(settings.broker_url, queues), timeout=READY_TIMEOUT_S,
              what="aidist workers to consume", workers=workers, interval=0.25)
-    warm = make_corpus(32, 99)
+    salt = uuid.uuid4().hex[:8]  # a later phase's warm-up is not answered from the cache
+    warm = [f"{text} [warm-up {salt}]" for text in make_corpus(32, 99)]
     client.map("minilm", warm, timeout=WAIT_S)
     client.map("toy-classifier", warm[:8], timeout=WAIT_S)
     client.map("normalize", warm[:16], timeout=WAIT_S)
     for text in warm[8:12]:
         client.infer("minilm", f"{text} (single warm-up)").result(timeout=WAIT_S)
-    return [" ".join(Path(a).name if i == 0 else a for i, a in enumerate(c)) for c in commands]
+    seen = check_task_events(client, workers, expected=task_events)
+    return {"commands": [f"AIDIST_TASK_EVENTS={flag} "
+                         + " ".join(Path(a).name if i == 0 else a for i, a in enumerate(c))
+                         for c in commands],
+            "task_events": task_events, "task_events_seen": seen["task_events"]}
 
 
 def packed(client: Client, options: Options) -> dict[str, Any]:
     """Scenario 2: ``client.map("minilm", sentences)``, from the call to the last result."""
-    runs = []
-    for repeat in range(options.repeats):
-        sentences = make_corpus(options.sizes.packed, options.seed_of("packed", repeat))
-        started = time.perf_counter()
-        vectors = client.map("minilm", sentences, timeout=WAIT_S)
-        seconds = time.perf_counter() - started
-        _check_vectors(vectors, len(sentences))
-        runs.append({"items": len(sentences), "seconds": seconds,
-                     "per_s": len(sentences) / seconds})
+    runs = [packed_once(client, make_corpus(options.sizes.packed,
+                                            options.seed_of("packed", repeat)))
+            for repeat in range(options.repeats)]
     return best_run(runs) | {"api": "client.map", "pack_size": client.settings.pack_size}
+
+
+def packed_once(client: Client, sentences: list[str]) -> dict[str, Any]:
+    """One packed measurement: ``client.map("minilm", sentences)``, call to last result."""
+    started = time.perf_counter()
+    vectors = client.map("minilm", sentences, timeout=WAIT_S)
+    seconds = time.perf_counter() - started
+    _check_vectors(vectors, len(sentences))
+    return {"items": len(sentences), "seconds": seconds, "per_s": len(sentences) / seconds}
 
 
 def single(client: Client, options: Options) -> dict[str, Any]:
     """Scenario 3: independent ``client.infer`` calls from ``options.producers`` threads sharing
     one Client (it is documented thread-safe: one publisher connection under a lock, pooled
     Redis and Postgres). Each thread submits its share, then waits on each job's ``result()``."""
-    runs = [_single_once(client, make_corpus(options.sizes.single,
+    runs = [single_once(client, make_corpus(options.sizes.single,
                                              options.seed_of("single", repeat)),
                          options.producers)
             for repeat in range(options.repeats)]
@@ -76,7 +92,8 @@ def single(client: Client, options: Options) -> dict[str, Any]:
         "api": f"client.infer + job.result(), {options.producers} threads, one shared Client"}
 
 
-def _single_once(client: Client, sentences: list[str], count: int) -> dict[str, Any]:
+def single_once(client: Client, sentences: list[str], count: int) -> dict[str, Any]:
+    """One single-message measurement: ``count`` threads, first submit to last result."""
     shares = [sentences[i::count] for i in range(count)]
     gate = threading.Barrier(count + 1)
     submitted = [0.0] * count

@@ -242,6 +242,6 @@ def test_a_host_leaves_mid_run(scenario: Scenario, hosts: Hosts) -> None:
     assert sorted(runs) == sorted(inputs)
     # what host-b held was finished by host-a (taken over once the broker gave its messages up)
     records = scenario.store.get_many(held)
-    assert {(r.worker or "").partition(":")[0] for r in records.values()} == {"host-a"}
+    assert {_host_of(r.worker or "") for r in records.values()} == {"host-a"}
     assert all(r.attempts == 2 for r in records.values())
     scenario.check_results(jobs, inputs)

@@ -54,7 +54,7 @@ def test_upgraded_jobs_table_has_the_design_columns(scratch_database_url: str) -
             assert columns[optional]["nullable"] is True, optional
         with engine.connect() as connection:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert revision == "0006"
+        assert revision == "0007"
     finally:
         engine.dispose()
 
