@@ -185,6 +185,24 @@ def jobs_show(
     out.print(events if history else "history: none recorded (a job from before migration 0007)")
 
 
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_ids: Annotated[list[str], typer.Argument(help="Job ids (`aidist jobs ls`).")],
+) -> None:
+    """Cancel jobs that have not finished: a queued job never runs, a running one is dropped at
+    the next batch boundary (its output neither reported nor cached). What to use instead of
+    `celery revoke` or Flower's Revoke button, which act on messages, not jobs."""
+    with Client(Settings()) as client:
+        for job_id in job_ids:
+            job = client.get(job_id)
+            before = job.status()
+            if before.terminal:
+                out.print(f"{job_id} {before.value} (had finished)")
+                continue
+            job.cancel()
+            out.print(f"{job_id} {job.status().value}")
+
+
 def _jsonable(value: Any) -> Any:
     tolist = getattr(value, "tolist", None)  # numpy arrays, without importing numpy here
     if callable(tolist):

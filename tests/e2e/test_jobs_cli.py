@@ -15,7 +15,9 @@ from typing import Any, cast
 import pytest
 
 from aidist.config import Settings
-from tests.conftest import REPO, aidist_command, settings_env
+from aidist.jobs import JobStatus
+from producers import Client
+from tests.conftest import REPO, aidist_command, delete_queues, make_settings, settings_env
 
 pytestmark = pytest.mark.e2e
 
@@ -127,3 +129,21 @@ def test_unknown_job_and_bad_time_are_one_line_errors(settings: Settings) -> Non
     bad = _run(settings, "jobs", "ls", "--since", "yesterday")
     assert bad.returncode == 2
     assert "neither a duration" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cancel_stops_a_queued_job_and_says_when_one_had_finished(settings: Settings) -> None:
+    """`aidist jobs cancel`, what the docs point to instead of Celery's revoke: a job whose queue
+    no worker consumes (a namespace of its own) stays queued until cancelled."""
+    own = make_settings(**{**settings.model_dump(), "namespace": f"cx{uuid.uuid4().hex[:8]}"})
+    with Client(own) as client:
+        job = client.infer("toy-classifier", f"never run {uuid.uuid4().hex}")
+        try:
+            assert job.status() is JobStatus.QUEUED
+            first = _run(own, "jobs", "cancel", job.id)
+            assert first.returncode == 0, first.stderr
+            assert first.stdout.split() == [job.id, "cancelled"]
+            assert job.status() is JobStatus.CANCELLED
+            again = _run(own, "jobs", "cancel", job.id)
+            assert again.returncode == 0 and "had finished" in again.stdout
+        finally:
+            delete_queues(own)
