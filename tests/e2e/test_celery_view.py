@@ -82,7 +82,8 @@ def test_a_gpu_worker_answers_inspect_while_its_batch_runs(own: Settings, contro
 
         active = wait_for(running, timeout=30, interval=0.1, message="the batch in inspect active")
         assert active[0]["args"] == "[<1 job>]"  # a summary, never the input
-        assert job.status() is JobStatus.RUNNING
+        # active from when its batch is handed to the runner, which then claims it
+        wait_for(lambda: job.status() is JobStatus.RUNNING, timeout=10, message="the claim")
         # the batch still runs, and the consumer's loop answers within a second
         assert node in (inspect.ping() or {})
         assert job.result(timeout=60) == 4.0
