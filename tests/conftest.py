@@ -30,6 +30,7 @@ from db.cache import ResultCache
 from db.store import JobStore
 from models import build_registry
 from producers import Client
+from tests.seaweed import SeaweedS3
 
 BASE = Settings()
 
@@ -59,11 +60,16 @@ def settings() -> Iterator[Settings]:
                              sweep_after_s=86_400.0, sweep_interval_s=86_400.0)
     db_setup.upgrade(isolated.database_url)
     yield isolated
-    cache = ResultCache.connect(isolated.redis_url, isolated.namespace)
+    remove_everything_of(isolated)
+
+
+def remove_everything_of(settings: Settings) -> None:
+    """Delete what a test's settings own: its Redis keys, its queues, its database."""
+    cache = ResultCache.connect(settings.redis_url, settings.namespace)
     cache.delete_namespace()
     cache.close()
-    delete_queues(isolated)
-    db_setup.drop_database(isolated.database_url)
+    delete_queues(settings)
+    db_setup.drop_database(settings.database_url)
 
 
 @pytest.fixture(scope="session")
@@ -210,6 +216,15 @@ def workers(settings: Settings, tmp_path_factory: pytest.TempPathFactory
     yield started
     for worker in started.values():
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A real S3-compatible server (SeaweedFS) for the session, with one bucket and real
+    credentials (``s3_server.env``: the ``AWS_*`` variables a process needs to use it)."""
+    server = SeaweedS3.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -24,12 +24,17 @@ from sqlalchemy import make_url
 from aidist.config import Settings
 from aidist.processes import children_of
 from aidist.transport import queue_name, queue_stats
-from db import setup as db_setup
-from db.cache import ResultCache
 from db.store import JobStore
 from models import build_registry
 from producers import Client
-from tests.conftest import BASE, REPO, aidist_command, delete_queues, make_settings, wait_for
+from tests.conftest import (
+    BASE,
+    REPO,
+    aidist_command,
+    make_settings,
+    remove_everything_of,
+    wait_for,
+)
 from tests.flower_process import USER, get
 
 pytestmark = pytest.mark.e2e
@@ -51,11 +56,7 @@ def fresh_settings() -> Settings:
 def stack_settings() -> Iterator[Settings]:
     settings = fresh_settings()
     yield settings
-    cache = ResultCache.connect(settings.redis_url, settings.namespace)
-    cache.delete_namespace()
-    cache.close()
-    delete_queues(settings)
-    db_setup.drop_database(settings.database_url)
+    remove_everything_of(settings)
 
 
 def honcho_environment() -> dict[str, str]:
