@@ -10,22 +10,25 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Column, Table
 
 from aidist import demo as demo_module
+from aidist.cli_inputs import input_files, jsonable, read_input
 from aidist.cli_jobs import jobs_app
-from aidist.config import Settings, redact_url
-from aidist.errors import AidistError, ConfigError, JobError, ServiceUnavailable
+from aidist.config import MIN_RETENTION_S, Settings, redact_url
+from aidist.errors import AidistError, ConfigError, InvalidInput, JobError, ServiceUnavailable
 from aidist.jobs import JobStatus
 from aidist.transport import Publisher
 from db import JobStore
 from db import setup as db_setup
+from db.blobs import open_blob_store_for
+from db.retention import PRUNE_BATCH, JobPruner, Pruned, blob_deleter
 from producers import Client
 from producers.progress import job_progress
 from workers.autoscaler import run_autoscaler
@@ -36,7 +39,7 @@ from workers.sweeper import sweep_once
 
 app = typer.Typer(help="aidist: AI inference and preprocessing as durable jobs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-db_app = typer.Typer(help="Database set-up.", no_args_is_help=True)
+db_app = typer.Typer(help="Database set-up and retention.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 
@@ -48,16 +51,6 @@ err = Console(stderr=True, soft_wrap=True)
 
 def _settings() -> Settings:
     return Settings()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 @app.command()
@@ -152,28 +145,48 @@ def submit(
     target: Annotated[str, typer.Argument(
         help="Model or op name (see `aidist models`), or a pipeline like chunk>minilm.")],
     input: Annotated[
-        str,
+        str | None,
         typer.Argument(help="The input text, or - to read one input per line from stdin."),
-    ] = "-",
+    ] = None,
+    *,
+    file: Annotated[Path | None, typer.Option(
+        "--file", help="Read inputs from files: a file is one job, a directory one job per "
+                       "file, typed as the target takes them (bytes, image, .npy tensor, JSON, "
+                       "UTF-8 text).")] = None,
     params: Annotated[str | None, typer.Option(help="Params as a JSON object.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 300.0,
     wait: Annotated[bool, typer.Option(help="Wait for results (else print job ids).")] = True,
 ) -> None:
-    """Submit jobs and print one JSON line per job: id, status, result or error."""
-    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if input == "-" else [input]
+    """Submit jobs and print one JSON line per job: id, status, result or error (an array of
+    more than 1024 elements as its dtype and shape, bytes as base64)."""
     parsed = json.loads(params) if params else None
+    names = target.split(">")
     with Client(_settings()) as client:
-        if ">" in target:  # a pipeline, e.g. chunk>minilm
-            jobs = client.pipeline_many(target.split(">"), texts, parsed)
+        files: list[Path] = []
+        if file is not None:
+            if input is not None:
+                raise InvalidInput("give an INPUT or --file, not both")
+            files = input_files(file)
+            first = client.registry.get(names[0])
+            inputs: list[Any] = [read_input(path, first.input_type, first.name)
+                                 for path in files]
+        elif input is None or input == "-":
+            inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
         else:
-            jobs = client.submit_many(target, texts, parsed)
+            inputs = [input]
+        if len(names) > 1:  # a pipeline, e.g. chunk>minilm
+            jobs = client.pipeline_many(names, inputs, parsed)
+        else:
+            jobs = client.submit_many(target, inputs, parsed)
         if wait:
             _progress(client, jobs, timeout, target)
-        for job in jobs:
+        for index, job in enumerate(jobs):
             line: dict[str, Any] = {"id": job.id}
+            if files:
+                line["file"] = str(files[index])
             if wait:
                 try:
-                    line["result"] = _jsonable(client.results_of([job])[0])
+                    line["result"] = jsonable(client.results_of([job])[0])
                     line["status"] = JobStatus.SUCCEEDED.value
                 except JobError as exc:
                     line["status"] = job.status().value
@@ -236,6 +249,45 @@ def db_upgrade() -> None:
     out.print(f"database {redact_url(settings.database_url)} {verb} to head")
 
 
+@db_app.command("prune")
+def db_prune(
+    older_than: Annotated[float | None, typer.Option(
+        help="Delete finished jobs that ended more than this many seconds ago "
+             f"(default AIDIST_RETENTION_S; at least {MIN_RETENTION_S:g}).")] = None,
+    batch: Annotated[int, typer.Option(
+        min=1, max=100_000, help="Jobs deleted per transaction.")] = PRUNE_BATCH,
+) -> None:
+    """Delete finished jobs past the retention, with their history and the blobs no other row
+    references, in short transactions; queued and running jobs are never touched. Every
+    worker's sweeper does this too, AIDIST_PRUNE_PER_SWEEP jobs at most per pass."""
+    settings = _settings()
+    age = settings.retention_s if older_than is None else older_than
+    if age <= 0:
+        raise ConfigError("AIDIST_RETENTION_S is 0 (finished jobs are kept for ever): nothing "
+                          "to prune; pass --older-than SECONDS to prune anyway")
+    if age < MIN_RETENTION_S:
+        raise ConfigError(f"--older-than must be at least {MIN_RETENTION_S:g} seconds: a "
+                          "client may still be reading a result that recent")
+    store = JobStore.connect(settings.database_url, settings.connect_timeout_s)
+    shown = [time.monotonic()]
+
+    def progress(total: Pruned) -> None:
+        if time.monotonic() - shown[0] >= 1.0:
+            err.print(f"pruned {total.jobs:,} jobs so far ({total.events:,} history rows, "
+                      f"{total.blobs:,} blobs)", highlight=False)
+            shown[0] = time.monotonic()
+
+    blobs = open_blob_store_for(settings)
+    try:
+        total = JobPruner(store.engine, blob_deleter(blobs)).prune(
+            age, batch=batch, wait=True, progress=progress)
+    finally:
+        blobs.close()
+        store.close()
+    out.print(f"pruned {total.jobs} finished job(s) that ended over {age:g}s ago, with "
+              f"{total.events} history row(s) and {total.blobs} blob(s)", highlight=False)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """Run the benchmark suite (bench/ in a source checkout): `aidist bench --quick`,
@@ -254,11 +306,13 @@ def demo(
     preprocess: Annotated[
         int, typer.Option(help="Preprocessing jobs (tokenize/chunk/normalize).")
     ] = 300,
+    images: Annotated[int, typer.Option(
+        help="Synthetic PNGs to classify through image>toy-vision.")] = 8,
     seed: Annotated[int | None, typer.Option(help="Corpus seed (default: new each run).")] = None,
 ) -> None:
     """Start workers, run a real workload through RabbitMQ, show results, then the cache hits."""
-    demo_module.run(_settings(), sentences=sentences, preprocess=preprocess, seed=seed,
-                    console=out)
+    demo_module.run(_settings(), sentences=sentences, preprocess=preprocess, images=images,
+                    seed=seed, console=out)
 
 
 def main() -> None:

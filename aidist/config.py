@@ -34,6 +34,11 @@ def settings_problems(exc: ValidationError) -> str:
     return "invalid settings, fix these variables (or .env entries): " + "; ".join(lines)
 
 
+#: The shortest retention other than 0: a client told its job finished reads the result within
+#: moments, and a prune must never take a row from under that read.
+MIN_RETENTION_S = 60.0
+
+
 class Settings(BaseSettings):
     """Everything configurable, with defaults that work on a single machine."""
 
@@ -70,11 +75,9 @@ class Settings(BaseSettings):
                     "lost, link cut: no FIN ever arrives) is noticed by the broker 2-3 times "
                     "this long after its last data, and its unacked messages go to the other "
                     "workers (measured 29 s at 10, 177 s at Celery's default of 120, which "
-                    "RabbitMQ negotiates down to its own 60). A flush run inline on the "
-                    "consumer's thread (a GPU worker) sends no heartbeat meanwhile: one longer "
-                    "than about twice this loses the connection (its jobs still commit once). "
-                    "60 keeps RabbitMQ's default; lower it (10) where hosts may vanish and "
-                    "batches are short. 0 = no heartbeat.")
+                    "RabbitMQ negotiates down to its own 60). Flushes run on runner threads, so "
+                    "heartbeats go on during a long batch. 60 keeps RabbitMQ's default; lower "
+                    "it (10) where hosts may vanish. 0 = no heartbeat.")
     publish_retry_s: float = Field(
         default=15.0, ge=0,
         description="Client: how long a publish is retried when the broker fails mid-submit "
@@ -201,6 +204,48 @@ class Settings(BaseSettings):
         default=30.0, ge=0,
         description="Autoscaler: a lower worker count is only acted on once it has been "
                     "enough for this long (no flapping); scaling up is immediate.")
+    blob_url: str | None = Field(
+        default=None,
+        description="Where inputs and outputs above inline_max_bytes are kept (content-"
+                    "addressed: identical payloads are stored once): file:///dir, a directory "
+                    "every client and worker of the deployment can read and write (one host, "
+                    "or a shared volume), or s3://bucket/prefix on any S3-compatible store "
+                    "(the bucket must exist; credentials, endpoint and region from "
+                    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and "
+                    "AWS_DEFAULT_REGION, or boto3's other sources). One location per database: "
+                    "prune deletes the blobs no row of its database references. Unset = "
+                    "file://~/.local/share/aidist/blobs/<namespace>.")
+    inline_max_bytes: int = Field(
+        default=256 * 1024, ge=0,
+        description="An encoded input or output larger than this (bytes) goes to the blob "
+                    "store, and its message, row and cached result carry a reference instead.")
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=64 * 1024,
+        description="Largest message a client or worker publishes (bytes, its job entries "
+                    "together). Jobs submitted together are packed into as many messages as "
+                    "this needs; one job whose entry alone is larger is refused at submit "
+                    "(MessageTooLarge), and a pipeline step output too large for it fails its "
+                    "job. Keep it below RabbitMQ's max_message_size (128 MiB on 3.x, 16 MiB "
+                    "on 4.x).")
+
+    retention_s: float = Field(
+        default=7 * 24 * 3600.0, ge=0,
+        description="Finished jobs (their rows, history and the blobs no other row references) "
+                    "are deleted this long after they ended, by every worker's sweeper and by "
+                    "`aidist db prune`; queued and running jobs never are. Keep it at least "
+                    "result_ttl_s (a cached result's row outlives it) and longer than any "
+                    "client waits to read a result. 0 = keep for ever; else at least 60.")
+    prune_per_sweep: int = Field(
+        default=10_000, ge=1,
+        description="Most finished jobs one sweeper pass deletes (in transactions of 1,000), "
+                    "so a pass never holds the sweeper long; the rest go in the next passes.")
+
+    @field_validator("retention_s")
+    @classmethod
+    def _retention_floor(cls, value: float) -> float:
+        if 0 < value < MIN_RETENTION_S:
+            raise ValueError(f"0 (keep for ever) or at least {MIN_RETENTION_S:g} seconds")
+        return value
 
     @field_validator("metrics_basic_auth", "flower_basic_auth")
     @classmethod

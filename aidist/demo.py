@@ -1,14 +1,16 @@
 """``aidist demo``: the whole path on this machine, end to end, with real services and real workers.
 
-It starts a gpu-pool worker (minilm, toy-classifier; on the CPU where there is no GPU) and a
-cpu-pool worker (tokenize, chunk, normalize) as ``aidist worker`` processes, embeds a corpus through
-RabbitMQ, runs preprocessing jobs, shows results and the job counts Postgres holds, then submits
+It starts a gpu-pool worker (minilm, toy-classifier, toy-vision; on the CPU where there is no GPU)
+and a cpu-pool worker (tokenize, chunk, normalize, image) as ``aidist worker`` processes, embeds a
+corpus through RabbitMQ, runs preprocessing jobs, classifies a few synthetic PNGs through the
+``image>toy-vision`` pipeline, shows results and the job counts Postgres holds, then submits
 everything again to show the cache answering without a worker. It stops its workers with SIGTERM at
 the end.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import shutil
 import signal
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
@@ -58,6 +61,34 @@ def make_corpus(count: int, seed: int) -> list[str]:
             seen.add(text)
             sentences.append(text)
     return sentences
+
+
+def make_images(count: int, seed: int) -> list[bytes]:
+    """Synthetic PNGs of a few sizes, reproducible from ``seed``: a background with rectangles
+    and ellipses in random colours."""
+    rng = random.Random(seed)
+    images: list[bytes] = []
+    for _ in range(count):
+        side = rng.choice([40, 48, 64])
+        image = Image.new("RGB", (side, side), _colour(rng))
+        draw = ImageDraw.Draw(image)
+        for _ in range(3):
+            x0, x1 = sorted(rng.sample(range(side), 2))
+            y0, y1 = sorted(rng.sample(range(side), 2))
+            shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+            shape((x0, y0, x1, y1), fill=_colour(rng))
+        encoded = io.BytesIO()
+        image.save(encoded, format="PNG")
+        images.append(encoded.getvalue())
+    return images
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+
+IMAGE_PIPELINE = ["image", "toy-vision"]
+IMAGE_PARAMS = {"image": {"size": [32, 32]}}
 
 
 def _aidist_command() -> list[str]:
@@ -151,23 +182,27 @@ def _status_table(pass1: list[int], pass2: list[int]) -> Table:
 
 
 def _submit_all(client: Client, corpus: list[str], prep: dict[str, list[str]],
-                tenant: str) -> tuple[list[Job], list[Job], float]:
+                images: list[bytes], tenant: str
+                ) -> tuple[list[Job], list[Job], list[Job], float]:
     started = time.perf_counter()
     embed_jobs = client.infer_many("minilm", corpus, tenant=tenant)
     prep_jobs: list[Job] = []
     for op, texts in prep.items():
         params = {"size": 24, "overlap": 6} if op == "chunk" else None
         prep_jobs += client.preprocess_many(op, texts, params, tenant=tenant)
-    return embed_jobs, prep_jobs, time.perf_counter() - started
+    image_jobs = client.pipeline_many(IMAGE_PIPELINE, images, IMAGE_PARAMS,
+                                      tenant=tenant) if images else []
+    return embed_jobs, prep_jobs, image_jobs, time.perf_counter() - started
 
 
-def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300,
+def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300, images: int = 8,
         seed: int | None = None, console: Console | None = None) -> None:
     """Run the demo; raises ``ServiceUnavailable`` naming what is down."""
     console = console or Console()
     seed = seed if seed is not None else random.SystemRandom().randrange(10**9)
     db_setup.upgrade(settings.database_url, settings.connect_timeout_s)
     corpus = make_corpus(sentences, seed)
+    pngs = make_images(images, seed)
     documents = [" ".join(make_corpus(40, seed + i + 1)) for i in range(max(preprocess // 3, 1))]
     prep = {
         "tokenize": corpus[: max(preprocess // 3, 1)],
@@ -177,7 +212,8 @@ def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300,
     }
     console.rule("[bold]aidist demo")
     console.print(f"corpus: {len(corpus)} sentences (seed {seed}) + "
-                  f"{sum(len(v) for v in prep.values())} preprocessing jobs")
+                  f"{sum(len(v) for v in prep.values())} preprocessing jobs + "
+                  f"{len(pngs)} synthetic PNGs")
     tenant = f"demo-{seed}"
     with Client(settings) as client, tempfile.TemporaryDirectory(prefix="aidist-demo-") as logs:
         client.publisher.connect()
@@ -186,9 +222,10 @@ def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300,
         try:
             workers.start(client, console)
             console.rule("pass 1: through RabbitMQ to the workers")
-            embed_jobs, prep_jobs, submit_s = _submit_all(client, corpus, prep, tenant)
-            done = _wait_with_progress(client, {"minilm": embed_jobs, "preprocess": prep_jobs},
-                                       console)
+            embed_jobs, prep_jobs, image_jobs, submit_s = _submit_all(client, corpus, prep,
+                                                                      pngs, tenant)
+            groups = {"minilm": embed_jobs, "preprocess": prep_jobs, "images": image_jobs}
+            done = _wait_with_progress(client, {k: v for k, v in groups.items() if v}, console)
             vectors = client.results_of(embed_jobs)
             embed_s = submit_s + done["minilm"]
             console.print(
@@ -198,16 +235,23 @@ def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300,
                 f"{len(prep_jobs)} preprocessing jobs done after "
                 f"{submit_s + done['preprocess']:.2f}s"
             )
-            _show_samples(client, corpus, vectors, prep, prep_jobs, console=console)
-            counts1 = _status_counts(client, [j.id for j in embed_jobs + prep_jobs])
+            if image_jobs:
+                console.print(f"classified {len(image_jobs)} PNGs through "
+                              f"{'>'.join(IMAGE_PIPELINE)} (decoded and resized on the cpu "
+                              f"pool, batched as tensors on the gpu pool) after "
+                              f"{submit_s + done['images']:.2f}s")
+            _show_samples(client, corpus, vectors, prep, prep_jobs, console=console,
+                          images=list(zip(pngs, image_jobs, strict=True)))
+            counts1 = _status_counts(client, [j.id for j in embed_jobs + prep_jobs + image_jobs])
 
             console.rule("pass 2: the same inputs again")
-            embed2, prep2, submit2_s = _submit_all(client, corpus, prep, tenant)
+            embed2, prep2, images2, submit2_s = _submit_all(client, corpus, prep, pngs, tenant)
             again = client.results_of(embed2)
             same = all(np.array_equal(a, b) for a, b in zip(vectors, again, strict=True))
-            counts2 = _status_counts(client, [j.id for j in embed2 + prep2])
-            console.print(f"{len(embed2) + len(prep2)} jobs answered from the Redis cache in "
-                          f"{submit2_s:.2f}s without a worker; results identical to pass 1: {same}")
+            counts2 = _status_counts(client, [j.id for j in embed2 + prep2 + images2])
+            console.print(f"{len(embed2) + len(prep2) + len(images2)} jobs answered from the "
+                          f"Redis cache in {submit2_s:.2f}s without a worker; results identical "
+                          f"to pass 1: {same}")
             console.print(_status_table(counts1, counts2))
         finally:
             workers.stop(console)
@@ -215,7 +259,7 @@ def run(settings: Settings, *, sentences: int = 2000, preprocess: int = 300,
 
 def _show_samples(client: Client, corpus: list[str], vectors: list[np.ndarray],
                   prep: dict[str, list[str]], prep_jobs: list[Job], *,
-                  console: Console) -> None:
+                  console: Console, images: Sequence[tuple[bytes, Job]] = ()) -> None:
     table = Table(title="a few results")
     table.add_column("job")
     table.add_column("input", max_width=48)
@@ -232,6 +276,13 @@ def _show_samples(client: Client, corpus: list[str], vectors: list[np.ndarray],
         shown = (f"{len(output)} chunks, first: {output[0][:40]!r}" if op == "chunk"
                  else repr(output)[:60])
         table.add_row(op, prep[op][0][:48], shown)
+    for png, job in images[:2]:
+        probabilities = client.results_of([job])[0]
+        best = int(np.argmax(probabilities))
+        with Image.open(io.BytesIO(png)) as image:
+            size = f"{image.width}x{image.height}"
+        table.add_row("image>toy-vision", f"PNG {size}, {len(png)} bytes",
+                      f"class {best} (p={probabilities[best]:.2f}) of {len(probabilities)}")
     console.print(table)
 
 

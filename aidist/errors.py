@@ -20,6 +20,12 @@ class InvalidInput(AidistError, ValueError):
     """The input or params of a submission are not acceptable; nothing was written or sent."""
 
 
+class MessageTooLarge(InvalidInput):
+    """One job's entry would not fit in a message under ``AIDIST_MAX_MESSAGE_BYTES``; nothing was
+    written or sent. Jobs that fit are packed into as many messages as they need; a single job
+    bigger than the limit must travel by reference (the blob store) or the limit be raised."""
+
+
 class UnknownModel(AidistError, LookupError):
     """The model or preprocessing op is not registered; nothing was written or sent."""
 

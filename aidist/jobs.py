@@ -3,6 +3,14 @@ queues.
 
 A job travels as a plain dict inside a standard Celery task message (task ``aidist.run_jobs``, one
 positional argument: a list of job entries). Many jobs submitted together share one message.
+
+The message body is msgpack (kombu's serializer, which knows no extension types), so an entry's
+input travels in one of two ways: text (a ``str``, or a list of them: a pipeline step's items)
+as itself under ``input``, exactly as before typed inputs existed; anything else (bytes, arrays,
+JSON-like values, a blob reference: whatever ``aidist.codec`` encodes) as its codec bytes under
+``input_codec``, a msgpack bin that kombu carries untouched, decoded back to the same types by
+``from_wire``. A worker of an older release meets no ``input`` there and fails such a job naming
+the missing field, never misreading bytes as the input.
 """
 
 from __future__ import annotations
@@ -10,15 +18,20 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgpack
+
+from aidist import codec
 from aidist.errors import MalformedEntry
 
 RUN_JOBS_TASK = "aidist.run_jobs"
 """Celery task name every aidist message carries; Flower and ``celery inspect`` show it."""
 
 WIRE_VERSION = 1
+MESSAGE_OVERHEAD = 4096  # bytes of a message besides its entries: Celery's headers and envelope
 
 
 class JobKind(enum.StrEnum):
@@ -125,19 +138,25 @@ class JobEntry:
     attempt: int = 0  # for a later step: the run (attempt number) that forwarded it
     takeover: bool = False  # redelivered: may take over a run whose worker is gone
 
-    def to_wire(self) -> dict[str, Any]:
-        """Plain dict for JSON/msgpack; never pickle."""
-        wire = {
+    def to_wire(self, encoded_input: bytes | None = None) -> dict[str, Any]:
+        """Plain dict for msgpack (kombu's, with no extension types); never pickle. Text travels
+        as itself; any other input as its codec bytes (``encoded_input`` if the caller has them
+        already, as the client does: they are the row's payload)."""
+        value = self.input
+        wire: dict[str, Any] = {
             "v": WIRE_VERSION,
             "id": self.id,
             "kind": self.kind.value,
             "target": self.target,
             "version": self.version,
-            "input": self.input,
+            "input": value,
             "key": self.cache_key,
             "params": self.params,
             "reply_to": self.reply_to,
         }
+        if not travels_as_text(value):
+            del wire["input"]
+            wire["input_codec"] = codec.encode(value) if encoded_input is None else encoded_input
         if self.steps:
             wire["steps"] = [step.to_wire() for step in self.steps]
         if self.each:
@@ -154,7 +173,8 @@ class JobEntry:
 
     def next_step(self, output: Any, attempt: int) -> JobEntry:
         """The entry that carries this job to its next pipeline step, with ``output`` as input
-        (a list output is run item by item there, ``each``), fenced on the run ``attempt``."""
+        (a list output is run item by item there, ``each``; an array or any other value goes
+        whole, with its type), fenced on the run ``attempt``."""
         step = self.steps[0]
         return JobEntry(id=self.id, kind=step.kind, target=step.target, version=step.version,
                         input=output, cache_key=self.cache_key, params=step.params,
@@ -179,14 +199,16 @@ class JobEntry:
             step, attempt = data.get("step", 0), data.get("attempt", 0)
             if not (isinstance(step, int) and isinstance(attempt, int) and step >= 0):
                 raise MalformedEntry("step and attempt must be non-negative integers")
-            if each and not isinstance(data["input"], list):
+            packed = data.get("input_codec")
+            value = data["input"] if packed is None else _decoded_input(packed)
+            if each and not isinstance(value, list):
                 raise MalformedEntry("an 'each' entry needs a list input")
             return cls(
                 id=str(data["id"]),
                 kind=JobKind(data["kind"]),
                 target=str(data["target"]),
                 version=str(data["version"]),
-                input=data["input"],
+                input=value,
                 cache_key=str(data["key"]),
                 params=params,
                 reply_to=data.get("reply_to"),
@@ -198,3 +220,42 @@ class JobEntry:
             )
         except KeyError as exc:
             raise MalformedEntry(f"job entry lacks field {exc.args[0]!r}") from exc
+
+
+def travels_as_text(value: Any) -> bool:
+    """True for an input that travels as itself: a ``str``, or a list of them. Exact types only
+    (a ``str`` subclass is encoded), so what ``from_wire`` gives back is what was sent."""
+    if type(value) is str:
+        return True
+    return type(value) is list and all(type(item) is str for item in value)
+
+
+def _decoded_input(packed: Any) -> Any:
+    if not isinstance(packed, bytes):
+        raise MalformedEntry(f"input_codec must be bytes, got {type(packed).__name__}")
+    try:
+        return codec.decode(packed)
+    except Exception as exc:  # msgpack raises several ValueError and TypeError kinds
+        raise MalformedEntry(f"input_codec cannot be decoded: {exc}") from exc
+
+
+def wire_overhead(wire: dict[str, Any]) -> int:
+    """Bytes an entry takes in a message besides its input (id, key, target, params, steps)."""
+    rest = {k: v for k, v in wire.items() if k not in ("input", "input_codec")}
+    return len(msgpack.packb(rest, use_bin_type=True)) + 16
+
+
+def message_packs(sizes: Sequence[int], pack_size: int, max_bytes: int) -> list[slice]:
+    """Consecutive runs of entries (by their sizes in bytes) to send as one message each: at
+    most ``pack_size`` entries, and at most ``max_bytes`` with the message's own overhead. An
+    entry larger than that alone gets a message of its own (the caller refuses those first)."""
+    packs: list[slice] = []
+    start, total = 0, MESSAGE_OVERHEAD
+    for index, size in enumerate(sizes):
+        if index > start and (index - start >= pack_size or total + size > max_bytes):
+            packs.append(slice(start, index))
+            start, total = index, MESSAGE_OVERHEAD
+        total += size
+    if start < len(sizes):
+        packs.append(slice(start, len(sizes)))
+    return packs

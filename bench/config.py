@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Every scenario, in the order they run (workers of one system are up only for its scenarios).
 SCENARIOS = ("inprocess", "packed", "single", "latency", "tiny", "events", "naive", "batches",
-             "autoscale")
+             "autoscale", "bigtable")
 AIDIST_SCENARIOS = ("packed", "single", "latency", "tiny")
 BATCH_SIZES = (1, 8, 32, 64, 128)
 #: In-process batch sizes of the side-by-side strategy (one single-threaded call per core).
@@ -35,12 +35,13 @@ class Sizes:
     latency: int
     autoscale: int
     events: int  # of each packed and each single-message measurement, events on and off
+    bigtable: int  # finished jobs loaded into the big table
 
 
 FULL = Sizes(inprocess=2048, packed=5000, single=5000, naive=5000, batches=5000, tiny=10_000,
-             latency=200, autoscale=3000, events=3000)
+             latency=200, autoscale=3000, events=3000, bigtable=1_000_000)
 QUICK = Sizes(inprocess=256, packed=1000, single=500, naive=500, batches=500, tiny=2000,
-              latency=50, autoscale=500, events=500)
+              latency=50, autoscale=500, events=500, bigtable=200_000)
 
 
 @dataclass(frozen=True, slots=True)

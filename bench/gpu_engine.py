@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aidist.config import Settings
 from aidist.jobs import JobEntry, JobKind, JobStatus, cache_key
-from aidist.testing import InMemoryBroker, InMemoryCache, InMemoryStore
+from aidist.testing import InMemoryBlobStore, InMemoryBroker, InMemoryCache, InMemoryStore
 from db import Claim, ClaimRequest, Notice, Outcome
 from models import LoadContext, build_registry
 from workers.batching import BackgroundRunner, BatchPolicy, MessageBatcher
@@ -96,7 +96,8 @@ def main() -> None:
     store = MemoryStore()
     runtime = WorkerRuntime(settings=Settings(), registry=registry, store=store,
                             cache=MemoryCache(), context=LoadContext(device=args.device),
-                            name="gpu-engine-bench", publisher=InMemoryBroker())
+                            name="gpu-engine-bench", publisher=InMemoryBroker(),
+                            blobs=InMemoryBlobStore())
     runner = runtime.runner("minilm")
     version = registry.version("minilm")
     corpus = texts(args.jobs)

@@ -61,6 +61,7 @@ def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     add("tiny jobs: aidist normalize (client.map)", tiny.get("aidist"), "jobs/s", False)
     add("tiny jobs: bare Celery normalize (group)", tiny.get("celery"), "jobs/s", False)
     rows += _events_rows(results.get("events"), limit)
+    rows += _bigtable_rows(results.get("bigtable"))
     scaled = results.get("autoscale")
     if isinstance(scaled, dict) and scaled.get("status", "ok") == "ok":
         auto, fixed = scaled["autoscaled"], scaled["fixed"]
@@ -90,6 +91,31 @@ def _events_rows(events: Any, limit: float | None) -> list[str]:
         for api, label in (("packed", "packed: client.map"),
                            ("single", "single-message: infer"))
         for side in ("on", "off"))]
+
+
+BIGTABLE_ROWS = (("map_per_s", "map: client.map toy-classifier", "jobs/s"),
+                 ("single_per_s", "single: infer + result, one at a time", "jobs/s"),
+                 ("store_submit_per_s", "store: insert + mark_sent x 128", "jobs/s"),
+                 ("store_work_per_s", "store: claim + finish x 128", "jobs/s"))
+
+
+def _bigtable_rows(big: Any) -> list[str]:
+    """The bigtable scenario: each rate on the empty and on the big table, and big / empty."""
+    if not isinstance(big, dict):
+        return []
+    if big.get("status", "ok") != "ok":
+        return [_measured_row("bigtable", big, "", None)]
+    scans = ", ".join(big["table_scans"]) or "none"
+    rows = [f"bigtable: empty vs {big['rows']:,} finished jobs (loaded in {big['load_s']:.0f}s)"
+            f"{'empty':>14}{'big':>10}{'big/empty':>11}",
+            ]
+    for key, label, unit in BIGTABLE_ROWS:
+        rows.append(f"  {label:<42}{big['empty'][key]:>9,.1f}{big['big'][key]:>10,.1f} "
+                    f"{unit:<6}{big['ratios'].get(key, 0.0):>6.2f}")
+    rows.append(f"  {'single p50 ms, empty / big':<42}{big['empty']['single_p50_ms']:>9.2f}"
+                f"{big['big']['single_p50_ms']:>10.2f}")
+    rows.append(f"  hot statements scanning a whole table (EXPLAIN): {scans}"[:WIDTH])
+    return rows
 
 
 def _latency_rows(results: dict[str, Any]) -> list[str]:
@@ -159,16 +185,16 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
 
 
 def write_png(doc: dict[str, Any], path: Path) -> None:
-    """Four panels: embedding throughput, tiny-job throughput, latency percentiles, and
-    packed / single-message throughput with task events on and off."""
+    """Five panels: embedding throughput, tiny-job throughput, latency percentiles,
+    packed / single-message throughput with task events on and off, and the bigtable ratios."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results, found = doc["results"], doc["analysis"]["rates_per_s"]
-    fig, axes = plt.subplots(1, 4, figsize=(21, 5.5),
-                             gridspec_kw={"width_ratios": [3, 1.2, 1.6, 1.6]})
+    fig, axes = plt.subplots(1, 5, figsize=(25, 5.5),
+                             gridspec_kw={"width_ratios": [3, 1.2, 1.6, 1.6, 1.6]})
     labels, values, colors = [], [], []
     inproc = results.get("inprocess")
     if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
@@ -199,6 +225,7 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
               title="ms, submit -> result (toy-classifier)", digits=2)
         axes[2].set_yscale("log")
     _events_panel(axes[3], found)
+    _bigtable_panel(axes[4], results.get("bigtable"))
     meta = doc["meta"]
     other = (meta.get("cpu") or {}).get("other_share")
     busy = "" if other is None else f", other work {other:.0%} of the machine"
@@ -226,6 +253,19 @@ def _events_panel(axis: Any, found: dict[str, float]) -> None:
     if ratios:
         title += f"\non / off: {', '.join(ratios)} (goal >= 0.95)"
     _bars(axis, labels, values, colors, title=title)
+
+
+def _bigtable_panel(axis: Any, big: Any) -> None:
+    """Big table / empty table for each rate of the bigtable scenario (goal >= 0.8)."""
+    if not isinstance(big, dict) or big.get("status", "ok") != "ok":
+        axis.set_title("big table / empty table (not run)", fontsize=10)
+        return
+    labels = ["map", "infer +\nresult", "insert +\nmark_sent", "claim +\nfinish"]
+    values = [big["ratios"].get(key, 0.0) for key, _, _ in BIGTABLE_ROWS]
+    _bars(axis, labels, values, ["#2a6fdb", "#5b9bff", "#3a9d5d", "#8cc9a0"],
+          title=f"rate on {big['rows']:,} finished jobs / on an empty table\n(goal >= 0.8)",
+          digits=2)
+    axis.axhline(1.0, color="#444", linestyle="--", linewidth=1)
 
 
 def _bars(axis: Any, labels: list[str], values: list[float], colors: list[str], *, title: str,

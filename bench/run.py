@@ -4,7 +4,8 @@ and database, then a table on stdout and ``results.json`` + ``results.png`` in t
 Workers of one system run only during that system's scenarios (nothing else idles on the cores):
 in-process first, then aidist (packed, single, latency, tiny), then aidist again in phases of
 fresh workers with task events on and off (events), then the naive Celery worker, the
-celery-batches worker, and the bare-Celery normalize worker, each stopped with SIGTERM when done.
+celery-batches worker, and the bare-Celery normalize worker, each stopped with SIGTERM when done;
+then the autoscaler, and last ``bigtable`` (a database of its own, the empty and the big table).
 Exit status: 0 when every selected scenario ran (targets are reported, not asserted), 1 otherwise.
 """
 
@@ -131,7 +132,14 @@ def _meta(options: Options, settings: Settings) -> dict[str, Any]:
 
 def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[str, Any]:
     """Every selected scenario, in order; each result is a dict with a ``status``."""
-    from bench.scenarios import aidist_paths, autoscale, celery_paths, events, inprocess
+    from bench.scenarios import (
+        aidist_paths,
+        autoscale,
+        bigtable,
+        celery_paths,
+        events,
+        inprocess,
+    )
     from producers import Client
 
     results: dict[str, Any] = {}
@@ -172,6 +180,9 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
     if options.wants("autoscale"):
         results["autoscale"] = guarded(
             "autoscale", lambda: autoscale.run(settings, options, log_dir))
+    if options.wants("bigtable"):
+        results["bigtable"] = guarded(
+            "bigtable", lambda: bigtable.run(settings, options, log_dir))
     return results
 
 

@@ -103,7 +103,9 @@ def _literal_list(models: Sequence[str]) -> str:
 
 
 def _per_model_sql(models: Sequence[str], default_seconds_per_job: float) -> str:
-    """One row per model that has work waiting: queued, running, seconds per job, cold start."""
+    """One row per model that has work waiting: queued, running, seconds per job, cold start.
+    ``finished_at IS NULL`` (true of every queued or running row, of no other) is what lets it
+    read ``ix_jobs_unfinished``, the index of those rows only (migration 0009)."""
     return f"""
 WITH backlog AS (
     SELECT CASE WHEN position('>' IN jobs.target) > 0
@@ -112,7 +114,7 @@ WITH backlog AS (
            count(*) FILTER (WHERE jobs.status = 'queued') AS queued,
            count(*) FILTER (WHERE jobs.status = 'running') AS running
     FROM jobs
-    WHERE jobs.status IN ('queued', 'running')
+    WHERE jobs.finished_at IS NULL AND jobs.status IN ('queued', 'running')
     GROUP BY 1
 ), speed AS (
     SELECT model, sum(busy_s) / nullif(sum(jobs), 0) AS seconds_per_job,
@@ -190,8 +192,8 @@ class BacklogStore:
         """Running jobs per worker runtime name (to stop idle workers first)."""
         with self._begin() as connection:
             rows = connection.execute(text(
-                "SELECT worker, count(*) AS n FROM jobs WHERE status = 'running' "
-                "AND worker IS NOT NULL GROUP BY worker")).all()
+                "SELECT worker, count(*) AS n FROM jobs WHERE finished_at IS NULL "
+                "AND status = 'running' AND worker IS NOT NULL GROUP BY worker")).all()
         return {row.worker: int(row.n) for row in rows}
 
     def record(self, stats: Sequence[ServiceStat]) -> None:

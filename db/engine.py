@@ -7,23 +7,34 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from aidist.config import redact_url
 from aidist.errors import AidistError, ConfigError, ServiceUnavailable, StoreError
 
 SERVICE = "PostgreSQL"
+# A host that vanishes mid-transaction (power lost, link cut: no FIN reaches the server) leaves
+# its session open and its row locks held until the server's TCP keepalive gives up, two hours by
+# default: every other worker's claim of those rows waits that long. Every aidist transaction is
+# a few statements with nothing slow between them (a sweeper's confirmed publish, a prune's blob
+# deletes at most), so the server may end a session idle inside a transaction this long.
+IDLE_IN_TRANSACTION_S = 60
 
 
 def create_store_engine(database_url: str, connect_timeout_s: float = 5.0) -> Engine:
-    """An engine with a short connect timeout and pre-ping, so a dead server fails fast."""
+    """An engine with a short connect timeout and pre-ping, so a dead server fails fast, and
+    sessions the server ends when left idle in a transaction, so a dead client's locks go."""
+    options = str(make_url(database_url).query.get("options") or "")
+    if "idle_in_transaction_session_timeout" not in options:  # the URL's own choice wins
+        options = f"{options} -c idle_in_transaction_session_timeout=" \
+                  f"{IDLE_IN_TRANSACTION_S * 1000}".strip()
     return create_engine(
         database_url,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
-        connect_args={"connect_timeout": max(1, int(connect_timeout_s))},
+        connect_args={"connect_timeout": max(1, int(connect_timeout_s)), "options": options},
     )
 
 

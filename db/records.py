@@ -26,6 +26,7 @@ class NewJob:
     tenant: str | None = None
     idempotency_key: str | None = None
     deadline: datetime | None = None
+    blob_keys: tuple[str, ...] = ()  # blobs its payload (or a cached result) refers to
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,7 @@ class Outcome:
     status: JobStatus
     error: str | None = None
     result: bytes | None = None
+    blob_key: str | None = None  # the blob ``result`` refers to, if the output was large
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from aidist.jobs import JobKind, JobStatus
@@ -74,17 +74,27 @@ class JobRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
     follows: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # content keys of the blobs its payload and result refer to (NULL: none), for prune
+    blob_keys: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
 
     __table_args__ = (
-        Index("ix_jobs_status_created", "status", "created_at"),
+        # Finished rows and unfinished ones in separate indexes (migration 0009 says why).
+        Index("ix_jobs_ended", "status", "created_at",
+              postgresql_where=text("status = ANY (ARRAY['succeeded'::text, 'failed'::text, "
+                                    "'cancelled'::text, 'expired'::text])")),
+        Index("ix_jobs_unfinished", "status", "created_at",
+              postgresql_where=text("finished_at IS NULL")),
         Index("ix_jobs_cache_key", "cache_key"),
         Index("ix_jobs_unsent", "created_at",
               postgresql_where=text("status = 'queued' AND sent_at IS NULL")),
-        Index("ix_jobs_follows", "follows", postgresql_where=text("follows IS NOT NULL")),
+        Index("ix_jobs_running_followers", "follows",
+              postgresql_where=text("status = 'running' AND follows IS NOT NULL")),
         Index("ix_jobs_running_key", "cache_key",
               postgresql_where=text("status = 'running' AND follows IS NULL")),
         Index("ix_jobs_queued_deadline", "deadline",
               postgresql_where=text("status = 'queued' AND deadline IS NOT NULL")),
+        Index("ix_jobs_blob_keys", "blob_keys", postgresql_using="gin",
+              postgresql_where=text("blob_keys IS NOT NULL")),
         Index(
             "ux_jobs_idempotency",
             text("coalesce(tenant, '')"),

@@ -56,20 +56,25 @@ CLAIM = text(
     """
 )
 
-# The end states of a batch, and (same statement) of the jobs that follow them.
+# The end states of a batch, and (same statement) of the jobs that follow them. A large output's
+# blob key joins the row's blob_keys (a follower takes its leader's: same input, same output).
 FINISH = text(
     """
     WITH done AS (
         UPDATE jobs SET status = u.status, error = u.error, finished_at = now(),
-                        result = coalesce(u.result, jobs.result)
+                        result = coalesce(u.result, jobs.result),
+                        blob_keys = CASE WHEN u.blob_key IS NULL THEN jobs.blob_keys
+                                         ELSE array_append(jobs.blob_keys, u.blob_key) END
         FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
                     CAST(:statuses AS text[]), CAST(:errors AS text[]),
-                    CAST(:results AS bytea[])) AS u(id, attempt, status, error, result)
+                    CAST(:results AS bytea[]), CAST(:blob_keys AS text[]))
+             AS u(id, attempt, status, error, result, blob_key)
         WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
-        RETURNING jobs.id, jobs.status, jobs.error, jobs.result
+        RETURNING jobs.id, jobs.status, jobs.error, jobs.result, jobs.blob_keys
     ), followed AS (
         UPDATE jobs AS follower
-        SET status = done.status, error = done.error, result = done.result, finished_at = now()
+        SET status = done.status, error = done.error, result = done.result, finished_at = now(),
+            blob_keys = done.blob_keys
         FROM done
         WHERE follower.follows = done.id AND follower.status = 'running'
         RETURNING follower.id
@@ -88,6 +93,8 @@ SETTLE_FOLLOWERS = text(
                       ELSE 'queued' END,
         error = CASE WHEN leader.status IN ('succeeded', 'failed') THEN leader.error END,
         result = CASE WHEN leader.status = 'succeeded' THEN leader.result END,
+        blob_keys = CASE WHEN leader.status = 'succeeded' THEN leader.blob_keys
+                         ELSE follower.blob_keys END,
         finished_at = CASE WHEN leader.status IN ('succeeded', 'failed') THEN now() END,
         sent_at = CASE WHEN leader.status IN ('succeeded', 'failed') THEN follower.sent_at END,
         follows = NULL

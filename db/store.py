@@ -80,7 +80,7 @@ def _record(row: RowMapping) -> JobRecord:
 
 
 _RECORD_COLUMNS = [c for c in jobs_table.c
-                   if c.name not in ("payload", "result", "sent_at", "step")]
+                   if c.name not in ("payload", "result", "sent_at", "step", "blob_keys")]
 
 
 def _events() -> Select[Any]:
@@ -229,6 +229,8 @@ class JobStore:
         query = select(*_RECORD_COLUMNS).order_by(jobs_table.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(jobs_table.c.status == status.value)
+            if not status.terminal:  # true of every queued or running row: ix_jobs_unfinished
+                query = query.where(jobs_table.c.finished_at.is_(None))
         if target is not None:
             query = query.where(jobs_table.c.target == target)
         if tenant is not None:
@@ -322,6 +324,7 @@ class JobStore:
             "statuses": [o.status.value for o in outcomes],
             "errors": [o.error for o in outcomes],
             "results": [o.result for o in outcomes],
+            "blob_keys": [o.blob_key for o in outcomes],
         }
         with self._begin() as connection:
             return {str(row.id) for row in connection.execute(FINISH, params)}
@@ -417,6 +420,16 @@ class JobStore:
             return {r.cache_key: r.result
                     for r in connection.execute(query, {"keys": list(set(cache_keys))})}
 
+    def blob_keys_referenced(self, keys: Sequence[str]) -> set[str]:
+        """Those of the blob ``keys`` that some row's ``blob_keys`` still names (one scan of the
+        GIN index): the blobs a prune must keep."""
+        if not keys:
+            return set()
+        query = text("SELECT DISTINCT k FROM jobs, unnest(jobs.blob_keys) AS k "
+                     "WHERE jobs.blob_keys && CAST(:keys AS text[]) AND k = ANY(:keys)")
+        with self._begin() as connection:
+            return {row.k for row in connection.execute(query, {"keys": list(set(keys))})}
+
     def fail_unsent(self, job_ids: Sequence[str], error: str) -> None:
         """Mark queued jobs failed when their message could not be published."""
         with self._begin() as connection:
@@ -436,6 +449,7 @@ class JobStore:
 def _new_row(job: NewJob) -> dict[str, Any]:
     row = asdict(job)
     row["id"] = _uuid(job.id)
+    row["blob_keys"] = list(job.blob_keys) or None
     row["finished_at"] = datetime.now(UTC) if job.status.terminal else None
     return row
 

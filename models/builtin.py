@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from aidist.jobs import JobKind
-from models import ops
+from models import image, ops
 from models.registry import ModelSpec, Registry
 from models.weights import minilm_version
 
@@ -35,6 +37,21 @@ BUILTIN_SPECS = (
         warmup_inputs=("warm up",),
     ),
     ModelSpec(
+        name="toy-vision",
+        kind=JobKind.INFER,
+        loader="models.toy_vision:load",
+        version="toy-vision-v1-seed4321",
+        pool="gpu",
+        max_batch_size=64,
+        thread_safe=True,
+        description="tiny seeded image classifier: float32[3,H,W] -> float32[8] probabilities",
+        input_type="tensor",
+        input_dtypes=("float32",),
+        input_shape=(3, None, None),
+        max_input_bytes=16 * 1024 * 1024,
+        warmup_inputs=(np.zeros((3, 64, 64), dtype=np.float32),),
+    ),
+    ModelSpec(
         name="tokenize",
         kind=JobKind.PREPROCESS,
         loader=ops.load_tokenize,
@@ -62,6 +79,18 @@ BUILTIN_SPECS = (
         max_batch_size=512,
         description="NFKC, control characters dropped, whitespace collapsed; param lowercase",
         validate_params=ops.validate_normalize_params,
+    ),
+    ModelSpec(
+        name="image",
+        kind=JobKind.PREPROCESS,
+        loader=image.load_image,
+        version=f"{_OPS_VERSION}-image",
+        pool="cpu",
+        max_batch_size=64,
+        description="PNG/JPEG bytes or HxWxC uint8 -> float32[3,H,W] RGB in [0,1]; param size",
+        validate_params=image.validate_image_params,
+        input_type="image",
+        max_input_bytes=32 * 1024 * 1024,
     ),
 )
 

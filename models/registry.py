@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from aidist.errors import ConfigError, InvalidInput, ModelLoadError, UnknownModel
 from aidist.jobs import JobKind
+from models.inputs import DEFAULT_MAX_BYTES, ShapePattern, check_declaration, check_value
 
 
 class Runner(Protocol):
@@ -41,7 +42,15 @@ ParamsValidator = Callable[[dict[str, Any]], dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """A registered model or preprocessing op."""
+    """A registered model or preprocessing op.
+
+    ``input_type`` says what it takes (``models.inputs``): ``text`` (str, the default), ``bytes``,
+    ``image`` (PNG/JPEG bytes or an HxWxC uint8 array), ``tensor`` (a numpy array; accepted
+    ``input_dtypes`` such as ``("float32",)``, none = any numeric, and an ``input_shape``
+    pattern such as ``(3, None, None)``, None = any size there) or ``json``. Inputs other than
+    text are limited to ``max_input_bytes`` (text to ``max_input_chars``); an output whose
+    encoding exceeds ``max_output_bytes`` fails its job with a message.
+    """
 
     name: str
     kind: JobKind
@@ -56,6 +65,16 @@ class ModelSpec:
     max_delay_ms: float | None = None
     dtype: str = "float32"
     thread_safe: bool = False
+    input_type: str = "text"
+    input_dtypes: tuple[str, ...] = ()
+    input_shape: ShapePattern | None = None
+    max_input_bytes: int = DEFAULT_MAX_BYTES
+    max_output_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        check_declaration(self.name, self.input_type, dtypes=self.input_dtypes,
+                          shape=self.input_shape, max_input_bytes=self.max_input_bytes,
+                          max_output_bytes=self.max_output_bytes)
 
     def load(self, context: LoadContext) -> Runner:
         """Import and call the loader; any failure becomes ``ModelLoadError``."""
@@ -142,7 +161,14 @@ class Registry:
         return self.validate_params(spec, params)
 
     def validate_input(self, spec: ModelSpec, value: Any) -> None:
-        """Check one input: text, not blank, within the size limit. Raises ``InvalidInput``."""
+        """Check one input against the spec's input type: text not blank and within
+        ``max_input_chars``; any other type as ``models.inputs`` checks it (type, dtype, shape,
+        decodable image, ``max_input_bytes``). Raises ``InvalidInput`` naming what was
+        expected."""
+        if spec.input_type != "text":
+            check_value(spec.name, spec.input_type, value, dtypes=spec.input_dtypes,
+                        shape=spec.input_shape, max_bytes=spec.max_input_bytes)
+            return
         limit = spec.max_input_chars or self.max_input_chars
         if not isinstance(value, str):
             raise InvalidInput(

@@ -14,6 +14,7 @@ from typing import Any
 from aidist.config import Settings
 from aidist.jobs import JobStatus
 from aidist.transport import JobPublisher
+from db.blob_base import BlobStore
 from db.interfaces import JobStoreLike, ResultCacheLike
 from models import ModelInfo, Registry
 from producers.client import Client
@@ -60,9 +61,9 @@ class AsyncClient:
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
                  store: JobStoreLike | None = None, cache: ResultCacheLike | None = None,
-                 publisher: JobPublisher | None = None) -> None:
+                 publisher: JobPublisher | None = None, blobs: BlobStore | None = None) -> None:
         self.client = Client(settings, registry=registry, store=store, cache=cache,
-                             publisher=publisher)
+                             publisher=publisher, blobs=blobs)
 
     async def __aenter__(self) -> AsyncClient:
         return self

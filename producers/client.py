@@ -17,19 +17,39 @@ from aidist.errors import (
     IdempotencyConflict,
     InvalidInput,
     JobTimeout,
+    ResultUnavailable,
     ServiceUnavailable,
 )
-from aidist.jobs import JobEntry, JobKind, JobStatus, Step, cache_key, pipeline_key
+from aidist.ids import new_job_id
+from aidist.jobs import (
+    JobEntry,
+    JobKind,
+    JobStatus,
+    Step,
+    cache_key,
+    message_packs,
+    pipeline_key,
+)
 from aidist.transport import JobPublisher, Publisher, queue_name
 from db import JobStore, NewJob, ResultCache
+from db.blob_base import BlobStore
+from db.blobs import dereference, live, open_blob_store_for
 from db.interfaces import JobStoreLike, ResultCacheLike
 from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
 from producers.outbox import SentMarker
+from producers.payloads import blob_keys, offload
 from producers.progress import job_progress
 from producers.recompute import Recomputer
-from producers.submission import Deadline, Plan, Request, SubmitOptions, submit_options
+from producers.submission import (
+    Deadline,
+    Plan,
+    Request,
+    SubmitOptions,
+    entry_sizes,
+    submit_options,
+)
 from producers.waiting import CompletionTracker
 
 log = logging.getLogger("aidist.client")
@@ -40,13 +60,13 @@ class Client:
 
     ``Client()`` reads settings from ``AIDIST_*`` variables or ``.env``; connections open on first
     use, and a service that cannot be reached raises ``ServiceUnavailable`` within the connect
-    timeout. ``store``, ``cache`` and ``publisher`` replace the Postgres, Redis and RabbitMQ
-    ones (``aidist.testing`` has in-memory doubles of all three).
+    timeout. ``store``, ``cache``, ``publisher`` and ``blobs`` replace the Postgres, Redis,
+    RabbitMQ and blob-store ones (``aidist.testing`` has in-memory doubles of all four).
     """
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
                  store: JobStoreLike | None = None, cache: ResultCacheLike | None = None,
-                 publisher: JobPublisher | None = None):
+                 publisher: JobPublisher | None = None, blobs: BlobStore | None = None):
         self.settings = settings or Settings()
         self.registry = registry or build_registry(
             self.settings.plugins, max_input_chars=self.settings.max_input_chars
@@ -58,6 +78,8 @@ class Client:
             self.settings.redis_url, self.settings.namespace, timeout)
         self.publisher: JobPublisher = publisher if publisher is not None else Publisher(
             self.settings.broker_url, self.settings.namespace, timeout)
+        self.blobs: BlobStore = blobs if blobs is not None else open_blob_store_for(
+            self.settings)
         self.client_id = uuid.uuid4().hex
         self.tracker = CompletionTracker(
             self.cache, self.store, self.cache.reply_key(self.client_id)
@@ -74,11 +96,13 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Mark what was published as sent, close connections to RabbitMQ, Redis and Postgres."""
+        """Mark what was published as sent, close connections to RabbitMQ, Redis, Postgres and
+        the blob store."""
         self.sent.close()
         self.publisher.close()
         self.cache.close()
         self.store.close()
+        self.blobs.close()
 
     # -- submitting -------------------------------------------------------------------------------
 
@@ -195,12 +219,17 @@ class Client:
         return self._enqueue_requests(requests)
 
     def _enqueue_requests(self, requests: list[Request]) -> list[Job]:
-        """Cache lookup, one INSERT for every row, packed confirmed publishing of the misses."""
+        """Cache lookup, large inputs to the blob store, one INSERT for every row, packed
+        confirmed publishing of the misses."""
         self.publisher.connect()  # a down broker fails here, before anything is written
-        cached = self.cache.get_many([r.key for r in requests])
+        cached = live(self.blobs, self.cache.get_many([r.key for r in requests]))
+        # Before any row: a blob store that is down fails the call with nothing written.
+        requests = offload(self.blobs, requests, self.settings.inline_max_bytes)
+        sizes = entry_sizes(requests, cached, self.tracker.reply_to,
+                            self.settings.max_message_bytes)
         rows = [
             NewJob(
-                id=str(uuid.uuid4()),
+                id=new_job_id(),  # time-ordered: index locality on a big table
                 kind=r.plan.kind,
                 target=r.plan.label,
                 version=r.plan.version,
@@ -213,6 +242,7 @@ class Client:
                 tenant=r.options.tenant,
                 idempotency_key=r.options.idempotency_key,
                 deadline=r.options.deadline,
+                blob_keys=blob_keys(r, hit),
             )
             for r, hit in zip(requests, cached, strict=True)
         ]
@@ -230,7 +260,8 @@ class Client:
             self.store.insert_jobs(rows)
 
         outgoing: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for row, r in zip(rows, requests, strict=True):
+        outgoing_sizes: dict[tuple[str, int], list[int]] = {}
+        for row, r, size in zip(rows, requests, sizes, strict=True):
             if row.cache_hit:
                 self.tracker.record(row.id, JobStatus.SUCCEEDED)
                 continue
@@ -238,11 +269,13 @@ class Client:
             queue = queue_name(self.settings.namespace, first.kind, first.target)
             outgoing.setdefault((queue, r.options.priority), []).append(
                 JobEntry(row.id, first.kind, first.target, first.version, r.input, row.cache_key,
-                         first.params, self.tracker.reply_to, steps=r.plan.rest).to_wire())
+                         first.params, self.tracker.reply_to, steps=r.plan.rest
+                         ).to_wire(r.payload))
+            outgoing_sizes.setdefault((queue, r.options.priority), []).append(size)
         sent: set[str] = set()
         for (queue, priority), entries in outgoing.items():
             try:
-                self._publish(queue, entries, priority)
+                self._publish(queue, entries, outgoing_sizes[(queue, priority)], priority)
             except ServiceUnavailable as exc:
                 # The rows are the commit point: jobs recorded but not yet sent stay queued and
                 # unsent, and a worker's sweeper publishes them once the broker is back.
@@ -260,16 +293,18 @@ class Client:
         return [Job(self, row.id, r.plan.kind, r.plan.label, row.cache_key)
                 for row, r in zip(rows, requests, strict=True)]
 
-    def _publish(self, queue: str, entries: list[dict[str, Any]], priority: int) -> None:
-        """Publish packed, each message confirmed; a broker that fails mid-submit (a restart)
-        is retried with backoff for ``publish_retry_s`` (a duplicate from a lost confirm is
-        harmless: the claim fencing runs each job once)."""
-        pack = self.settings.pack_size
+    def _publish(self, queue: str, entries: list[dict[str, Any]], sizes: list[int],
+                 priority: int) -> None:
+        """Publish packed (``pack_size`` jobs, at most ``max_message_bytes``, per message), each
+        message confirmed; a broker that fails mid-submit (a restart) is retried with backoff
+        for ``publish_retry_s`` (a duplicate from a lost confirm is harmless: the claim fencing
+        runs each job once)."""
         retrying = Retrying(retry=retry_if_exception_type(ServiceUnavailable),
                             wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
                             stop=stop_after_delay(self.settings.publish_retry_s), reraise=True)
-        for start in range(0, len(entries), pack):
-            retrying(self.publisher.publish, queue, entries[start : start + pack], priority)
+        for pack in message_packs(sizes, self.settings.pack_size,
+                                  self.settings.max_message_bytes):
+            retrying(self.publisher.publish, queue, entries[pack], priority)
 
     # -- waiting and results ----------------------------------------------------------------------
 
@@ -312,20 +347,30 @@ class Client:
                 statuses.append((finished.status, finished.error))
         for job, (status, error) in zip(jobs, statuses, strict=True):
             raise_for_status(job.id, status, error)
-        raw = self.cache.get_many([job.cache_key for job in jobs])
+        # A large result is a reference in Redis and in the row: read from the blob store (a
+        # blob gone since counts as a result that left the cache).
+        raw = dereference(self.blobs, self.cache.get_many([job.cache_key for job in jobs]))
         if any(data is None for data in raw):
             durable = self.store.results_by_key(
                 [job.cache_key for job, data in zip(jobs, raw, strict=True) if data is None])
             if durable:
                 self.cache.put_many(durable, self.settings.result_ttl_s)
-                raw = [durable.get(job.cache_key) if data is None else data
-                       for job, data in zip(jobs, raw, strict=True)]
+                raw = self._fill(jobs, raw, durable)
         missing = [job for job, data in zip(jobs, raw, strict=True) if data is None]
         if missing:
-            recomputed = self._recompute(missing, timeout)
-            raw = [recomputed.get(job.cache_key) if data is None else data
-                   for job, data in zip(jobs, raw, strict=True)]
+            raw = self._fill(jobs, raw, self._recompute(missing, timeout))
+        for job, data in zip(jobs, raw, strict=True):
+            if data is None:
+                raise ResultUnavailable(job.id)
         return [codec.decode(data) for data in raw if data is not None]
+
+    def _fill(self, jobs: Sequence[Job], raw: list[bytes | None],
+              found: dict[str, bytes]) -> list[bytes | None]:
+        """``raw`` with its gaps filled from ``found`` (cache key -> result, references read
+        from the blob store)."""
+        readable = dict(zip(found, dereference(self.blobs, list(found.values())), strict=True))
+        return [readable.get(job.cache_key) if data is None else data
+                for job, data in zip(jobs, raw, strict=True)]
 
     def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None, *,
             progress: bool = False, timeout: float | None = None, priority: int = 0,

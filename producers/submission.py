@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aidist.errors import InvalidInput
-from aidist.jobs import JobKind, Step
+from aidist.errors import InvalidInput, MessageTooLarge
+from aidist.jobs import MESSAGE_OVERHEAD, JobEntry, JobKind, Step, wire_overhead
 
 Deadline = float | datetime | None
 
@@ -62,3 +64,31 @@ def submit_options(priority: int, deadline: Deadline, idempotency_key: str | Non
     else:
         raise InvalidInput(f"deadline must be seconds (> 0) or an aware datetime, got {deadline!r}")
     return SubmitOptions(priority, when, idempotency_key, tenant)
+
+
+def entry_sizes(requests: Sequence[Request], cached: Sequence[bytes | None],
+                reply_to: str | None, max_message_bytes: int) -> list[int]:
+    """Bytes each job's entry takes in a message: its encoded input plus the other fields
+    (measured once per plan). ``MessageTooLarge`` for a job that would be sent (not a cache hit)
+    and cannot fit in a message of ``max_message_bytes`` alone: refused before anything is
+    written."""
+    overheads: dict[int, int] = {}
+    sizes: list[int] = []
+    for r, hit in zip(requests, cached, strict=True):
+        overhead = overheads.get(id(r.plan))
+        if overhead is None:
+            first = r.plan.first
+            sample = JobEntry(str(uuid.UUID(int=0)), first.kind, first.target, first.version,
+                              "", r.key, first.params, reply_to, steps=r.plan.rest)
+            overhead = overheads[id(r.plan)] = wire_overhead(sample.to_wire())
+        size = overhead + len(r.payload)
+        if hit is None and size + MESSAGE_OVERHEAD > max_message_bytes:
+            raise MessageTooLarge(
+                f"a {r.plan.label} job's message entry would take {size} bytes (its encoded "
+                f"input: {len(r.payload)}), over the message limit of {max_message_bytes} bytes "
+                "(AIDIST_MAX_MESSAGE_BYTES); nothing was written or sent. Send an input this "
+                "large by reference through the blob store (AIDIST_BLOB_URL, "
+                "AIDIST_INLINE_MAX_BYTES), split it, or raise AIDIST_MAX_MESSAGE_BYTES "
+                "(RabbitMQ's max_message_size must allow it)")
+        sizes.append(size)
+    return sizes

@@ -2,7 +2,8 @@
 
 They need no torch: ``flaky`` fails on inputs containing "boom" (to prove one bad input fails only
 its own job), ``sleepy`` holds the worker for as many seconds as its input says (a workload, so
-tests can observe queued and running states), and ``unloadable`` never loads.
+tests can observe queued and running states), ``unloadable`` never loads, and ``large-echo``
+returns its bytes reversed whatever their size (inputs and outputs through the blob store).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aidist import JobKind, LoadContext, ModelSpec, Registry, Runner
+from tests import typed_plugins
 
 
 def load_flaky(context: LoadContext) -> Runner:
@@ -113,12 +115,22 @@ def load_logged(context: LoadContext) -> Runner:
     return run
 
 
+def load_large_echo(context: LoadContext) -> Runner:
+    """Bytes in, the same bytes reversed out, whatever their size (blob-store tests)."""
+
+    def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+        return [bytes(data)[::-1] for data in inputs]
+
+    return run
+
+
 def load_unloadable(context: LoadContext) -> Runner:
     raise RuntimeError("weights file is corrupt (on purpose)")
 
 
 def register_models(registry: Registry) -> None:
-    """Plugin hook: add the test models."""
+    """Plugin hook: add the test models (and the typed ones of ``tests.typed_plugins``)."""
+    typed_plugins.register_models(registry)
     registry.register(ModelSpec(name="flaky", kind=JobKind.INFER, loader=load_flaky,
                                 version="flaky-1", pool="gpu", max_batch_size=16))
     registry.register(ModelSpec(name="sleepy", kind=JobKind.INFER, loader=load_sleepy,
@@ -135,3 +147,6 @@ def register_models(registry: Registry) -> None:
                                 version="logged-1", pool="cpu", max_batch_size=64))
     registry.register(ModelSpec(name="unloadable", kind=JobKind.INFER, loader=load_unloadable,
                                 version="unloadable-1", pool="gpu"))
+    registry.register(ModelSpec(name="large-echo", kind=JobKind.INFER, loader=load_large_echo,
+                                version="large-echo-1", pool="gpu", input_type="bytes",
+                                max_batch_size=4))

@@ -284,10 +284,12 @@ class BackgroundRunner:
         # Not bounded here: the prefetch window bounds what the consumer holds, and a bound here
         # would block the consumer's thread (its heartbeats, acks and control replies) until a
         # flush ends.
-        self._todo: queue.Queue[list[_Held] | None] = queue.Queue()
+        self._todo: queue.Queue[tuple[list[_Held], bool] | None] = queue.Queue()
         self._done: queue.Queue[tuple[list[_Held], _Outcome]] = queue.Queue()
         self._unfinished = 0  # submitted and not yet done (or dropped)
         self._running = 0  # being run by a runner thread now
+        self._alone_waiting = 0  # flushes that must run alone, waiting for the others to end
+        self._alone_running = False
         self._closing = False
         self._cond = threading.Condition()
         self._threads = [threading.Thread(target=self._loop, name=f"aidist-batches-{i}",
@@ -296,15 +298,13 @@ class BackgroundRunner:
             thread.start()
 
     def submit(self, held: list[_Held], alone: bool = False) -> None:
-        """Queue a flush; with ``alone``, return only once it has run, and start it only once
-        everything before it has."""
-        if alone:
-            self.wait_idle()
+        """Queue a flush, and return at once. One ``alone`` starts only once every flush
+        running has ended, and none starts beside it; the runner thread that takes it waits
+        for that, never the consumer's thread (a runner may be held up for a minute by a
+        vanished host's row locks, and the consumer must keep its heartbeats going)."""
         with self._cond:
             self._unfinished += 1
-        self._todo.put(held)
-        if alone:
-            self.wait_idle()
+        self._todo.put((held, alone))
 
     def finished(self) -> list[tuple[list[_Held], _Outcome]]:
         """Batches done since the last call, in order."""
@@ -341,18 +341,32 @@ class BackgroundRunner:
 
     def _loop(self) -> None:
         while True:
-            held = self._todo.get()
-            if held is None:
+            item = self._todo.get()
+            if item is None:
                 return
+            held, alone = item
             with self._cond:
+                if alone:
+                    self._alone_waiting += 1
+                    while self._running:
+                        self._cond.wait()
+                    self._alone_waiting -= 1
+                    self._alone_running = True
+                else:
+                    while self._alone_running or self._alone_waiting:
+                        self._cond.wait()
                 self._running += 1  # counted before _closing is read: see finish_for_shutdown
                 start = not self._closing
-            if start:
-                self._done.put((held, execute_held(self.runtime(), held)))
-            with self._cond:
-                self._running -= 1
-                self._unfinished -= 1
-                self._cond.notify_all()
+            try:
+                if start:
+                    self._done.put((held, execute_held(self.runtime(), held)))
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._unfinished -= 1
+                    if alone:
+                        self._alone_running = False
+                    self._cond.notify_all()
 
     def stop(self) -> None:
         """End the threads after the batches already queued."""

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-import numpy as np
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -43,13 +42,21 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from aidist import codec
 from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
-from aidist.jobs import JobEntry, JobStatus, canonical_params
-from aidist.transport import queue_name
+from aidist.jobs import JobEntry, JobStatus, canonical_params, message_packs
 from db import Claim, ClaimRequest, Notice, Outcome
 from workers.hooks import BatchReport
 from workers.model_runs import run_group
+from workers.outputs import Forward, encode_output, forward, output_limit
+from workers.payloads import (
+    fetch_inputs,
+    has_refs,
+    live_results,
+    needs_blobs,
+    outline_results,
+    ref_key,
+    with_inputs,
+)
 from workers.redelivery import look_again, split_lost
 from workers.runtime import WorkerRuntime
 
@@ -108,6 +115,7 @@ class FlushState:
     notices: dict[str, list[Notice]] = field(default_factory=lambda: defaultdict(list))
     results: dict[str, bytes] = field(default_factory=dict)  # cache key -> encoded output
     forwards: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    forward_sizes: dict[str, int] = field(default_factory=dict)  # job id -> its entry's bytes
     missing: frozenset[str] = frozenset()
     gave_up: set[str] = field(default_factory=set)
     expired: int = 0
@@ -117,10 +125,10 @@ class FlushState:
     computed: set[str] = field(default_factory=set)  # ran through their model here
 
     def end(self, entry: JobEntry, status: JobStatus, error: str | None = None,
-            result: bytes | None = None) -> None:
+            result: bytes | None = None, blob_key: str | None = None) -> None:
         """Record a job's terminal state, and the notice its client waits for."""
         self.outcomes.append(Outcome(entry.id, self.claims[entry.id].attempt, status, error,
-                                     result=result))
+                                     result=result, blob_key=blob_key))
         self.notify(entry, status, error)
 
     def notify(self, entry: JobEntry, status: JobStatus, error: str | None = None) -> None:
@@ -276,19 +284,26 @@ def claim(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
 def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
     """Run the claimed jobs. A job whose result is in Redis already (an identical job finished
     since, in another flush or on another worker) takes it instead of running the model; a job
-    cancelled since its claim is dropped before its group runs (the batch boundary). Each
-    output becomes a result, a pipeline continuation, or a failure."""
+    cancelled since its claim is dropped before its group runs (the batch boundary). Inputs
+    sent by reference are read from the blob store once, for the whole flush, before any model
+    runs. Each output becomes a result, a pipeline continuation, or a failure."""
     durable = runtime.settings.durable_results
     keys = list({entry.cache_key for group in state.groups.values() for entry in group})
     stored: dict[str, bytes] = {}
     if keys:
         found = io(lambda: runtime.cache.get_many(keys))
+        if has_refs(found):  # a reference to a blob gone since is no result: the job runs
+            found = io(partial(live_results, runtime.blobs, found))
         stored = {key: data for key, data in zip(keys, found, strict=True) if data is not None}
+    pending = [e for group in state.groups.values() for e in group if e.cache_key not in stored]
+    by_ref = needs_blobs(pending)
+    inputs = io(partial(fetch_inputs, runtime.blobs, pending)) if by_ref else {}
     for (target, version, _), group in state.groups.items():
         for entry in (e for e in group if e.cache_key in stored):
             state.from_cache.add(entry.id)
             state.end(entry, JobStatus.SUCCEEDED,
-                      result=stored[entry.cache_key] if durable else None)
+                      result=stored[entry.cache_key] if durable else None,
+                      blob_key=ref_key(stored[entry.cache_key]))
         to_run = [entry for entry in group if entry.cache_key not in stored]
         if not to_run:
             continue
@@ -298,44 +313,41 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
             to_run = [entry for entry in to_run if entry.id not in cancelled]
             if not to_run:
                 continue
+        if by_ref:  # a job whose input blob is gone fails (the blob will not come back)
+            to_run, unreadable = with_inputs(to_run, inputs, runtime.blobs.url)
+            for entry, problem in unreadable:
+                log.warning("job %s (%s) failed: %s", entry.id, target, problem,
+                            extra={"job_id": entry.id, "target": target})
+                state.end(entry, JobStatus.FAILED, problem)
         state.computed.update(entry.id for entry in to_run)
+        limit = output_limit(runtime.registry, target)
         for entry, output, run_error in run_group(runtime, target, version, to_run):
-            error = run_error
+            encoded, error = (b"", run_error) if run_error is not None else encode_output(
+                target, output, limit)
             if error is None and entry.steps:
-                # a pipeline goes on: the job stays running, its next step gets this output
-                following = entry.next_step(_plain(output), state.claims[entry.id].attempt)
-                queue = queue_name(runtime.settings.namespace, following.kind, following.target)
-                state.forwards[queue].append(following.to_wire())
-                continue
+                following = forward(runtime.settings, entry, output, encoded,
+                                    state.claims[entry.id].attempt)
+                if isinstance(following, Forward):  # a pipeline goes on: the job stays running
+                    state.forwards[following.queue].append(following.wire)
+                    state.forward_sizes[entry.id] = following.size
+                    continue
+                error = following
             if error is None:
-                try:
-                    state.results[entry.cache_key] = codec.encode(output)
-                except (TypeError, ValueError) as exc:
-                    error = f"output cannot be encoded: {exc}"
-            if error is None:
-                state.end(entry, JobStatus.SUCCEEDED,
-                          result=state.results[entry.cache_key] if durable else None)
+                state.results[entry.cache_key] = encoded
+                state.end(entry, JobStatus.SUCCEEDED, result=encoded if durable else None)
             else:
                 log.warning("job %s (%s) failed: %s", entry.id, target, error,
                             extra={"job_id": entry.id, "target": target})
                 state.end(entry, JobStatus.FAILED, error)
 
 
-def _plain(value: Any) -> Any:
-    """A step's output as message-safe data for the next step (arrays become lists)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
-
-
 # -- commit ----------------------------------------------------------------------------------------
 
 
 def commit(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
-    """Store what the run produced, in the order that keeps it durable: results in Redis first
-    (a client that sees ``succeeded`` finds its result), then pipeline continuations, then every
+    """Store what the run produced, in the order that keeps it durable: outputs too large to
+    keep inline in the blob store first, then results (or their references) in Redis (a client
+    that sees ``succeeded`` finds its result), then pipeline continuations, then every
     state in one statement (fenced on the attempt: a stale or cancelled run changes nothing),
     then notices. Jobs cancelled while their batch ran are left out of all of it: no cached
     result, no next step."""
@@ -344,11 +356,17 @@ def commit(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
     cancelled = io(partial(runtime.cache.cancelled_among, produced)) if produced else set()
     if cancelled:
         _drop_cancelled(state, cancelled)
-    pack = runtime.settings.pack_size
+    limit = runtime.settings.inline_max_bytes
+    if any(len(data) > limit for data in state.results.values()):  # large outputs: blobs first
+        state.results, state.outcomes = io(partial(
+            outline_results, runtime.blobs, state.results, state.outcomes,
+            {job_id: entry.cache_key for job_id, entry in state.entries.items()}, limit))
+    pack, max_bytes = runtime.settings.pack_size, runtime.settings.max_message_bytes
     io(lambda: runtime.cache.put_many(state.results, runtime.settings.result_ttl_s))
     for queue, wires in state.forwards.items():
-        for start in range(0, len(wires), pack):
-            io(partial(runtime.forward, queue, wires[start : start + pack]))
+        sizes = [state.forward_sizes[wire["id"]] for wire in wires]
+        for part in message_packs(sizes, pack, max_bytes):
+            io(partial(runtime.forward, queue, wires[part]))
     changed: set[str] = io(lambda: runtime.store.finish_returning(state.outcomes))
     # No notice for a job whose row did not change (cancelled meanwhile, or a stale attempt):
     # its client learns the recorded status instead.

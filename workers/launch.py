@@ -15,6 +15,8 @@ from aidist.config import Settings
 from aidist.errors import AidistError, ConfigError
 from aidist.transport import Publisher
 from db import JobStore, ResultCache
+from db.blobs import open_blob_store_for
+from db.retention import JobPruner, blob_deleter
 from models import build_registry
 from workers.alive import AliveMarks
 from workers.app import batch_policy, create_app, pool_targets, queues_for
@@ -56,7 +58,8 @@ def default_hooks(settings: Settings, pool: str, presence: WorkerPresence,
     jobs, the alive mark, the job time limit, the service times (the autoscaler's speed
     figures) and, where the worker serves them, the Prometheus metrics; for batched messages,
     Flower's task events; in the worker's main process, the presence heartbeat and the outbox
-    sweeper."""
+    sweeper (which also prunes finished jobs past their retention)."""
+    store = JobStore.connect(settings.database_url, settings.connect_timeout_s)
     return [
         AliveMarks(),
         Watchdog(settings.job_time_limit_s),
@@ -64,9 +67,9 @@ def default_hooks(settings: Settings, pool: str, presence: WorkerPresence,
         *([metrics] if metrics is not None else []),
         TaskEvents(),
         PeriodicDuty("aidist-presence", presence.beat, retry_s=1.0),
-        sweeper(settings, JobStore.connect(settings.database_url, settings.connect_timeout_s),
-                Publisher(settings.broker_url, settings.namespace,
-                          settings.connect_timeout_s).publish),
+        sweeper(settings, store, Publisher(settings.broker_url, settings.namespace,
+                                           settings.connect_timeout_s).publish,
+                JobPruner(store.engine, blob_deleter(open_blob_store_for(settings)))),
     ]
 
 

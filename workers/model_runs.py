@@ -1,5 +1,6 @@
 """Running a group of jobs that share a model, version and params through that model: batches
-of the model's size, similar lengths together, identical inputs once, a thread-safe model's
+of the model's size, similar lengths together, arrays only with arrays of their own dtype and
+shape (a model stacks a batch into one tensor), identical inputs once, a thread-safe model's
 batches side by side on a CPU, a failing batch re-run item by item (one bad input fails only its
 own job), transient errors retried with backoff.
 """
@@ -12,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from aidist.errors import AidistError, InvalidInput, TransientError
@@ -69,6 +71,29 @@ def _run_batch(runner: Runner, inputs: Sequence[Any], params: dict[str, Any],
     return results
 
 
+def _layout(value: Any) -> tuple[str, tuple[int, ...]] | None:
+    """What an input must share with the others of its batch: an array its dtype and shape;
+    anything else nothing."""
+    return (value.dtype.str, value.shape) if isinstance(value, np.ndarray) else None
+
+
+def _length(item: tuple[int, int, Any]) -> int:
+    return len(item[2]) if isinstance(item[2], str | list) else 0
+
+
+def _buckets(items: list[tuple[int, int, Any]]) -> list[list[tuple[int, int, Any]]]:
+    """Items split by layout (arrays of one dtype and shape together, never stacked with
+    others), each bucket sorted by length: similar lengths share a batch, so less padding and
+    more items per second on the same model."""
+    by_layout: dict[tuple[str, tuple[int, ...]] | None, list[tuple[int, int, Any]]] = {}
+    for item in items:
+        by_layout.setdefault(_layout(item[2]), []).append(item)
+    buckets = list(by_layout.values())
+    for bucket in buckets:
+        bucket.sort(key=_length)
+    return buckets
+
+
 def run_group(runtime: WorkerRuntime, target: str, version: str, group: list[JobEntry]
                ) -> list[tuple[JobEntry, Any, str | None]]:
     """Run jobs that share model, version and params, in batches of the model's size. An
@@ -111,15 +136,14 @@ def run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Job
             errors[index] = f"pipeline step {target}: {exc}"
             continue
         items.extend((index, position, value) for position, value in enumerate(entry.input))
-    # Similar lengths share a batch: less padding, so more items per second on the same model.
-    items.sort(key=lambda item: len(item[2]) if isinstance(item[2], str | list) else 0)
     outputs: dict[int, dict[int, Any]] = defaultdict(dict)
     params = group[0].params
     threads = runtime.batch_threads if spec.thread_safe else 1
     size = max(spec.max_batch_size, 1)
     if threads > 1:  # a small flush is shared out too, so every core has a part of it
         size = max(1, min(size, -(-len(items) // threads)))
-    batches = [items[start : start + size] for start in range(0, len(items), size)]
+    batches = [bucket[start : start + size] for bucket in _buckets(items)
+               for start in range(0, len(bucket), size)]
 
     def run(batch: list[tuple[int, int, Any]]) -> list[tuple[Any, str | None]]:
         try:

@@ -23,6 +23,8 @@ from aidist.config import Settings
 from aidist.errors import AidistError, ModelLoadError
 from aidist.transport import JobPublisher, Publisher
 from db import JobStore, ResultCache
+from db.blob_base import BlobStore
+from db.blobs import open_blob_store_for
 from db.interfaces import JobStoreLike, ResultCacheLike
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
 from workers.hooks import Hooks
@@ -84,6 +86,7 @@ class WorkerRuntime:
     context: LoadContext
     name: str
     publisher: JobPublisher
+    blobs: BlobStore
     hooks: Hooks = field(default_factory=Hooks)
     runners: dict[str, Runner] = field(default_factory=dict)
     load_errors: dict[str, str] = field(default_factory=dict)
@@ -168,6 +171,7 @@ class WorkerRuntime:
         self.store.close()
         self.cache.close()
         self.publisher.close()
+        self.blobs.close()
 
 
 class RuntimeHolder:
@@ -210,6 +214,7 @@ class RuntimeHolder:
             context=LoadContext(device=self.device, torch_threads=torch_threads),
             publisher=Publisher(settings.broker_url, settings.namespace,
                                 settings.connect_timeout_s),
+            blobs=open_blob_store_for(settings),
             hooks=self.hooks,
             batch_threads=batch_threads,
             dtype_override=self.dtype,

@@ -9,6 +9,10 @@ workers never publish the same one at once). Should a message be published twice
 client's publish went through but it died before marking the row), the claim fencing runs the job
 once. A queued job past its deadline is expired here too: a claim would expire it, but only once
 a worker takes its message, and with no worker on its queue its client would wait for ever.
+Each pass then prunes (``db.retention``): finished jobs older than ``AIDIST_RETENTION_S`` go,
+at most ``AIDIST_PRUNE_PER_SWEEP`` of them per pass, so a backlog of old rows is worked off over
+several passes and never holds the sweeper long; a sweeper that finds another worker's prune
+running skips its own for that pass.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any
 
 from aidist import codec
 from aidist.config import Settings
-from aidist.jobs import JobEntry, recorded_steps
+from aidist.jobs import JobEntry, message_packs, recorded_steps
 from aidist.transport import queue_name
 from db import UnsentJob
 from db.interfaces import JobStoreLike
+from db.retention import JobPruner, Pruned
 from workers.periodic import PeriodicDuty
 
 log = logging.getLogger("aidist.sweeper")
@@ -47,7 +52,7 @@ def sweep_once(settings: Settings, store: JobStoreLike, publish: Publish,
     (default ``settings.sweep_after_s``); returns how many were published."""
 
     def publish_rows(rows: list[UnsentJob]) -> Sequence[str]:
-        outgoing: dict[tuple[str, int], list[JobEntry]] = defaultdict(list)
+        outgoing: dict[tuple[str, int], list[tuple[JobEntry, int]]] = defaultdict(list)
         for row in rows:
             try:
                 entry = entry_of(row)
@@ -55,13 +60,15 @@ def sweep_once(settings: Settings, store: JobStoreLike, publish: Publish,
                 log.error("cannot rebuild the message of job %s: %s", row.id, exc)
                 continue
             queue = queue_name(settings.namespace, entry.kind, entry.target)
-            outgoing[(queue, row.priority)].append(entry)
+            outgoing[(queue, row.priority)].append((entry, len(row.payload)))
         sent: list[str] = []
         for (queue, priority), entries in outgoing.items():
-            for start in range(0, len(entries), settings.pack_size):
-                pack = entries[start : start + settings.pack_size]
-                publish(queue, [entry.to_wire() for entry in pack], priority)
-                sent.extend(entry.id for entry in pack)
+            # packed as the client packs: by count and by bytes (AIDIST_MAX_MESSAGE_BYTES)
+            for pack in message_packs([size for _, size in entries], settings.pack_size,
+                                      settings.max_message_bytes):
+                chosen = [entry for entry, _ in entries[pack]]
+                publish(queue, [entry.to_wire() for entry in chosen], priority)
+                sent.extend(entry.id for entry in chosen)
         return sent
 
     settled = store.settle_followers()
@@ -89,12 +96,27 @@ def sweep_once(settings: Settings, store: JobStoreLike, publish: Publish,
     return total
 
 
-def sweeper(settings: Settings, store: JobStoreLike, publish: Publish) -> PeriodicDuty:
-    """A worker hook that runs ``sweep_once`` every ``sweep_interval_s`` while the worker
-    consumes."""
+def prune_once(settings: Settings, pruner: JobPruner) -> Pruned:
+    """A sweeper pass's prune: up to ``settings.prune_per_sweep`` finished jobs that ended over
+    ``settings.retention_s`` ago (nothing if that is 0, or if another prune is running)."""
+    if settings.retention_s <= 0:
+        return Pruned()
+    pruned = pruner.prune(settings.retention_s, limit=settings.prune_per_sweep)
+    if pruned.jobs:
+        log.info("pruned %d finished jobs that ended over %gs ago, with %d history rows and "
+                 "%d blobs", pruned.jobs, settings.retention_s, pruned.events, pruned.blobs)
+    return pruned
+
+
+def sweeper(settings: Settings, store: JobStoreLike, publish: Publish,
+            pruner: JobPruner | None = None) -> PeriodicDuty:
+    """A worker hook that runs ``sweep_once`` (and ``prune_once``, given a ``pruner``) every
+    ``sweep_interval_s`` while the worker consumes."""
 
     def step() -> float:
         sweep_once(settings, store, publish)
+        if pruner is not None:
+            prune_once(settings, pruner)
         return settings.sweep_interval_s
 
     return PeriodicDuty("aidist-sweeper", step, retry_s=settings.sweep_interval_s)

@@ -18,10 +18,11 @@ This is a top layer: importing it imports the worker side (``workers``), which a
 never does otherwise.
 """
 
+from aidist.testing.blobs import InMemoryBlobStore
 from aidist.testing.broker import InMemoryBroker, Published
 from aidist.testing.cache import InMemoryCache
 from aidist.testing.stack import InMemoryStack
 from aidist.testing.store import UNSET, InMemoryStore
 
-__all__ = ["UNSET", "InMemoryBroker", "InMemoryCache", "InMemoryStack", "InMemoryStore",
-           "Published"]
+__all__ = ["UNSET", "InMemoryBlobStore", "InMemoryBroker", "InMemoryCache", "InMemoryStack",
+           "InMemoryStore", "Published"]

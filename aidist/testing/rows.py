@@ -58,6 +58,7 @@ class Row:
     follows: str | None = None
     result: bytes | None = None
     sent_at: datetime | None = None
+    blob_keys: list[str] | None = None  # content keys of the blobs payload and result refer to
 
     def record(self) -> JobRecord:
         return JobRecord(
@@ -134,6 +135,8 @@ def finish_rows(rows: Rows, outcomes: Sequence[Outcome], now: datetime) -> set[s
         row.status, row.error, row.finished_at = outcome.status, outcome.error, now
         if outcome.result is not None:
             row.result = outcome.result
+        if outcome.blob_key is not None:
+            row.blob_keys = [*(row.blob_keys or []), outcome.blob_key]
         done[row.id] = row
     for follower in rows.values():
         leader = done.get(follower.follows) if follower.follows is not None else None
@@ -141,6 +144,7 @@ def finish_rows(rows: Rows, outcomes: Sequence[Outcome], now: datetime) -> set[s
                 and follower.id not in done):
             follower.status, follower.error = leader.status, leader.error
             follower.result, follower.finished_at = leader.result, now
+            follower.blob_keys = copy.copy(leader.blob_keys)
     return set(done)
 
 
@@ -156,6 +160,8 @@ def settle_rows(rows: Rows, now: datetime) -> int:
             follower.status, follower.error = leader.status, leader.error
             succeeded = leader.status is JobStatus.SUCCEEDED
             follower.result = leader.result if succeeded else None
+            if succeeded:
+                follower.blob_keys = copy.copy(leader.blob_keys)
             follower.finished_at = now
         else:
             follower.status, follower.error, follower.result = JobStatus.QUEUED, None, None

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 from aidist.config import Settings
 from aidist.errors import PoisonMessage
+from aidist.testing.blobs import InMemoryBlobStore
 from aidist.testing.broker import InMemoryBroker, Published
 from aidist.testing.cache import InMemoryCache
 from aidist.testing.store import InMemoryStore
@@ -36,8 +37,8 @@ DEFAULT_WORKER = "in-memory-worker"
 
 
 class InMemoryStack:
-    """One store, cache and broker in memory, the settings and registry they serve, and the
-    clients and the worker runtime built on them.
+    """One store, cache, broker and blob store in memory, the settings and registry they serve,
+    and the clients and the worker runtime built on them.
 
     Settings default to ``Settings()`` (the environment, as ``Client()`` reads it) and the
     registry to the built-ins plus ``settings.plugins``; pass your own for a hermetic test. The
@@ -46,7 +47,8 @@ class InMemoryStack:
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
                  store: InMemoryStore | None = None, cache: InMemoryCache | None = None,
-                 broker: InMemoryBroker | None = None, journal: list[str] | None = None,
+                 broker: InMemoryBroker | None = None, blobs: InMemoryBlobStore | None = None,
+                 journal: list[str] | None = None,
                  worker_name: str = DEFAULT_WORKER, context: LoadContext | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
         self.registry = registry if registry is not None else build_registry(
@@ -56,6 +58,7 @@ class InMemoryStack:
         self.cache = cache if cache is not None else InMemoryCache(
             self.settings.namespace, journal=self.journal)
         self.broker = broker if broker is not None else InMemoryBroker()
+        self.blobs = blobs if blobs is not None else InMemoryBlobStore(journal=self.journal)
         self.worker_name = worker_name
         self.context = context if context is not None else LoadContext()
         self.reports: list[BatchReport] = []
@@ -66,7 +69,7 @@ class InMemoryStack:
     def client(self) -> Client:
         """A new ``Client`` (its own client id and reply list) over this stack."""
         return Client(self.settings, registry=self.registry, store=self.store, cache=self.cache,
-                      publisher=self.broker)
+                      publisher=self.broker, blobs=self.blobs)
 
     def runtime(self) -> WorkerRuntime:
         """The stack's worker runtime, built on first use; models load once, on first run."""
@@ -80,6 +83,7 @@ class InMemoryStack:
                     context=self.context,
                     name=self.worker_name,
                     publisher=self.broker,
+                    blobs=self.blobs,
                 )
             return self._runtime
 

@@ -138,6 +138,20 @@ class InMemoryStore:
         with self._lock:
             return self._row(job_id).result
 
+    def blob_keys(self, job_id: str) -> list[str] | None:
+        """The blobs a job's row references (``jobs.blob_keys``: its large input and output),
+        ``None`` for none."""
+        with self._lock:
+            keys = self._row(job_id).blob_keys
+            return list(keys) if keys is not None else None
+
+    def blob_keys_referenced(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that some row still references (``JobStore.blob_keys_referenced``)."""
+        wanted = set(keys)
+        with self._lock:
+            return {key for row in self._rows.values() for key in row.blob_keys or ()
+                    if key in wanted}
+
     def is_sent(self, job_id: str) -> bool:
         """Whether the job has left the outbox (its message was confirmed, ``mark_sent``)."""
         with self._lock:
@@ -204,6 +218,7 @@ class InMemoryStore:
             params=_json(job.params), cache_hit=job.cache_hit, priority=job.priority,
             tenant=job.tenant, idempotency_key=job.idempotency_key, deadline=job.deadline,
             created_at=now, seq=next(self._seq), finished_at=now if job.status.terminal else None,
+            blob_keys=list(job.blob_keys) or None,
         )
 
     def get(self, job_id: str) -> JobRecord:

@@ -29,13 +29,14 @@ def test_demo_runs_end_to_end_and_second_pass_is_all_cache_hits(settings: Settin
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
-    assert "200/200" in text and "30/30" in text
+    assert "200/200" in text and "30/30" in text and "8/8" in text
     assert re.search(r"\d+ sentences/s", text)
+    assert "classified 8 PNGs through image>toy-vision" in text
     rows = {m.group(1): (int(m.group(2)), int(m.group(3)))
             for m in re.finditer(r"│ ([a-z ]+?)\s+│\s+(\d+) │\s+(\d+) │", text)}
-    assert rows["succeeded"] == (230, 230)
-    assert rows["cache hits"] == (0, 230)
-    assert rows["ran on a worker"] == (230, 0)
+    assert rows["succeeded"] == (238, 238)  # 200 + 30 + 8 synthetic PNGs
+    assert rows["cache hits"] == (0, 238)
+    assert rows["ran on a worker"] == (238, 0)
     assert "results identical to pass 1: True" in text
     assert text.count("worker stopped (exit code 0)") == 2
     assert "other workers also consume" not in text

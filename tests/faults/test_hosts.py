@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from aidist.transport import queue_stats
+from db.engine import IDLE_IN_TRANSACTION_S
 from producers import Job
 from tests.conftest import wait_for
 from tests.faults.conftest import OUT, record
@@ -188,8 +189,13 @@ def test_a_host_joins_mid_run(scenario: Scenario, hosts: Hosts) -> None:
 
 
 def test_a_host_leaves_mid_run(scenario: Scenario, hosts: Hosts) -> None:
-    hosts.start("host-a", batch_prefetch=SMALL_PREFETCH)
-    victim = hosts.start("host-b", batch_prefetch=SMALL_PREFETCH)
+    # A job time limit above the server's idle-in-transaction timeout: a transaction host-b had
+    # open at the cut holds its rows' locks until the server ends its session, and host-a's
+    # claims of those rows wait for that (a duplicate message, or the takeover), as any worker
+    # of a real deployment would (the default limit is 600 s).
+    limit = {"job_time_limit_s": IDLE_IN_TRANSACTION_S * 2}
+    hosts.start("host-a", batch_prefetch=SMALL_PREFETCH, **limit)
+    victim = hosts.start("host-b", batch_prefetch=SMALL_PREFETCH, **limit)
     hosts.wait_consumers(2)
     inputs = unique_inputs("leave", 3000)
     producer = Producer(scenario.client, TARGET, inputs, chunk=PER_MESSAGE)

@@ -8,12 +8,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pytest
 
 from aidist.config import Settings
 from aidist.errors import (
     AidistError,
     InvalidInput,
+    MessageTooLarge,
     UnknownModel,
 )
 from aidist.jobs import JobKind
@@ -24,6 +26,7 @@ from tests.conftest import queue_depth
 from tests.integration.conftest import (
     TOY,
     clean_namespace,
+    drain,
     isolated_settings,
     total_jobs,
     toy_queue,
@@ -98,8 +101,8 @@ def test_unknown_model_lists_known_names_and_writes_nothing(
     assert error.known == sorted(error.known) and error.known
     assert set(error.known) <= {"minilm", TOY, "flaky", "sleepy", "unloadable", "oom-on-batches",
                                 "crashing", "logged", "logged-cpu",
-                                "tokenize",
-                                "chunk", "normalize"}
+                                "tokenize", "toy-vision", "bytes-echo", "tensor-stats",
+                                "large-echo", "chunk", "normalize", "image", "json-echo"}
     for name in error.known:
         assert name in str(error)
     assert "aidist models" in str(error)
@@ -128,3 +131,61 @@ def test_too_many_inputs_in_one_call_is_refused(settings: Settings, store: JobSt
         clean_namespace(limited)
 
 
+
+
+# -- typed inputs: the error names what was expected; nothing written, nothing sent ------------
+
+TYPED_INVALID: dict[str, tuple[Submit, str]] = {
+    "bytes-given-text": (lambda c: c.infer("bytes-echo", "text"),
+                         "bytes-echo takes bytes, got str"),
+    "bytes-too-large": (lambda c: c.infer("bytes-echo", b"x" * (64 * 1024 + 1)),
+                        "has 65537 bytes, the limit is 65536"),
+    "image-undecodable": (lambda c: c.preprocess("image", b"\x89PNG\r\n\x1a\n not really"),
+                          "image got PNG bytes that do not decode"),
+    "image-not-an-image": (lambda c: c.preprocess("image", b"just bytes"),
+                           "neither PNG nor JPEG"),
+    "tensor-dtype": (lambda c: c.infer("toy-vision", np.zeros((3, 4, 4), dtype=np.float64)),
+                     "toy-vision takes a tensor of dtype float32, got float64"),
+    "tensor-shape": (lambda c: c.infer("toy-vision", np.zeros((4, 4), dtype=np.float32)),
+                     r"shape \(3, None, None\) \(None: any size\), got shape \(4, 4\)"),
+    "tensor-not-an-array": (lambda c: c.infer("toy-vision", [[0.0]]),
+                            r"takes a tensor \(a numpy array\), got list"),
+    "json-set": (lambda c: c.preprocess("json-echo", {"a": {1, 2}}), "takes JSON .* got set"),
+    "pipeline-first-step": (lambda c: c.pipeline(["image", "toy-vision"], "a.png"),
+                            "image takes an image: PNG or JPEG bytes"),
+}
+
+
+@pytest.mark.parametrize(("submit", "message"), list(TYPED_INVALID.values()),
+                         ids=list(TYPED_INVALID))
+def test_typed_input_refused_naming_what_was_expected(
+        ns_settings: Settings, ns_client: Client, store: JobStore, submit: Submit,
+        message: str) -> None:
+    before = total_jobs(store)
+    with pytest.raises(InvalidInput, match=message):
+        submit(ns_client)
+    assert total_jobs(store) == before
+    for kind, name in [(JobKind.INFER, "bytes-echo"), (JobKind.INFER, "toy-vision"),
+                       (JobKind.PREPROCESS, "image"), (JobKind.PREPROCESS, "json-echo")]:
+        assert queue_depth(ns_settings, queue_name(ns_settings.namespace, kind, name)) == 0
+
+
+def test_messages_stay_within_the_limit_and_a_job_too_big_for_one_is_refused(
+        settings: Settings, store: JobStore) -> None:
+    limited = isolated_settings(settings, max_message_bytes=64 * 1024)
+    queue = queue_name(limited.namespace, JobKind.INFER, "bytes-echo")
+    try:
+        with Client(limited) as limited_client:
+            before = total_jobs(store)
+            with pytest.raises(MessageTooLarge, match="AIDIST_MAX_MESSAGE_BYTES"):
+                limited_client.infer_many("bytes-echo", [b"small", b"x" * 63 * 1024])
+            assert total_jobs(store) == before
+            inputs = [bytes([i]) * 20_000 for i in range(1, 8)]
+            jobs = limited_client.infer_many("bytes-echo", inputs)
+            messages = drain(limited, queue)
+            assert [len(entries) for _, entries in messages] == [3, 3, 1]
+            assert [entry["id"] for _, entries in messages for entry in entries] == [
+                job.id for job in jobs]
+            assert total_jobs(store) == before + len(inputs)
+    finally:
+        clean_namespace(limited)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, inspect, make_url, text
 
+from aidist.config import Settings
 from db import setup as db_setup
+from db.engine import IDLE_IN_TRANSACTION_S, create_store_engine
 from db.schema import jobs_table
 
 pytestmark = pytest.mark.integration
@@ -54,7 +56,7 @@ def test_upgraded_jobs_table_has_the_design_columns(scratch_database_url: str) -
             assert columns[optional]["nullable"] is True, optional
         with engine.connect() as connection:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert revision == "0007"
+        assert revision == "0009"
     finally:
         engine.dispose()
 
@@ -105,3 +107,15 @@ def test_drop_database_removes_it_and_tolerates_a_missing_one(scratch_database_u
     assert not _database_exists(scratch_database_url)
     db_setup.drop_database(scratch_database_url)  # IF EXISTS: a second drop is harmless
     assert not _database_exists(scratch_database_url)
+
+
+def test_the_server_ends_a_session_left_idle_in_a_transaction(settings: Settings) -> None:
+    """A host that vanishes mid-transaction must not hold its row locks for the two hours of
+    TCP keepalive: every aidist session asks the server to end it once idle in a transaction."""
+    engine = create_store_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            shown = connection.execute(text("SHOW idle_in_transaction_session_timeout"))
+            assert shown.scalar_one() == f"{IDLE_IN_TRANSACTION_S // 60}min"
+    finally:
+        engine.dispose()

@@ -94,8 +94,8 @@ def test_two_runners_run_two_flushes_at_once(harness: Harness) -> None:
 
 
 class _ReleasingCondition(threading.Condition):
-    """The runner's condition: the first time the consumer thread waits on it (for the runner
-    to be idle before a flush that must run alone), the held flush is let go."""
+    """The runner's condition: the first time a thread waits on it (the runner thread that took
+    the flush that must run alone, waiting for the other to end), the held flush is let go."""
 
     def __init__(self, release: threading.Event) -> None:
         super().__init__()
@@ -118,7 +118,8 @@ def test_a_redelivered_job_runs_with_no_other_flush_beside_it(harness: Harness) 
     # its run was lost with its worker (no alive mark): it may be what killed that worker
     harness.store.set_state(again_id, status=JobStatus.RUNNING, attempts=1, worker="dead")
     again.delivery_info = {"redelivered": True}
-    batcher.add(again)  # returns once it has run, alone
+    batcher.add(again)  # returns at once: a runner thread waits for "hold" to end
+    assert runner.wait_idle(WAIT_S)
     assert gate.company["again"] == 0  # "hold" had left before it started
     assert harness.store.status[again_id] is JobStatus.SUCCEEDED
     batcher.drain()

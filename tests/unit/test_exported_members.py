@@ -22,7 +22,7 @@ PUBLIC = {
     "AidistError", "ConfigError", "InvalidInput", "UnknownModel", "UnknownJob",
     "ServiceUnavailable", "JobError", "JobFailed", "JobCancelled", "JobExpired", "JobTimeout",
     "ResultUnavailable", "IdempotencyConflict", "ModelLoadError", "TransientError", "StoreError",
-    "CacheError",
+    "CacheError", "MessageTooLarge",
 }
 # Raised and handled inside workers; a user never meets them.
 INTERNAL_ERRORS = {"JobsFailed", "PoisonMessage", "ServicesDown", "MalformedEntry"}

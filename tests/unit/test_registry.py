@@ -15,7 +15,7 @@ from models import ops as ops_module
 from models.registry import LoadContext, ModelSpec, Registry, Runner, resolve_callable
 from models.weights import minilm_version
 
-BUILTINS = {"minilm", "toy-classifier", "tokenize", "chunk", "normalize"}
+BUILTINS = {"minilm", "toy-classifier", "toy-vision", "tokenize", "chunk", "normalize", "image"}
 
 
 @pytest.fixture
@@ -42,9 +42,10 @@ def test_builtins_are_registered(registry: Registry) -> None:
 
 
 def test_builtin_kinds_and_pools(registry: Registry) -> None:
-    assert {s.name for s in registry.specs(JobKind.INFER)} == {"minilm", "toy-classifier"}
+    assert {s.name for s in registry.specs(JobKind.INFER)} == {"minilm", "toy-classifier",
+                                                                "toy-vision"}
     assert {s.name for s in registry.specs(JobKind.PREPROCESS)} == {"tokenize", "chunk",
-                                                                     "normalize"}
+                                                                     "normalize", "image"}
     assert all(s.pool == "cpu" for s in registry.specs(JobKind.PREPROCESS))
     assert all(s.pool == "gpu" for s in registry.specs(JobKind.INFER))
 
@@ -71,7 +72,7 @@ def test_get_unknown_lists_known_names(registry: Registry) -> None:
 def test_get_with_the_wrong_kind_is_unknown(registry: Registry) -> None:
     with pytest.raises(UnknownModel) as info:
         registry.get("minilm", JobKind.PREPROCESS)
-    assert info.value.known == ["chunk", "normalize", "tokenize"]
+    assert info.value.known == ["chunk", "image", "normalize", "tokenize"]
     with pytest.raises(UnknownModel):
         registry.get("chunk", JobKind.INFER)
 
@@ -192,7 +193,8 @@ def test_plugins_register_test_models() -> None:
     with_plugins = build_registry(["tests.plugins"])
     names = {s.name for s in with_plugins.specs()}
     assert names == BUILTINS | {"flaky", "sleepy", "unloadable", "oom-on-batches", "crashing",
-                                "logged", "logged-cpu"}
+                                "logged", "logged-cpu", "bytes-echo", "tensor-stats",
+                                "json-echo", "large-echo"}
     assert with_plugins.get("flaky").kind is JobKind.INFER
 
 
