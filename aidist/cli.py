@@ -209,14 +209,14 @@ def models() -> None:
     settings = _settings()
     with Client(settings) as client:
         infos = client.models()
-    table = Table(Column("name", no_wrap=True), "kind", "pool", "version", "max batch",
+    table = Table(Column("name", no_wrap=True), "kind", "input", "pool", "version", "max batch",
                   "loaded on", "description")
     for m in infos:
         where = ", ".join(m.loaded_on) or "-"
         if m.not_ready_on:
             where += f" [red](failed to load on {', '.join(m.not_ready_on)})[/]"
-        table.add_row(m.name, m.kind, m.pool, m.version, str(m.max_batch_size), where,
-                      m.description)
+        table.add_row(m.name, m.kind, m.input_type, m.pool, m.version, str(m.max_batch_size),
+                      where, m.description)
     out.print(table)
 
 

@@ -106,6 +106,7 @@ class ModelInfo:
     description: str
     loaded_on: tuple[str, ...] = ()
     not_ready_on: tuple[str, ...] = ()
+    input_type: str = "text"  # what it takes: text, bytes, image, tensor or json
 
 
 class Registry:
@@ -205,6 +206,7 @@ class Registry:
                 device=default_device if spec.pool == "gpu" else "cpu",
                 max_batch_size=spec.max_batch_size,
                 description=spec.description,
+                input_type=spec.input_type,
             )
             for spec in self.specs()
         ]

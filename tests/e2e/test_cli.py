@@ -51,6 +51,9 @@ def test_models_lists_builtins(settings: Settings) -> None:
     assert done.returncode == 0, done.stderr
     for name in ("minilm", "toy-classifier", "tokenize", "chunk", "normalize"):
         assert name in done.stdout
+    inputs = {cells[1].strip(): cells[3].strip() for cells in
+              (line.split("│") for line in done.stdout.splitlines()) if len(cells) > 4}
+    assert (inputs["toy-vision"], inputs["image"], inputs["minilm"]) == ("tensor", "image", "text")
 
 
 def test_unknown_model_and_bad_input_are_one_line_errors(settings: Settings) -> None:
