@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 import uuid
@@ -44,6 +45,9 @@ def environment(settings: Settings) -> dict[str, str]:
         del env[name]
     if settings.flower_basic_auth is None:
         env.pop("AIDIST_FLOWER_BASIC_AUTH", None)
+    if settings.flower_db is None:  # not one state file per test namespace in ~/.cache
+        env["AIDIST_FLOWER_DB"] = str(Path(tempfile.gettempdir()) / "aidist-test-flower"
+                                      / f"{settings.namespace}.db")
     return env
 
 
