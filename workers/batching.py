@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
-from aidist.jobs import JobEntry, JobStatus
+from aidist.jobs import JobEntry
 from workers.executor import PARK_S, parse_entries, run_flush
 from workers.hooks import Hooks
 from workers.redelivery import look_again, split_lost
@@ -266,9 +266,8 @@ def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
         log.exception("dead-lettering %d messages after an unexpected error", len(held))
         return _Outcome(dead="unexpected error, dead-lettered")
     seconds = time.perf_counter() - started
-    failed = frozenset(o.id for o in report.outcomes if o.status is JobStatus.FAILED)
     return _Outcome(seconds=seconds, missing=report.missing, gave_up=report.gave_up,
-                    held=report.held, failed=failed | report.gave_up)
+                    held=report.held, failed=frozenset(report.failed_ids) | report.gave_up)
 
 
 class BackgroundRunner:

@@ -131,6 +131,12 @@ class FlushState:
                                      result=result, blob_key=blob_key))
         self.notify(entry, status, error)
 
+    def fail(self, entry: JobEntry, error: str) -> None:
+        """Record a job that ran (or could not) and failed, with a log line naming it."""
+        log.warning("job %s (%s) failed: %s", entry.id, entry.target, error,
+                    extra={"job_id": entry.id, "target": entry.target})
+        self.end(entry, JobStatus.FAILED, error)
+
     def notify(self, entry: JobEntry, status: JobStatus, error: str | None = None) -> None:
         if entry.reply_to:
             self.notices[entry.reply_to].append(Notice(entry.id, status.value, error))
@@ -316,9 +322,7 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
         if by_ref:  # a job whose input blob is gone fails (the blob will not come back)
             to_run, unreadable = with_inputs(to_run, inputs, runtime.blobs.url)
             for entry, problem in unreadable:
-                log.warning("job %s (%s) failed: %s", entry.id, target, problem,
-                            extra={"job_id": entry.id, "target": target})
-                state.end(entry, JobStatus.FAILED, problem)
+                state.fail(entry, problem)
         state.computed.update(entry.id for entry in to_run)
         limit = output_limit(runtime.registry, target)
         for entry, output, run_error in run_group(runtime, target, version, to_run):
@@ -336,9 +340,7 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
                 state.results[entry.cache_key] = encoded
                 state.end(entry, JobStatus.SUCCEEDED, result=encoded if durable else None)
             else:
-                log.warning("job %s (%s) failed: %s", entry.id, target, error,
-                            extra={"job_id": entry.id, "target": target})
-                state.end(entry, JobStatus.FAILED, error)
+                state.fail(entry, error)
 
 
 # -- commit ----------------------------------------------------------------------------------------
@@ -404,10 +406,9 @@ def _report(state: FlushState, received: int) -> BatchReport:
         gave_up=frozenset(state.gave_up),
         coalesced=state.coalesced,
         held=state.held,
-        cancelled=len(state.cancelled),
+        cancelled_ids=frozenset(state.cancelled),
         outcomes=tuple(state.outcomes),
         claims=tuple(state.claims.values()),
         from_cache=frozenset(state.from_cache),
         computed=frozenset(state.computed),
-        cancelled_ids=frozenset(state.cancelled),
     )

@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aidist.jobs import JobEntry
+from aidist.jobs import JobEntry, JobStatus
 from db import Claim, Outcome
 from db.interfaces import ResultCacheLike
 
@@ -51,15 +51,24 @@ class BatchReport:
     gave_up: frozenset[str] = frozenset()  # failed out of attempts: their message dead-lettered
     coalesced: int = 0  # identical to a job running elsewhere: they take its end, not a run
     held: frozenset[str] = frozenset()  # redelivered, but still running on a live worker: wait
-    cancelled: int = 0  # cancelled while claimed here: not run, or their result thrown away
+    # cancelled while claimed here: not run, or their result thrown away
+    cancelled_ids: frozenset[str] = frozenset()
     outcomes: tuple[Outcome, ...] = field(default=(), compare=False)  # terminal states recorded
     # For the metrics (``workers.metrics``), not compared: what the claim returned (attempts,
     # queue wait, expired or out of attempts), the jobs that took a result stored meanwhile
-    # (cache hits), those that ran through their model (misses), and the ids ``cancelled`` counts.
+    # (cache hits) and those that ran through their model (misses).
     claims: tuple[Claim, ...] = field(default=(), compare=False)
     from_cache: frozenset[str] = field(default=frozenset(), compare=False)
     computed: frozenset[str] = field(default=frozenset(), compare=False)
-    cancelled_ids: frozenset[str] = field(default=frozenset(), compare=False)
+
+    @property
+    def cancelled(self) -> int:
+        return len(self.cancelled_ids)
+
+    @property
+    def failed_ids(self) -> list[str]:
+        """Jobs that ran and failed (recorded in their rows), sorted."""
+        return sorted(o.id for o in self.outcomes if o.status is JobStatus.FAILED)
 
 
 @dataclass(frozen=True, slots=True)

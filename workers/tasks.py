@@ -11,7 +11,6 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from aidist.errors import JobsFailed, PoisonMessage, ServicesDown, ServiceUnavailable
-from aidist.jobs import JobStatus
 from workers.executor import PARK_S, execute
 from workers.runtime import RuntimeHolder
 from workers.task_events import failure_text
@@ -47,9 +46,8 @@ def run_jobs(holder: RuntimeHolder, entries: Any, redelivered: bool = False) -> 
         raise Reject("no job of this message has a row in the job store", requeue=False)
     if report.gave_up and len(report.gave_up) == report.received:
         raise Reject("out of attempts (the reason is in the job's row)", requeue=False)
-    failed = sorted(o.id for o in report.outcomes if o.status is JobStatus.FAILED)
-    if failed:
-        raise JobsFailed(failure_text(failed, report.received))
+    if report.failed_ids:
+        raise JobsFailed(failure_text(report.failed_ids, report.received))
     return {
         "received": report.received,
         "succeeded": report.succeeded,
