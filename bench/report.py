@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import cpu_accounting
 from bench.analysis import RATES
 
 WIDTH = 100
@@ -126,12 +127,41 @@ def _latency_rows(results: dict[str, Any]) -> list[str]:
         return [f"{'latency':<44} ERROR: {str(latency.get('error'))[:WIDTH - 52]}"]
     rows = [f"{'latency (ms), one job at a time':<44}{'n':>8}{'p50':>9}{'p90':>9}{'p99':>9}"
             f"{'max':>9}"]
-    for key, label in (("miss", "  toy-classifier, submit -> result"),
-                       ("hit", "  same inputs again (cache hits)")):
-        row = latency[key]
-        rows.append(f"{label:<44}{row['n']:>8}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}"
-                    f"{row['p99_ms']:>9.2f}{row['max_ms']:>9.2f}")
+    bare = results.get("latency_celery")
+    shown = [(latency, "miss", "  toy-classifier, submit -> result"),
+             (latency, "hit", "  same inputs again (cache hits)"),
+             (latency, "minilm", "  minilm, one sentence: infer -> result"),
+             (latency, "normalize", "  normalize op: aidist preprocess -> result"),
+             (bare, "normalize", "  normalize op: bare Celery delay().get()")]
+    for entry, key, label in shown:
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("status", "ok") != "ok":
+            rows.append(f"{label:<44} ERROR: {str(entry.get('error'))[:WIDTH - 52]}")
+        elif key in entry:
+            row = entry[key]
+            rows.append(f"{label:<44}{row['n']:>8}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}"
+                        f"{row['p99_ms']:>9.2f}{row['max_ms']:>9.2f}")
     return rows
+
+
+def _cpu_rows(results: dict[str, Any]) -> list[str]:
+    """µs of CPU per tiny job of each process group, aidist next to bare Celery (the repeat with
+    the lowest total of each side)."""
+    tiny = results.get("tiny", {})
+    sides = {side: tiny[side]["cpu_us_per_job"] for side in ("aidist", "celery")
+             if isinstance(tiny.get(side), dict) and "cpu_us_per_job" in tiny[side]}
+    if not sides:
+        return []
+    rows = [f"{'tiny jobs CPU/job (µs, user+sys)':<44}{'aidist':>10}{'bare Celery':>13}"
+            f"{'bare/aidist':>13}"]
+    for group in (*cpu_accounting.GROUPS[:-1], "total", "other"):
+        values = [sides.get(side, {}).get(group) for side in ("aidist", "celery")]
+        ratio = (f"{values[1] / values[0]:>13.1f}" if None not in values and values[0]
+                 else f"{'-':>13}")
+        label = f"tiny jobs CPU/job: {group}" + (" (not in total)" if group == "other" else "")
+        rows.append(f"{label:<44}{_num(values[0]):>10}{_num(values[1]):>13}{ratio}")
+    return [*rows, "-" * WIDTH]
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -150,6 +180,7 @@ def table(doc: dict[str, Any]) -> str:
         "-" * WIDTH,
         *_throughput_rows(results, limit),
         "-" * WIDTH,
+        *_cpu_rows(results),
         *_latency_rows(results),
         "-" * WIDTH,
         f"{'ratio (same run)':<60}{'value':>10}",
@@ -193,8 +224,8 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results, found = doc["results"], doc["analysis"]["rates_per_s"]
-    fig, axes = plt.subplots(1, 5, figsize=(25, 5.5),
-                             gridspec_kw={"width_ratios": [3, 1.2, 1.6, 1.6, 1.6]})
+    fig, axes = plt.subplots(1, 5, figsize=(26, 5.5),
+                             gridspec_kw={"width_ratios": [3, 1.2, 2.2, 1.6, 1.6]})
     labels, values, colors = [], [], []
     inproc = results.get("inprocess")
     if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
@@ -218,11 +249,20 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
           ["#2a6fdb", "#d9822b"][: len(tiny)], title="normalize jobs / s")
     latency = results.get("latency")
     if isinstance(latency, dict) and latency.get("status", "ok") == "ok":
-        names = ["miss p50", "miss p99", "hit p50", "hit p99"]
+        names = ["toy miss\np50", "toy miss\np99", "toy hit\np50", "toy hit\np99"]
         vals = [latency["miss"]["p50_ms"], latency["miss"]["p99_ms"],
                 latency["hit"]["p50_ms"], latency["hit"]["p99_ms"]]
-        _bars(axes[2], names, vals, ["#2a6fdb", "#7fa7e8", "#3a9d5d", "#8cc9a0"],
-              title="ms, submit -> result (toy-classifier)", digits=2)
+        colors = ["#2a6fdb", "#7fa7e8", "#3a9d5d", "#8cc9a0"]
+        bare = results.get("latency_celery")
+        for entry, key, name, color in ((latency, "minilm", "minilm\np50", "#5b9bff"),
+                                        (latency, "normalize", "op aidist\np50", "#2a6fdb"),
+                                        (bare, "normalize", "op Celery\np50", "#d9822b")):
+            if isinstance(entry, dict) and entry.get("status", "ok") == "ok" and key in entry:
+                names.append(name)
+                vals.append(entry[key]["p50_ms"])
+                colors.append(color)
+        _bars(axes[2], names, vals, colors, title="ms, one job at a time, submit -> result",
+              digits=2)
         axes[2].set_yscale("log")
     _events_panel(axes[3], found)
     _bigtable_panel(axes[4], results.get("bigtable"))

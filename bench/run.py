@@ -4,7 +4,8 @@ and database, then a table on stdout and ``results.json`` + ``results.png`` in t
 Workers of one system run only during that system's scenarios (nothing else idles on the cores):
 in-process first, then aidist (packed, single, latency, tiny), then aidist again in phases of
 fresh workers with task events on and off (events), then the naive Celery worker, the
-celery-batches worker, and the bare-Celery normalize worker, each stopped with SIGTERM when done;
+celery-batches worker, and the bare-Celery normalize worker (tiny's throughput and latency's
+round trips of the same op), each stopped with SIGTERM when done;
 then the autoscaler, and last ``bigtable`` (a database of its own, the empty and the big table).
 Exit status: 0 when every selected scenario ran (targets are reported, not asserted), 1 otherwise.
 """
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -156,7 +158,7 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
                 "packed": lambda: aidist_paths.packed(client, options),
                 "single": lambda: aidist_paths.single(client, options),
                 "latency": lambda: aidist_paths.latency(client, options),
-                "tiny": lambda: aidist_paths.tiny(client, texts),
+                "tiny": lambda: aidist_paths.tiny(client, texts, workers),
             }
             for name, call in calls.items():
                 if not options.wants(name):
@@ -174,9 +176,8 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
     if options.wants("batches"):
         results["batches"] = guarded(
             "batches", lambda: celery_paths.batches(settings, options, log_dir))
-    if options.wants("tiny"):
-        results.setdefault("tiny", {})["celery"] = guarded(
-            "tiny (bare Celery)", lambda: celery_paths.tiny(settings, texts, log_dir))
+    if options.wants("tiny", "latency"):
+        _bare_normalize(options, settings, texts, log_dir, results)
     if options.wants("autoscale"):
         results["autoscale"] = guarded(
             "autoscale", lambda: autoscale.run(settings, options, log_dir))
@@ -184,6 +185,33 @@ def run_scenarios(options: Options, settings: Settings, log_dir: Path) -> dict[s
         results["bigtable"] = guarded(
             "bigtable", lambda: bigtable.run(settings, options, log_dir))
     return results
+
+
+def _bare_normalize(options: Options, settings: Settings, texts: list[list[str]], log_dir: Path,
+                    results: dict[str, Any]) -> None:
+    """The bare-Celery normalize worker's phase: tiny's throughput (``results["tiny"]["celery"]``)
+    and latency's one-at-a-time round trips of the same op (``results["latency_celery"]``)."""
+    from bench.scenarios import aidist_paths, celery_paths
+
+    with tempfile.TemporaryDirectory(prefix="bench-ready-") as ready, phase(log_dir) as workers:
+        started = guarded("bare Celery normalize worker",
+                          lambda: celery_paths.start_normalize(settings, workers, Path(ready)))
+        calls: dict[str, Callable[[], dict[str, Any]]] = {
+            "tiny": lambda: celery_paths.tiny(settings, workers, texts),
+            "latency": lambda: celery_paths.one_at_a_time(
+                settings, aidist_paths.op_latency_texts(options)),
+        }
+        for name, call in calls.items():
+            if not options.wants(name):
+                continue
+            entry = (guarded(f"{name} (bare Celery)", call) if started["status"] == "ok"
+                     else {"status": "error", "error": "bare Celery normalize worker did not "
+                                                       "start"})
+            if name == "tiny":
+                results.setdefault("tiny", {})["celery"] = entry | {
+                    key: started[key] for key in ("processes", "worker") if key in started}
+            else:
+                results["latency_celery"] = entry
 
 
 def _failures(results: dict[str, Any]) -> dict[str, str]:

@@ -7,6 +7,30 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+# New rows from one array per column: one statement whatever the count, no per-row parameters to
+# bind (a multi-row VALUES insert binds 15 per row; measured with 5,000 rows: 38 -> 16 µs of
+# Postgres CPU per job, and the client's side of it about halved). ``blob_keys`` travel as one
+# space-separated string per row (content keys are hex digits; NULL for none): Postgres has no
+# array of arrays of varying length.
+INSERT_JOBS = text(
+    """
+    INSERT INTO jobs (id, kind, target, version, cache_key, payload, status, params, cache_hit,
+                      priority, tenant, idempotency_key, deadline, blob_keys, finished_at)
+    SELECT u.id, u.kind, u.target, u.version, u.cache_key, u.payload, u.status, u.params,
+           u.cache_hit, u.priority, u.tenant, u.idempotency_key, u.deadline,
+           string_to_array(u.blob_keys, ' '), CASE WHEN u.finished THEN now() END
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS text[]), CAST(:targets AS text[]),
+                CAST(:versions AS text[]), CAST(:cache_keys AS text[]),
+                CAST(:payloads AS bytea[]), CAST(:statuses AS text[]),
+                CAST(:params AS jsonb[]), CAST(:cache_hits AS boolean[]),
+                CAST(:priorities AS smallint[]), CAST(:tenants AS text[]),
+                CAST(:idempotency_keys AS text[]), CAST(:deadlines AS timestamptz[]),
+                CAST(:blob_keys AS text[]), CAST(:finished AS boolean[]))
+         AS u(id, kind, target, version, cache_key, payload, status, params, cache_hit,
+              priority, tenant, idempotency_key, deadline, blob_keys, finished)
+    """
+)
+
 # Which deliveries may start a run (see ClaimRequest): a first delivery takes a queued job; a
 # redelivery may take over a running one at the same step (only from the worker it saw dead, if
 # it names one: a run another delivery took over meanwhile is not taken again); a pipeline step

@@ -2,7 +2,7 @@
 db.statements, the reads in db.job_reads, which ``JobStore`` inherits). Rows leave as frozen
 dataclasses.
 
-Hot-path writes are one statement per batch: ``insert_jobs`` (multi-row INSERT), ``claim`` and
+Hot-path writes are one statement per batch: ``insert_jobs`` (``INSERT ... unnest``), ``claim`` and
 ``finish`` (``UPDATE ... FROM unnest(...)``). ``claim`` fences on status, pipeline step and attempt
 so a duplicate or stale message never starts a second run; ``finish`` fences on the attempt so a
 stale run can never overwrite a newer one.
@@ -10,6 +10,7 @@ stale run can never overwrite a newer one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -18,12 +19,12 @@ from typing import Any
 from sqlalchemy import (
     Engine,
     func,
-    insert,
     select,
     text,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from aidist.codec import check_blob_key
 from aidist.jobs import JobKind, JobStatus
 from db.engine import create_store_engine
 from db.job_reads import RECORD_COLUMNS, JobReads, as_uuid, as_uuids, is_uuid, record_of
@@ -36,9 +37,10 @@ from db.records import (
     UnsentJob,
 )
 from db.schema import jobs_table
-from db.statements import CLAIM, FINISH, SETTLE_FOLLOWERS
+from db.statements import CLAIM, FINISH, INSERT_JOBS, SETTLE_FOLLOWERS
 
 DEFAULT_MAX_ATTEMPTS = 8
+INSERT_PAGE = 10_000  # rows per INSERT statement: bounds one statement's parameter arrays
 
 
 class JobStore(JobReads):
@@ -58,12 +60,13 @@ class JobStore(JobReads):
             connection.execute(text("SELECT 1"))
 
     def insert_jobs(self, jobs: Sequence[NewJob]) -> None:
-        """Insert all rows in one multi-row INSERT (SQLAlchemy pages very large ones)."""
+        """Insert all rows in one ``INSERT ... SELECT FROM unnest(...)``, a slice of
+        ``INSERT_PAGE`` rows per statement, all in one transaction."""
         if not jobs:
             return
-        rows = [_new_row(job) for job in jobs]
         with self._begin() as connection:
-            connection.execute(insert(jobs_table), rows)
+            for start in range(0, len(jobs), INSERT_PAGE):
+                connection.execute(INSERT_JOBS, _columns(jobs[start : start + INSERT_PAGE]))
 
     def insert_idempotent(self, job: NewJob) -> JobRecord | None:
         """Insert unless a job with the same (tenant, idempotency key) exists; return that one."""
@@ -166,12 +169,14 @@ class JobStore(JobReads):
             return len(connection.execute(statement, {"limit": limit}).all())
 
     def mark_sent(self, job_ids: Sequence[str]) -> None:
-        """Record that the jobs' messages were confirmed by the broker (they leave the outbox)."""
+        """Record that the jobs' messages were confirmed by the broker (they leave the outbox).
+        Only queued rows are written: the sweeper never looks at any other."""
         if not job_ids:
             return
         with self._begin() as connection:
             connection.execute(
-                text("UPDATE jobs SET sent_at = now() WHERE id = ANY(:ids) AND sent_at IS NULL"),
+                text("UPDATE jobs SET sent_at = now() WHERE id = ANY(:ids) AND sent_at IS NULL "
+                     "AND status = 'queued'"),
                 {"ids": as_uuids(job_ids)},
             )
 
@@ -222,6 +227,29 @@ class JobStore(JobReads):
     def close(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+
+
+def _columns(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
+    """``INSERT_JOBS``'s parameters: one list per column, ids checked as UUIDs."""
+    for job in jobs:
+        as_uuid(job.id)
+    return {
+        "ids": [job.id for job in jobs],
+        "kinds": [job.kind.value for job in jobs],
+        "targets": [job.target for job in jobs],
+        "versions": [job.version for job in jobs],
+        "cache_keys": [job.cache_key for job in jobs],
+        "payloads": [job.payload for job in jobs],
+        "statuses": [job.status.value for job in jobs],
+        "params": [json.dumps(job.params) for job in jobs],
+        "cache_hits": [job.cache_hit for job in jobs],
+        "priorities": [job.priority for job in jobs],
+        "tenants": [job.tenant for job in jobs],
+        "idempotency_keys": [job.idempotency_key for job in jobs],
+        "deadlines": [job.deadline for job in jobs],
+        "blob_keys": [" ".join(map(check_blob_key, job.blob_keys)) or None for job in jobs],
+        "finished": [job.status.terminal for job in jobs],
+    }
 
 
 def _new_row(job: NewJob) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from db.interfaces import JobStoreLike, ResultCacheLike
 from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
-from producers.outbox import SentMarker
+from producers.outbox import SentMarker, mark_after
 from producers.payloads import blob_keys, offload
 from producers.progress import job_progress
 from producers.recompute import Recomputer
@@ -85,7 +85,7 @@ class Client:
             self.cache, self.store, self.cache.reply_key(self.client_id)
         )
         self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_requests)
-        self.sent = SentMarker(self.store)
+        self.sent = SentMarker(self.store, after_s=mark_after(self.settings.sweep_after_s))
         self._recompute = Recomputer(self.store, self.cache, self.registry,
                                      self._enqueue_requests, self.as_completed)
 

@@ -1,4 +1,4 @@
-"""Scenarios 2, 3, 6 (aidist side) and 7: jobs through aidist's own path, with real workers
+"""Scenarios 2, 3, 6 and 7 (aidist side): jobs through aidist's own path, with real workers
 (``bench.scenarios.events`` measures 2 and 3 again with task events on and off).
 
 ``aidist worker --pool gpu`` (minilm, toy-classifier; on the CPU here) and ``--pool cpu``
@@ -20,6 +20,7 @@ import numpy as np
 from aidist.config import Settings
 from aidist.demo import make_corpus
 from aidist.transport import queue_name
+from bench import cpu_accounting
 from bench.config import Options, best_run
 from bench.env import READY_TIMEOUT_S, Workers, aidist_env, consuming, venv_script, wait_for
 from bench.task_event_probe import check_task_events
@@ -124,25 +125,32 @@ def single_once(client: Client, sentences: list[str], count: int) -> dict[str, A
             "submit_s": max(submitted) - started}
 
 
-def tiny(client: Client, texts: list[list[str]]) -> dict[str, Any]:
+def tiny(client: Client, texts: list[list[str]], workers: Workers) -> dict[str, Any]:
     """Scenario 6, aidist side: ``client.map("normalize", texts)`` (Postgres state per job), once
-    per list of texts."""
+    per list of texts, with the CPU every process spent per job (``bench.cpu_accounting``; the
+    workers: both pools, as both run)."""
     from models.ops import normalize_text
 
-    runs = []
+    runs, accounts = [], []
+    pids = [worker.process.pid for worker in workers.started]
     for batch in texts:
+        before = cpu_accounting.begin(pids)
         started = time.perf_counter()
         outputs = client.map("normalize", batch, timeout=WAIT_S)
         seconds = time.perf_counter() - started
+        accounts.append(cpu_accounting.end(before, pids, len(batch)))
         if outputs[:200] != [normalize_text(t) for t in batch[:200]]:
             raise AssertionError("aidist normalize returned something else than normalize_text")
         runs.append({"items": len(batch), "seconds": seconds, "per_s": len(batch) / seconds})
-    return best_run(runs) | {"api": "client.map", "processes": CPU_POOL_PROCESSES}
+    return best_run(runs) | {"api": "client.map", "processes": CPU_POOL_PROCESSES,
+                             "cpu_us_per_job": cpu_accounting.least(accounts)}
 
 
 def latency(client: Client, options: Options) -> dict[str, Any]:
-    """Scenario 7: one job at a time, ``infer("toy-classifier", text).result()``; then the same
-    texts again, answered from the Redis cache."""
+    """Scenario 7: one job at a time. ``infer("toy-classifier", text).result()``, then the same
+    texts again (answered from the Redis cache); ``infer("minilm", sentence).result()`` (the real
+    model at low load); ``preprocess("normalize", text).result()`` (a tiny op on the cpu pool,
+    against bare Celery's round trip of the same op, measured in that worker's phase)."""
     texts = [f"{text} [latency {i}]" for i, text in
              enumerate(make_corpus(options.sizes.latency, options.seed_of("latency")))]
 
@@ -151,18 +159,40 @@ def latency(client: Client, options: Options) -> dict[str, Any]:
         job.result(timeout=60)
         return job
 
+    def embed(text: str) -> Job:
+        job = client.infer("minilm", text)
+        job.result(timeout=60)
+        return job
+
+    def normalize(text: str) -> Job:
+        job = client.preprocess("normalize", text)
+        job.result(timeout=60)
+        return job
+
     miss_ms, miss_jobs = _timed(one, texts)
     hit_ms, hit_jobs = _timed(one, texts)
+    minilm_ms, _ = _timed(embed, [f"{text} (minilm)" for text in texts])
+    op_ms, _ = _timed(normalize, op_latency_texts(options))
     first = client.store.get_many([job.id for job in miss_jobs]).values()
     again = client.store.get_many([job.id for job in hit_jobs]).values()
     return {
-        "miss": _summary(miss_ms) | {"cache_hits": sum(r.cache_hit for r in first)},
-        "hit": _summary(hit_ms) | {"cache_hits": sum(r.cache_hit for r in again)},
+        "miss": summary(miss_ms) | {"cache_hits": sum(r.cache_hit for r in first)},
+        "hit": summary(hit_ms) | {"cache_hits": sum(r.cache_hit for r in again)},
+        "minilm": summary(minilm_ms) | {"api": 'client.infer("minilm", s).result()'},
+        "normalize": summary(op_ms) | {"api": 'client.preprocess("normalize", t).result()'},
         "model": "toy-classifier",
     }
 
 
+def op_latency_texts(options: Options) -> list[str]:
+    """The texts of the one-at-a-time ``normalize`` measurements (aidist's and bare Celery's):
+    unseen by aidist's cache, like every latency input."""
+    return [f"  {text.upper()}\t [op latency {i}]  " for i, text in
+            enumerate(make_corpus(options.sizes.latency, options.seed_of("latency", 1)))]
+
+
 def _timed(call: Callable[[str], Job], texts: list[str]) -> tuple[list[float], list[Job]]:
+    """Milliseconds of each ``call``, one after the other, and the jobs."""
     took: list[float] = []
     jobs: list[Job] = []
     for text in texts:
@@ -172,7 +202,8 @@ def _timed(call: Callable[[str], Job], texts: list[str]) -> tuple[list[float], l
     return took, jobs
 
 
-def _summary(values_ms: list[float]) -> dict[str, float]:
+def summary(values_ms: list[float]) -> dict[str, float]:
+    """Percentiles of one-at-a-time round trips (bare Celery's too)."""
     values = np.asarray(values_ms)
     return {"n": len(values_ms), "p50_ms": float(np.percentile(values, 50)),
             "p90_ms": float(np.percentile(values, 90)),

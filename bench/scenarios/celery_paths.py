@@ -1,7 +1,8 @@
-"""Scenarios 4, 5 and 6 (Celery side): the plain-Celery baselines, each with its own worker.
+"""Scenarios 4, 5, 6 and 7 (Celery side): the plain-Celery baselines, each with its own worker.
 
 Every baseline submits with Celery's natural bulk API, ``group(task.s(x) for x in xs)``, and waits
-with ``GroupResult.get()`` (a native join on the Redis result backend). Workers run on queues and
+with ``GroupResult.get()`` (a native join on the Redis result backend); the low-load round trip
+(scenario 7) is ``task.delay(x).get()``, one at a time. Workers run on queues and
 result keys under the run's namespace, and are stopped (SIGTERM) when their scenario ends.
 """
 
@@ -19,7 +20,7 @@ from celery import Celery, group
 
 from aidist.config import Settings
 from aidist.demo import make_corpus
-from bench import batches_env
+from bench import batches_env, cpu_accounting
 from bench import celery_common as common
 from bench.config import REPO, Options, best_run
 from bench.env import (
@@ -31,6 +32,7 @@ from bench.env import (
     venv_script,
     wait_for,
 )
+from bench.scenarios.aidist_paths import summary
 
 CELERY_PROCESSES = 2
 WAIT_S = 900.0
@@ -154,30 +156,55 @@ def batches(settings: Settings, options: Options, log_dir: Path) -> dict[str, An
     }
 
 
-def tiny(settings: Settings, texts: list[list[str]], log_dir: Path) -> dict[str, Any]:
-    """Scenario 6, Celery side: one ``normalize_text`` task per text, prefork with 2 processes,
-    Redis result backend."""
-    from models.ops import normalize_text
-
+def start_normalize(settings: Settings, workers: Workers, ready_dir: Path) -> dict[str, Any]:
+    """Scenario 6's and 7's bare-Celery worker: one ``normalize_text`` task per text, prefork with
+    2 processes, no model, Redis result backend; started and warmed in the caller's phase, which
+    runs ``tiny`` and ``one_at_a_time`` on it."""
     module = _naive_app(settings)
     queue = common.queue_for(settings.namespace, common.NAIVE_NORMALIZE)
     pool = ["-P", "prefork", "-c", str(CELERY_PROCESSES)]
     argv = _worker_argv(venv_script("celery"), "bench.celery_naive", queue, "naive-normalize",
                         pool)
-    with tempfile.TemporaryDirectory(prefix="bench-ready-") as ready, phase(log_dir) as workers:
-        env = _env(settings, Path(ready), **{common.ENV_LOAD_MODEL: "0"})
-        _start_and_warm(workers, "celery-naive-normalize", argv, env, settings=settings,
-                        queue=queue, ready_dir=Path(ready), processes=CELERY_PROCESSES,
-                        warm_task=module.normalize)
-        runs = []
-        for batch in texts:
-            outputs, timing = _run_group(module.normalize, batch)
-            if outputs[:200] != [normalize_text(t) for t in batch[:200]]:
-                raise AssertionError("Celery normalize returned something else than "
-                                     "normalize_text")
-            runs.append(timing)
+    env = _env(settings, ready_dir, **{common.ENV_LOAD_MODEL: "0"})
+    _start_and_warm(workers, "celery-naive-normalize", argv, env, settings=settings,
+                    queue=queue, ready_dir=ready_dir, processes=CELERY_PROCESSES,
+                    warm_task=module.normalize)
+    return {"processes": CELERY_PROCESSES, "worker": _shown(argv)}
+
+
+def tiny(settings: Settings, workers: Workers, texts: list[list[str]]) -> dict[str, Any]:
+    """Scenario 6, Celery side: ``group(normalize.s(t) ...).get()`` once per list of texts on the
+    started worker, with the CPU every process spent per job (``bench.cpu_accounting``)."""
+    from models.ops import normalize_text
+
+    module = _naive_app(settings)
+    pids = [worker.process.pid for worker in workers.started]
+    runs, accounts = [], []
+    for batch in texts:
+        before = cpu_accounting.begin(pids)
+        outputs, timing = _run_group(module.normalize, batch)
+        accounts.append(cpu_accounting.end(before, pids, len(batch)))
+        if outputs[:200] != [normalize_text(t) for t in batch[:200]]:
+            raise AssertionError("Celery normalize returned something else than normalize_text")
+        runs.append(timing)
     return best_run(runs) | {"processes": CELERY_PROCESSES, "api": "group(...).get()",
-                             "worker": _shown(argv)}
+                             "cpu_us_per_job": cpu_accounting.least(accounts)}
+
+
+def one_at_a_time(settings: Settings, texts: list[str]) -> dict[str, Any]:
+    """Scenario 7, Celery side: ``normalize.delay(t).get()``, one round trip after the other, on
+    the started worker: what aidist's ``preprocess("normalize", t).result()`` is set against."""
+    from models.ops import normalize_text
+
+    module = _naive_app(settings)
+    took: list[float] = []
+    for text in texts:
+        started = time.perf_counter()
+        output = module.normalize.delay(text).get(timeout=60)
+        took.append((time.perf_counter() - started) * 1000.0)
+        if output != normalize_text(text):
+            raise AssertionError("Celery normalize returned something else than normalize_text")
+    return {"normalize": summary(took) | {"api": "normalize.delay(t).get()"}}
 
 
 def _shown(argv: list[str]) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
+from db.records import ClaimRequest
 from db.store import JobStore
-from producers.outbox import SentMarker
+from producers.outbox import SentMarker, mark_after
 from tests.conftest import wait_for
 from tests.integration.conftest import NewJobFactory
 
@@ -22,7 +24,7 @@ def test_marked_ids_leave_the_outbox_in_the_background(store: JobStore,
                                                        new_job: NewJobFactory) -> None:
     published, unpublished = new_job(), new_job()
     store.insert_jobs([published, unpublished])
-    marker = SentMarker(store, every_s=0.05)
+    marker = SentMarker(store, every_s=0.05, after_s=0)
     marker.add([published.id])
     wait_for(lambda: not _unsent(store, published.id), timeout=30,
              message="the marker thread to mark the job sent")
@@ -37,3 +39,28 @@ def test_close_marks_what_is_left(store: JobStore, new_job: NewJobFactory) -> No
     marker.add([job.id])
     marker.close()
     assert not _unsent(store, job.id)
+
+
+def _sent_at_is_set(store: JobStore, job_id: str) -> bool:
+    with store.engine.connect() as connection:
+        return bool(connection.execute(text("SELECT sent_at IS NOT NULL FROM jobs WHERE id = :id"),
+                                       {"id": job_id}).scalar())
+
+
+def test_ids_wait_their_delay_and_claimed_jobs_are_not_rewritten(
+        store: JobStore, new_job: NewJobFactory) -> None:
+    queued, claimed = new_job(), new_job()
+    store.insert_jobs([queued, claimed])
+    marker = SentMarker(store, every_s=3600, after_s=3600)
+    marker.add([queued.id, claimed.id])
+    marker.flush(due_by=0.0)  # nothing was added that long ago
+    assert not _sent_at_is_set(store, queued.id)
+    assert store.claim([ClaimRequest(claimed.id)], "w")
+    marker.close()  # due or not, close marks what is left
+    assert _sent_at_is_set(store, queued.id)
+    assert not _sent_at_is_set(store, claimed.id)  # running: the sweeper never looks at it
+
+
+def test_the_delay_stays_well_inside_the_sweepers_age_limit() -> None:
+    assert mark_after(30.0) == 2.0
+    assert mark_after(1.0) == 0.25
