@@ -15,6 +15,7 @@ from models import LoadContext, ModelSpec, Runner
 from tests.unit.doubles import Entry, Harness, Message, Timers
 from workers.app import batch_policy
 from workers.batching import (
+    DRAIN_EVERY_S,
     BackgroundRunner,
     BatchingStrategy,
     BatchPolicy,
@@ -219,3 +220,29 @@ def _wait_until(condition: Callable[[], bool]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         pause.wait(0.001)
+
+
+def test_finished_batches_are_looked_for_only_while_one_is_in_flight(harness: Harness) -> None:
+    """The consumer's timer drains the runner while a batch is out, then stops: an idle worker
+    wakes for nothing."""
+    gate = Gate()
+    _register(harness, gate)
+    runner = BackgroundRunner(lambda: harness.runtime, threads=1)
+    timers = Timers()
+    batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=1, runners=1),
+                             timers.call_after, background=runner)
+    assert timers.live == []  # nothing in flight: no timer
+    log: list[str] = []
+    message, job_id = _message(harness, log, "m1", "hold")
+    batcher.add(message)  # max_jobs=1: flushed at once, to the runner thread
+    assert gate.entered.wait(WAIT_S)
+    assert timers.live == [DRAIN_EVERY_S]  # one drain, however many flushes are out
+    timers.fire()  # still running: nothing to settle, and the drain comes again
+    assert log == [] and timers.live == [DRAIN_EVERY_S]
+    gate.release.set()
+    assert runner.wait_idle(WAIT_S)
+    timers.fire()  # settles it; nothing is in flight any more
+    assert log == ["ack m1"]
+    assert harness.store.status[job_id] is JobStatus.SUCCEEDED
+    assert timers.live == []
+    runner.stop()
