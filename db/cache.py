@@ -30,11 +30,13 @@ REPLY_TTL_S = 3600
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A job finished: its id, final status and error text (if failed)."""
+    """A job finished: its id, final status, error text (if failed) and, for a small result,
+    the result's bytes (so a client waiting on one job needs no second round trip to read it)."""
 
     job_id: str
     status: str
     error: str | None = None
+    result: bytes | None = None
 
 
 class ResultCache:
@@ -103,7 +105,9 @@ class ResultCache:
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
             for reply_to, items in notices.items():
-                packed = [msgpack.packb([n.job_id, n.status, n.error]) for n in items]
+                packed = [msgpack.packb([n.job_id, n.status, n.error] if n.result is None
+                                        else [n.job_id, n.status, n.error, n.result])
+                          for n in items]
                 pipe.rpush(reply_to, *packed)
                 pipe.expire(reply_to, REPLY_TTL_S)
             pipe.execute()
@@ -121,8 +125,8 @@ class ResultCache:
                 raw.extend(more)
         notices = []
         for item in raw:
-            job_id, status, error = msgpack.unpackb(item, raw=False)
-            notices.append(Notice(job_id, status, error))
+            fields = msgpack.unpackb(item, raw=False)
+            notices.append(Notice(*fields[:4]))
         return notices
 
     def put_presence(self, node: str, info: Mapping[str, object], ttl_s: float) -> None:

@@ -349,7 +349,13 @@ class Client:
             raise_for_status(job.id, status, error)
         # A large result is a reference in Redis and in the row: read from the blob store (a
         # blob gone since counts as a result that left the cache).
-        raw = dereference(self.blobs, self.cache.get_many([job.cache_key for job in jobs]))
+        raw: list[bytes | None] = [self.tracker.take_result(job.id) for job in jobs]
+        unread = [index for index, data in enumerate(raw) if data is None]
+        if unread:  # not brought by a notice (large, a cache hit, or learned by polling)
+            fetched = dereference(self.blobs, self.cache.get_many(
+                [jobs[index].cache_key for index in unread]))
+            for index, data in zip(unread, fetched, strict=True):
+                raw[index] = data
         if any(data is None for data in raw):
             durable = self.store.results_by_key(
                 [job.cache_key for job, data in zip(jobs, raw, strict=True) if data is None])

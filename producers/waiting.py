@@ -1,7 +1,8 @@
 """Learning that jobs finished: completion notices from Redis first, Postgres polling as the
 fallback.
 
-Workers push a notice per job onto the submitting client's reply list after the state commit. A job
+Workers push a notice per job onto the submitting client's reply list after the state commit; a
+small result rides in it, so reading it needs no second round trip. A job
 handle from ``client.get(id)`` (someone else's job) has no notices, so its waits poll Postgres with
 a backoff; so does every wait now and then, which covers jobs cancelled or expired without a
 worker.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +24,10 @@ from db.interfaces import JobStoreLike, ResultCacheLike
 POLL_START_S = 0.2
 POLL_MAX_S = 2.0
 NOTICE_WAIT_MAX_S = 0.5
+# Small results that came in completion notices, kept until read (``take_result``). Bounded: a
+# caller that never reads its results costs at most this much; past it the oldest are dropped
+# (reading one of those takes a round trip to Redis instead).
+NOTICE_RESULTS_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,8 @@ class CompletionTracker:
         self._state_lock = threading.Lock()
         self._reader_lock = threading.Lock()
         self._outage = threading.Event()  # never set: a pause while Redis is unreachable
+        self._results: OrderedDict[str, bytes] = OrderedDict()  # job id -> result from a notice
+        self._result_bytes = 0
 
     def record(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
         """Remember a terminal status learned some other way (cache hit, cancel)."""
@@ -52,6 +60,23 @@ class CompletionTracker:
             if job_id not in self._finished:
                 self._order.append(job_id)
             self._finished[job_id] = Finished(job_id, status, error)
+
+    def take_result(self, job_id: str) -> bytes | None:
+        """The result bytes a notice brought for ``job_id`` (once: read, they are dropped)."""
+        with self._state_lock:
+            data = self._results.pop(job_id, None)
+            if data is not None:
+                self._result_bytes -= len(data)
+            return data
+
+    def _keep_result(self, job_id: str, data: bytes) -> None:
+        """Under ``_state_lock``."""
+        old = self._results.pop(job_id, None)
+        self._result_bytes += len(data) - (len(old) if old is not None else 0)
+        self._results[job_id] = data
+        while self._result_bytes > NOTICE_RESULTS_MAX_BYTES:
+            _, dropped = self._results.popitem(last=False)
+            self._result_bytes -= len(dropped)
 
     def known(self, job_id: str) -> Finished | None:
         """The terminal status of ``job_id`` if this client has learned it."""
@@ -76,6 +101,8 @@ class CompletionTracker:
                 self._finished[notice.job_id] = Finished(
                     notice.job_id, JobStatus(notice.status), notice.error
                 )
+                if notice.result is not None:
+                    self._keep_result(notice.job_id, notice.result)
 
     def _poll_store(self, job_ids: Sequence[str], final: bool = False) -> None:
         """Read terminal statuses from Postgres. While it is unreachable a wait goes on (a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -62,6 +63,18 @@ def test_notices_arrive_in_order_on_each_reply_list(cache: ResultCache) -> None:
     ]
     assert cache.wait_notices(second, 1.0) == [Notice(ids[3], "cancelled", None)]
     assert cache.client.exists(first, second) == 0  # consumed
+
+
+def test_a_notice_carries_result_bytes_and_a_three_field_one_still_reads(
+        cache: ResultCache) -> None:
+    reply = cache.reply_key(unique("client"))
+    with_result, without = str(uuid.uuid4()), str(uuid.uuid4())
+    cache.notify({reply: [Notice(with_result, "succeeded", None, b"\x92\x00\xff")]})
+    cache.client.rpush(reply, msgpack.packb([without, "succeeded", None]))  # an older worker's
+    assert cache.wait_notices(reply, 1.0) == [
+        Notice(with_result, "succeeded", None, b"\x92\x00\xff"),
+        Notice(without, "succeeded", None, None),
+    ]
 
 
 def test_wait_notices_takes_at_most_limit_and_keeps_the_rest(cache: ResultCache) -> None:

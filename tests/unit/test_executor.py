@@ -17,7 +17,7 @@ from db import Notice
 from models import LoadContext, ModelSpec, Runner
 from tests.unit.doubles import TTL_S, Harness
 from workers import model_runs
-from workers.executor import BatchReport, parse_entries
+from workers.executor import NOTICE_RESULT_MAX, BatchReport, parse_entries
 
 
 def test_one_bad_input_fails_only_its_own_job(harness: Harness) -> None:
@@ -64,11 +64,25 @@ def test_notices_are_grouped_by_reply_to(harness: Harness) -> None:
     assert set(by_id) == {a1["id"], a2["id"], b1["id"]}
     assert [n.job_id for n in harness.cache.notices["client-b"]] == [b1["id"]]
     assert {n.job_id for n in harness.cache.notices["client-a"]} == {a1["id"], a2["id"]}
-    assert by_id[a1["id"]] == Notice(a1["id"], "succeeded", None)
-    assert by_id[b1["id"]] == Notice(b1["id"], "succeeded", None)
+    # a small result rides in its notice: the cached bytes themselves
+    assert by_id[a1["id"]] == Notice(a1["id"], "succeeded", None,
+                                     harness.cache.results[a1["key"]])
+    assert by_id[b1["id"]] == Notice(b1["id"], "succeeded", None,
+                                     harness.cache.results[b1["key"]])
+    assert by_id[a2["id"]].result is None
     assert by_id[a2["id"]].status == "failed"
     assert by_id[a2["id"]].error == harness.outcome(a2).error
     assert harness.outcome(silent).status is JobStatus.SUCCEEDED
+
+
+def test_a_result_over_the_notice_limit_is_left_in_the_cache_only(harness: Harness) -> None:
+    small = harness.entry("recorder", "s")
+    large = harness.entry("recorder", "L" * (NOTICE_RESULT_MAX + 1))
+    harness.run([small, large])
+    by_id = {n.job_id: n for n in harness.cache.notices["client-a"]}
+    assert by_id[small["id"]].result == harness.cache.results[small["key"]]
+    assert by_id[large["id"]].result is None
+    assert harness.cache.results[large["key"]]  # read from there
 
 
 def test_an_expired_job_is_not_run_and_gets_an_expired_notice(harness: Harness) -> None:

@@ -184,10 +184,23 @@ def test_a_result_without_a_durable_copy_is_recomputed_through_the_queue(shout: 
         job = client.infer("shout", "again")
         stack.run_queued()
         assert stack.store.stored_result(job.id) is None
-        stack.cache.results.clear()
+        stack.cache.results.clear()  # a flushed Redis: the results and the unread notices
+        stack.cache.notices.clear()
         with stack.worker_thread():
             assert job.result(timeout=WAIT_S) == "AGAIN"
     assert shout.inputs == ["again", "again"]
+
+
+def test_a_small_result_comes_in_its_notice(shout: Shout) -> None:
+    """The notice carries the bytes: the client reads them with no round trip to the cache, so
+    a result the cache lost after the notice was sent is still there, not computed again."""
+    stack = _stack(shout, durable_results=False)
+    with stack.client() as client:
+        job = client.infer("shout", "noted")
+        stack.run_queued()
+        stack.cache.results.clear()  # gone from the cache, no durable copy; the notice is unread
+        assert job.result(timeout=WAIT_S) == "NOTED"
+    assert shout.inputs == ["noted"]
 
 
 def test_a_job_past_its_deadline_expires_instead_of_running(stack: InMemoryStack,
