@@ -115,6 +115,12 @@ class JobReads:
         with transaction(self.engine) as connection:
             yield connection
 
+    @contextmanager
+    def _once(self) -> Iterator[Connection]:
+        """For a block of one statement: it commits itself (no BEGIN, no COMMIT)."""
+        with transaction(self.engine, single=True) as connection:
+            yield connection
+
     def get(self, job_id: str) -> JobRecord:
         """One job; ``UnknownJob`` if there is none with this id."""
         found = self.get_many([job_id])
@@ -127,7 +133,7 @@ class JobReads:
         ids = as_uuids(job_ids)
         if not ids:
             return {}
-        with self._begin() as connection:
+        with self._once() as connection:
             rows = connection.execute(
                 select(*RECORD_COLUMNS).where(id_in(ids))
             ).mappings()
@@ -142,7 +148,7 @@ class JobReads:
         terminal = [s.value for s in JobStatus if s.terminal]
         query = select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.error).where(
             id_in(ids), jobs_table.c.status.in_(terminal))
-        with self._begin() as connection:
+        with self._once() as connection:
             return [(str(r.id), JobStatus(r.status), r.error) for r in connection.execute(query)]
 
     def holders(self, job_ids: Sequence[str], other_than: str) -> dict[str, str]:
@@ -154,7 +160,7 @@ class JobReads:
         query = select(jobs_table.c.id, jobs_table.c.worker).where(
             id_in(ids), jobs_table.c.status == JobStatus.RUNNING.value,
             jobs_table.c.worker.is_not(None), jobs_table.c.worker != other_than)
-        with self._begin() as connection:
+        with self._once() as connection:
             return {str(row.id): row.worker for row in connection.execute(query)}
 
     def runs(self, job_ids: Sequence[str]) -> dict[str, JobRun]:
@@ -166,7 +172,7 @@ class JobReads:
             return {}
         query = select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.step,
                        jobs_table.c.worker).where(id_in(ids))
-        with self._begin() as connection:
+        with self._once() as connection:
             return {str(r.id): JobRun(str(r.id), JobStatus(r.status), r.step, r.worker)
                     for r in connection.execute(query)}
 
@@ -175,13 +181,13 @@ class JobReads:
         ids = as_uuids(job_ids)
         if not ids:
             return set()
-        with self._begin() as connection:
+        with self._once() as connection:
             return {str(row.id) for row in
                     connection.execute(select(jobs_table.c.id).where(id_in(ids)))}
 
     def payloads(self, job_ids: Sequence[str]) -> dict[str, bytes]:
         """Stored input bytes by job id (for republishing or recomputing)."""
-        with self._begin() as connection:
+        with self._once() as connection:
             rows = connection.execute(
                 select(jobs_table.c.id, jobs_table.c.payload).where(id_in(as_uuids(job_ids)))
             )
@@ -206,7 +212,7 @@ class JobReads:
             query = query.where(jobs_table.c.created_at >= since)
         if until is not None:
             query = query.where(jobs_table.c.created_at < until)
-        with self._begin() as connection:
+        with self._once() as connection:
             return [record_of(row) for row in connection.execute(query).mappings()]
 
     def history(self, job_id: str) -> list[JobEvent]:
@@ -214,13 +220,13 @@ class JobReads:
         unknown, or created before the history was; ``get`` tells which)."""
         query = events_query().where(job_events_table.c.job_id == as_uuid(job_id)).order_by(
             job_events_table.c.seq)
-        with self._begin() as connection:
+        with self._once() as connection:
             return [event_of(row) for row in connection.execute(query).mappings()]
 
     def last_event_seq(self) -> int:
         """The highest event seq so far (0 if none): where a tail of what comes next starts."""
         query = select(func.coalesce(func.max(job_events_table.c.seq), 0))
-        with self._begin() as connection:
+        with self._once() as connection:
             return int(connection.execute(query).scalar_one())
 
     def events_after(self, seq: int, limit: int = 1000, also: Sequence[int] = ()
@@ -234,7 +240,7 @@ class JobReads:
             after = after | (events.seq == any_(bindparam(None, list(also),
                                                           type_=ARRAY(BigInteger()))))
         query = events_query().where(after).order_by(events.seq).limit(limit)
-        with self._begin() as connection:
+        with self._once() as connection:
             return [event_of(row) for row in connection.execute(query).mappings()]
 
     def count_by_status(self, job_ids: Sequence[str] | None = None) -> dict[JobStatus, int]:
@@ -242,7 +248,7 @@ class JobReads:
         query = select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
         if job_ids is not None:
             query = query.where(id_in(as_uuids(job_ids)))
-        with self._begin() as connection:
+        with self._once() as connection:
             counts = {JobStatus(status): n for status, n in connection.execute(query)}
         return {status: counts.get(status, 0) for status in JobStatus}
 
@@ -250,7 +256,7 @@ class JobReads:
         """Attempts beyond each job's first, over every row: runs started again after a worker
         death or a redelivery (what the fault suite reports as re-runs)."""
         query = select(func.coalesce(func.sum(func.greatest(jobs_table.c.attempts - 1, 0)), 0))
-        with self._begin() as connection:
+        with self._once() as connection:
             return int(connection.execute(query).scalar_one())
 
     def results_by_key(self, cache_keys: Sequence[str]) -> dict[str, bytes]:
@@ -262,7 +268,7 @@ class JobReads:
             "SELECT DISTINCT ON (cache_key) cache_key, result FROM jobs "
             "WHERE cache_key = ANY(:keys) AND status = 'succeeded' AND result IS NOT NULL"
         )
-        with self._begin() as connection:
+        with self._once() as connection:
             return {r.cache_key: r.result
                     for r in connection.execute(query, {"keys": list(set(cache_keys))})}
 
@@ -273,5 +279,5 @@ class JobReads:
             return set()
         query = text("SELECT DISTINCT k FROM jobs, unnest(jobs.blob_keys) AS k "
                      "WHERE jobs.blob_keys && CAST(:keys AS text[]) AND k = ANY(:keys)")
-        with self._begin() as connection:
+        with self._once() as connection:
             return {row.k for row in connection.execute(query, {"keys": list(set(keys))})}

@@ -56,7 +56,7 @@ class JobStore(JobReads):
 
     def ping(self) -> None:
         """Raise ``ServiceUnavailable`` unless the database answers."""
-        with self._begin() as connection:
+        with self._once() as connection:
             connection.execute(text("SELECT 1"))
 
     def insert_jobs(self, jobs: Sequence[NewJob]) -> None:
@@ -64,9 +64,10 @@ class JobStore(JobReads):
         ``INSERT_PAGE`` rows per statement, all in one transaction."""
         if not jobs:
             return
-        with self._begin() as connection:
-            for start in range(0, len(jobs), INSERT_PAGE):
-                connection.execute(INSERT_JOBS, _columns(jobs[start : start + INSERT_PAGE]))
+        pages = [jobs[start : start + INSERT_PAGE] for start in range(0, len(jobs), INSERT_PAGE)]
+        with self._once() if len(pages) == 1 else self._begin() as connection:
+            for page in pages:
+                connection.execute(INSERT_JOBS, _columns(page))
 
     def insert_idempotent(self, job: NewJob) -> JobRecord | None:
         """Insert unless a job with the same (tenant, idempotency key) exists; return that one."""
@@ -107,7 +108,7 @@ class JobStore(JobReads):
                   "worker": worker, "max_attempts": max_attempts,
                   "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
                              "interrupted: worker deaths or redeliveries)"}
-        with self._begin() as connection:
+        with self._once() as connection:
             rows = connection.execute(CLAIM, params)
             return [Claim(str(r.id), JobStatus(r.status), r.attempts,
                           str(r.follows) if r.follows is not None else None,
@@ -130,14 +131,14 @@ class JobStore(JobReads):
             "results": [o.result for o in outcomes],
             "blob_keys": [o.blob_key for o in outcomes],
         }
-        with self._begin() as connection:
+        with self._once() as connection:
             return {str(row.id) for row in connection.execute(FINISH, params)}
 
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job that has not finished; returns its status afterwards (unchanged if it had
         finished). A queued job never runs; a running one is not recorded as finished by the
         worker, whose results it discards, and the next step of a pipeline never starts."""
-        with self._begin() as connection:
+        with self._once() as connection:
             row = connection.execute(
                 text(
                     "UPDATE jobs SET status = 'cancelled', finished_at = now() "
@@ -165,7 +166,7 @@ class JobStore(JobReads):
             "UPDATE jobs SET status = 'expired', finished_at = now() FROM overdue "
             "WHERE jobs.id = overdue.id AND jobs.status = 'queued' RETURNING jobs.id"
         )
-        with self._begin() as connection:
+        with self._once() as connection:
             return len(connection.execute(statement, {"limit": limit}).all())
 
     def mark_sent(self, job_ids: Sequence[str]) -> None:
@@ -173,7 +174,7 @@ class JobStore(JobReads):
         Only queued rows are written: the sweeper never looks at any other."""
         if not job_ids:
             return
-        with self._begin() as connection:
+        with self._once() as connection:
             # A join on unnest, not ``id = ANY(:ids)``: with ``status = 'queued'`` the planner may
             # take ix_jobs_unsent and test each of its rows against the whole array (measured:
             # 100 s for 30,000 ids, every claim of those rows waiting on it); a join hashes.
@@ -213,12 +214,12 @@ class JobStore(JobReads):
     def settle_followers(self) -> int:
         """End (or requeue, unsent) the followers of leaders that have ended; returns how many.
         The sweeper runs this each pass."""
-        with self._begin() as connection:
+        with self._once() as connection:
             return len(connection.execute(SETTLE_FOLLOWERS).all())
 
     def fail_unsent(self, job_ids: Sequence[str], error: str) -> None:
         """Mark queued jobs failed when their message could not be published."""
-        with self._begin() as connection:
+        with self._once() as connection:
             connection.execute(
                 text(
                     "UPDATE jobs SET status = 'failed', error = :error, finished_at = now() "
