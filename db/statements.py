@@ -31,6 +31,24 @@ INSERT_JOBS = text(
     """
 )
 
+# The outbox's late mark (producers.outbox): queued rows by primary key. "Queued" is said as
+# "in no later status" on purpose: written ``status = 'queued'`` it lets the planner take
+# ix_jobs_unsent instead of the primary key, and test every row of that index against the whole
+# array of ids, which under load it did (measured: 100 s for 30,000 ids, and 4 s for 20,000 as
+# a join on unnest, every claim of those rows waiting on it). SKIP LOCKED: see
+# JobStore.mark_sent.
+MARK_SENT = text(
+    """
+    WITH due AS (
+        SELECT id FROM jobs
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND sent_at IS NULL
+          AND status <> ALL (ARRAY['running', 'succeeded', 'failed', 'cancelled', 'expired'])
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs SET sent_at = now() FROM due WHERE jobs.id = due.id
+    """
+)
+
 # Which deliveries may start a run (see ClaimRequest): a first delivery takes a queued job; a
 # redelivery may take over a running one at the same step (only from the worker it saw dead, if
 # it names one: a run another delivery took over meanwhile is not taken again); a pipeline step
