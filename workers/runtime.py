@@ -27,6 +27,7 @@ from db.blob_base import BlobStore
 from db.blobs import open_blob_store_for
 from db.interfaces import JobStoreLike, ResultCacheLike
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
+from models.threads import set_torch_threads, torch_threads
 from workers.hooks import Hooks
 
 log = logging.getLogger("aidist.worker")
@@ -100,12 +101,20 @@ class WorkerRuntime:
                     threads: int) -> list[Result]:
         """``run`` over ``batches``, in order: on up to ``threads`` (at most ``batch_threads``)
         pool threads side by side, or on this thread when one would do."""
+        if len(batches) == 1 and threads > 1 and self.batch_threads > 1:
+            # one batch (a lone job at low load): on this thread, with every core's threads
+            with torch_threads(self.batch_threads * max(self.context.torch_threads, 1)):
+                return [run(batches[0])]
         if min(threads, self.batch_threads) <= 1 or len(batches) <= 1:
             return [run(batch) for batch in batches]
         with self._lock:
             if self._batch_pool is None:
-                self._batch_pool = ThreadPoolExecutor(self.batch_threads,
-                                                      thread_name_prefix="aidist-model")
+                # Each pool thread sets its own torch threads: a thread takes the count last
+                # set anywhere when it starts, which may be a lone batch's (see above).
+                self._batch_pool = ThreadPoolExecutor(
+                    self.batch_threads, thread_name_prefix="aidist-model",
+                    initializer=set_torch_threads,
+                    initargs=(max(self.context.torch_threads, 1),))
             pool = self._batch_pool
         return list(pool.map(run, batches))
 

@@ -154,3 +154,38 @@ def test_a_flush_with_nothing_valid_to_run_fails_its_jobs_not_the_worker(
     report = harness.run(entries)
     assert report.failed == 1
     assert log.threads == []
+
+
+class TorchThreads:
+    """A model that records how many torch threads each call gets."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def load(self, context: LoadContext) -> Runner:
+        torch = pytest.importorskip("torch")
+
+        def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+            self.counts.append(torch.get_num_threads())
+            return list(inputs)
+
+        return run
+
+
+def test_a_lone_job_gets_every_cores_threads_and_a_shared_flush_one_each(
+        harness: Harness) -> None:
+    """Side by side, each call has one torch thread; a flush of one job has nothing to share,
+    so its one call takes all of them (and this thread goes back to one after)."""
+    torch = pytest.importorskip("torch")
+    model = TorchThreads()
+    _with_model(harness, "threads", model.load, thread_safe=True, threads=2)
+    harness.runtime.context = LoadContext(device="cpu", torch_threads=1)
+    torch.set_num_threads(1)
+    pool_threads_before = torch.get_num_threads()
+    harness.run([harness.entry("threads", "alone")])
+    assert model.counts == [2]
+    assert torch.get_num_threads() == pool_threads_before == 1
+    model.counts.clear()
+    harness.run([harness.entry("threads", f"s{i}") for i in range(4)])
+    assert model.counts == [1, 1]  # two calls side by side, one thread each
+    harness.runtime.close()
