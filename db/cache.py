@@ -199,6 +199,21 @@ class ResultCache:
             values = self.client.mget([f"{self.namespace}:cancelled:{name}" for name in names])
         return {name for name, value in zip(names, values, strict=True) if value is not None}
 
+    def results_and_cancelled(self, cache_keys: Sequence[str], job_ids: Sequence[str]
+                              ) -> tuple[list[bytes | None], set[str]]:
+        """``get_many`` and ``cancelled_among`` in one MGET: what a worker asks before it runs
+        a flush (results stored meanwhile, jobs cancelled meanwhile), in one round trip."""
+        names = list(job_ids)
+        if not cache_keys and not names:
+            return [], set()
+        with self._guard():
+            values = cast("list[bytes | None]", self.client.mget(
+                [self.result_key(k) for k in cache_keys]
+                + [f"{self.namespace}:cancelled:{name}" for name in names]))
+        marks = values[len(cache_keys):]
+        return (list(values[:len(cache_keys)]),
+                {name for name, value in zip(names, marks, strict=True) if value is not None})
+
     def presences(self) -> list[dict[str, object]]:
         """Every live worker's announcement."""
         with self._guard():

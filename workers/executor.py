@@ -28,21 +28,12 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
-
-from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
+from aidist.errors import PoisonMessage
 from aidist.jobs import JobEntry, JobStatus, canonical_params, message_packs
 from db import Claim, ClaimRequest, Notice, Outcome
 from workers.hooks import BatchReport
@@ -59,6 +50,7 @@ from workers.payloads import (
 )
 from workers.redelivery import look_again, split_lost
 from workers.runtime import WorkerRuntime
+from workers.service_retry import ServiceRetry
 
 __all__ = ["PARK_S", "BatchReport", "execute", "parse_entries", "run_flush"]
 
@@ -68,39 +60,7 @@ PARK_S = 1.0  # how often a redelivered job still running on a live worker is lo
 # A result up to this size rides in its job's completion notice: a client waiting on one job
 # then reads it without a second round trip to Redis (a minilm vector takes 1.5 kB).
 NOTICE_RESULT_MAX = 8 * 1024
-T = TypeVar("T")
 GroupKey = tuple[str, str, str]  # (target, version, canonical params): one model call's jobs
-
-
-class ServiceRetry:
-    """Runs one I/O step at a time, retried with exponential backoff and jitter while Postgres,
-    Redis or RabbitMQ is unreachable, all steps of one flush sharing one time budget. Retrying a
-    step, not the whole flush, means a database that restarts after the model ran costs a wait,
-    not a second run of the model."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.deadline = time.monotonic() + budget_s
-
-    def __call__(self, call: Callable[[], T]) -> T:
-        retrying = Retrying(
-            retry=retry_if_exception_type(ServiceUnavailable),
-            wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
-            stop=stop_after_delay(max(self.deadline - time.monotonic(), 0.0)),
-            before_sleep=_log_retry,
-            reraise=False,
-        )
-        try:
-            return retrying(call)
-        except RetryError as exc:
-            error = exc.last_attempt.exception()
-            raise ServicesDown(str(error)) from error
-
-
-def _log_retry(state: RetryCallState) -> None:
-    """One line per retried step, so a flush that waited on a service says so and why."""
-    error = state.outcome.exception() if state.outcome is not None else None
-    log.warning("a flush waits for a service (try %d, %.1fs so far): %s", state.attempt_number,
-                state.seconds_since_start or 0.0, error)
 
 
 @dataclass
@@ -297,20 +257,24 @@ def claim(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
 def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
     """Run the claimed jobs. A job whose result is in Redis already (an identical job finished
     since, in another flush or on another worker) takes it instead of running the model; a job
-    cancelled since its claim is dropped before its group runs (the batch boundary). Inputs
+    cancelled since its claim is dropped before its group runs (the batch boundary; for the
+    first group, asked in the same round trip as the stored results). Inputs
     sent by reference are read from the blob store once, for the whole flush, before any model
     runs. Each output becomes a result, a pipeline continuation, or a failure."""
     durable = runtime.settings.durable_results
     keys = list({entry.cache_key for group in state.groups.values() for entry in group})
     stored: dict[str, bytes] = {}
+    cancelled: set[str] = set()
     if keys:
-        found = io(lambda: runtime.cache.get_many(keys))
+        found, cancelled = io(partial(runtime.cache.results_and_cancelled, keys,
+                                      [e.id for group in state.groups.values() for e in group]))
         if has_refs(found):  # a reference to a blob gone since is no result: the job runs
             found = io(partial(live_results, runtime.blobs, found))
         stored = {key: data for key, data in zip(keys, found, strict=True) if data is not None}
     pending = [e for group in state.groups.values() for e in group if e.cache_key not in stored]
     by_ref = needs_blobs(pending)
     inputs = io(partial(fetch_inputs, runtime.blobs, pending)) if by_ref else {}
+    ran_a_group = False
     for (target, version, _), group in state.groups.items():
         for entry in (e for e in group if e.cache_key in stored):
             state.from_cache.add(entry.id)
@@ -318,19 +282,20 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
                       result=stored[entry.cache_key] if durable else None,
                       blob_key=ref_key(stored[entry.cache_key]))
         to_run = [entry for entry in group if entry.cache_key not in stored]
+        if ran_a_group and to_run:  # the look before the first group is older than this group
+            cancelled = io(partial(runtime.cache.cancelled_among, [e.id for e in to_run]))
+        dropped = {entry.id for entry in to_run} & cancelled
+        if dropped:
+            state.cancelled |= dropped
+            to_run = [entry for entry in to_run if entry.id not in dropped]
         if not to_run:
             continue
-        cancelled = io(partial(runtime.cache.cancelled_among, [e.id for e in to_run]))
-        if cancelled:
-            state.cancelled |= cancelled
-            to_run = [entry for entry in to_run if entry.id not in cancelled]
-            if not to_run:
-                continue
         if by_ref:  # a job whose input blob is gone fails (the blob will not come back)
             to_run, unreadable = with_inputs(to_run, inputs, runtime.blobs.url)
             for entry, problem in unreadable:
                 state.fail(entry, problem)
         state.computed.update(entry.id for entry in to_run)
+        ran_a_group = True
         limit = output_limit(runtime.registry, target)
         for entry, output, run_error in run_group(runtime, target, version, to_run):
             encoded, error = (b"", run_error) if run_error is not None else encode_output(

@@ -183,6 +183,11 @@ class InMemoryCache:
         with self._lock:
             return {job_id for job_id in job_ids if self._live(self._cancelled, job_id)}
 
+    def results_and_cancelled(self, cache_keys: Sequence[str], job_ids: Sequence[str]
+                              ) -> tuple[list[bytes | None], set[str]]:
+        """``get_many`` and ``cancelled_among`` at once."""
+        return self.get_many(cache_keys), self.cancelled_among(job_ids)
+
     def close(self) -> None:
         """Nothing to close; the contents stay readable."""
         self.journal.append("cache.close")

@@ -127,3 +127,13 @@ def test_alive_marks_expire(cache: ResultCache) -> None:
     wait_for(lambda: runner not in cache.alive_among([runner]), timeout=30,
              message="the alive mark to expire")
     assert cache.alive_among([]) == set()
+
+
+def test_results_and_cancel_marks_come_in_one_call(cache: ResultCache) -> None:
+    stored, absent = unique("key"), unique("key")
+    cancelled, running = str(uuid.uuid4()), str(uuid.uuid4())
+    cache.put_many({stored: b"\x01"}, 60)
+    cache.mark_cancelled([cancelled], 60)
+    assert cache.results_and_cancelled([stored, absent], [cancelled, running]) == (
+        [b"\x01", None], {cancelled})
+    assert cache.results_and_cancelled([], []) == ([], set())
