@@ -61,15 +61,21 @@ class AsyncClient:
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
                  store: JobStoreLike | None = None, cache: ResultCacheLike | None = None,
-                 publisher: JobPublisher | None = None, blobs: BlobStore | None = None) -> None:
+                 publisher: JobPublisher | None = None, blobs: BlobStore | None = None,
+                 background_publish: bool = True) -> None:
         self.client = Client(settings, registry=registry, store=store, cache=cache,
-                             publisher=publisher, blobs=blobs)
+                             publisher=publisher, blobs=blobs,
+                             background_publish=background_publish)
 
     async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every single submission made so far is published (``Client.flush``)."""
+        return await asyncio.to_thread(self.client.flush, timeout)
 
     async def close(self) -> None:
         """Close connections."""

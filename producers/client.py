@@ -17,12 +17,9 @@ from aidist.errors import (
     IdempotencyConflict,
     InvalidInput,
     JobTimeout,
-    ResultUnavailable,
     ServiceUnavailable,
 )
-from aidist.ids import new_job_id
 from aidist.jobs import (
-    JobEntry,
     JobKind,
     JobStatus,
     Step,
@@ -30,20 +27,24 @@ from aidist.jobs import (
     message_packs,
     pipeline_key,
 )
-from aidist.transport import JobPublisher, Publisher, queue_name
-from db import JobStore, NewJob, ResultCache
+from aidist.transport import JobPublisher, Publisher
+from db import JobStore, ResultCache
 from db.blob_base import BlobStore
-from db.blobs import dereference, live, open_blob_store_for
+from db.blobs import live, open_blob_store_for
 from db.interfaces import JobStoreLike, ResultCacheLike
 from models import ModelInfo, ModelSpec, Registry, build_registry
 from producers.grouping import GroupSubmitter
 from producers.job import Job, raise_for_status
 from producers.outbox import SentMarker, mark_after
-from producers.payloads import blob_keys, offload
+from producers.payloads import offload
 from producers.progress import job_progress
+from producers.reading import ResultReader
 from producers.recompute import Recomputer
+from producers.rows import new_rows, outgoing_entries
+from producers.sender import BackgroundSender
 from producers.submission import (
     Deadline,
+    Outgoing,
     Plan,
     Request,
     SubmitOptions,
@@ -62,11 +63,15 @@ class Client:
     use, and a service that cannot be reached raises ``ServiceUnavailable`` within the connect
     timeout. ``store``, ``cache``, ``publisher`` and ``blobs`` replace the Postgres, Redis,
     RabbitMQ and blob-store ones (``aidist.testing`` has in-memory doubles of all four).
+    Single submissions return once recorded and are published from a thread of the client's
+    (``producers.sender``); ``background_publish=False`` publishes them before ``infer``
+    returns, as ``aidist.testing``'s clients do so a test sees the message at once.
     """
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
                  store: JobStoreLike | None = None, cache: ResultCacheLike | None = None,
-                 publisher: JobPublisher | None = None, blobs: BlobStore | None = None):
+                 publisher: JobPublisher | None = None, blobs: BlobStore | None = None,
+                 background_publish: bool = True):
         self.settings = settings or Settings()
         self.registry = registry or build_registry(
             self.settings.plugins, max_input_chars=self.settings.max_input_chars
@@ -84,10 +89,15 @@ class Client:
         self.tracker = CompletionTracker(
             self.cache, self.store, self.cache.reply_key(self.client_id)
         )
-        self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_requests)
+        self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_singles)
         self.sent = SentMarker(self.store, after_s=mark_after(self.settings.sweep_after_s))
-        self._recompute = Recomputer(self.store, self.cache, self.registry,
-                                     self._enqueue_requests, self.as_completed)
+        self.sender = BackgroundSender(self._publish, self.sent.add, self._refused,
+                                       inline=not background_publish)
+        self._reader = ResultReader(
+            self.tracker, self.cache, self.store, self.blobs,
+            Recomputer(self.store, self.cache, self.registry, self._enqueue_requests,
+                       self.as_completed),
+            result_ttl_s=self.settings.result_ttl_s)
 
     def __enter__(self) -> Client:
         return self
@@ -96,8 +106,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Mark what was published as sent, close connections to RabbitMQ, Redis, Postgres and
-        the blob store."""
+        """Publish what single submissions recorded, mark what was published as sent, close
+        connections to RabbitMQ, Redis, Postgres and the blob store."""
+        self.sender.close()
         self.sent.close()
         self.publisher.close()
         self.cache.close()
@@ -218,34 +229,28 @@ class Client:
             return [self._group.submit(requests[0])]
         return self._enqueue_requests(requests)
 
-    def _enqueue_requests(self, requests: list[Request]) -> list[Job]:
+    def _enqueue_singles(self, requests: list[Request]) -> list[Job]:
+        """Concurrent single submissions (a group commit): recorded here, published by the
+        background sender (``producers.sender``), packed with other calls' jobs."""
+        return self._enqueue_requests(requests, background=True)
+
+    def _refused(self, job_ids: list[str], error: str) -> None:
+        """The broker refused the message of recorded jobs: they fail, and their waiters learn
+        it here."""
+        self.store.fail_unsent(job_ids, error)
+        for job_id in job_ids:
+            self.tracker.record(job_id, JobStatus.FAILED, error)
+
+    def _enqueue_requests(self, requests: list[Request], background: bool = False) -> list[Job]:
         """Cache lookup, large inputs to the blob store, one INSERT for every row, packed
-        confirmed publishing of the misses."""
+        confirmed publishing of the misses (``background``: by the sender's thread)."""
         self.publisher.connect()  # a down broker fails here, before anything is written
         cached = live(self.blobs, self.cache.get_many([r.key for r in requests]))
         # Before any row: a blob store that is down fails the call with nothing written.
         requests = offload(self.blobs, requests, self.settings.inline_max_bytes)
         sizes = entry_sizes(requests, cached, self.tracker.reply_to,
                             self.settings.max_message_bytes)
-        rows = [
-            NewJob(
-                id=new_job_id(),  # time-ordered: index locality on a big table
-                kind=r.plan.kind,
-                target=r.plan.label,
-                version=r.plan.version,
-                cache_key=r.key,
-                payload=r.payload,
-                status=JobStatus.QUEUED if hit is None else JobStatus.SUCCEEDED,
-                params=r.plan.params,
-                cache_hit=hit is not None,
-                priority=r.options.priority,
-                tenant=r.options.tenant,
-                idempotency_key=r.options.idempotency_key,
-                deadline=r.options.deadline,
-                blob_keys=blob_keys(r, hit),
-            )
-            for r, hit in zip(requests, cached, strict=True)
-        ]
+        rows = new_rows(requests, cached)
         if rows[0].idempotency_key is not None:
             existing = self.store.insert_idempotent(rows[0])
             if existing is not None:
@@ -258,42 +263,44 @@ class Client:
                 return [Job(self, existing.id, existing.kind, existing.target, existing.cache_key)]
         else:
             self.store.insert_jobs(rows)
-
-        outgoing: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        outgoing_sizes: dict[tuple[str, int], list[int]] = {}
-        for row, r, size in zip(rows, requests, sizes, strict=True):
+        for row in rows:
             if row.cache_hit:
                 self.tracker.record(row.id, JobStatus.SUCCEEDED)
-                continue
-            first = r.plan.first
-            queue = queue_name(self.settings.namespace, first.kind, first.target)
-            outgoing.setdefault((queue, r.options.priority), []).append(
-                JobEntry(row.id, first.kind, first.target, first.version, r.input, row.cache_key,
-                         first.params, self.tracker.reply_to, steps=r.plan.rest
-                         ).to_wire(r.payload))
-            outgoing_sizes.setdefault((queue, r.options.priority), []).append(size)
-        sent: set[str] = set()
-        for (queue, priority), entries in outgoing.items():
-            try:
-                self._publish(queue, entries, outgoing_sizes[(queue, priority)], priority)
-            except ServiceUnavailable as exc:
-                # The rows are the commit point: jobs recorded but not yet sent stay queued and
-                # unsent, and a worker's sweeper publishes them once the broker is back.
-                waiting = sum(len(group) for group in outgoing.values()) - len(sent)
-                log.warning("%d jobs recorded but not yet published (%s); a worker's sweeper "
-                            "publishes them once the broker is back", waiting, exc)
-                break
-            except Exception:
-                unsent = [e["id"] for group in outgoing.values() for e in group
-                          if e["id"] not in sent]
-                self.store.fail_unsent(unsent, "not published: the broker refused the message")
-                raise
-            sent.update(e["id"] for e in entries)
-        self.sent.add(list(sent))
+        outgoing = outgoing_entries(rows, requests, sizes, self.settings.namespace,
+                                    self.tracker.reply_to)
+        if background:
+            self.sender.send(outgoing)
+        else:
+            self._publish_now(outgoing)
         return [Job(self, row.id, r.plan.kind, r.plan.label, row.cache_key)
                 for row, r in zip(rows, requests, strict=True)]
 
-    def _publish(self, queue: str, entries: list[dict[str, Any]], sizes: list[int],
+    def _publish_now(self, outgoing: list[Outgoing]) -> None:
+        """Publish recorded jobs before returning, per queue and priority."""
+        groups: dict[tuple[str, int], list[Outgoing]] = {}
+        for item in outgoing:
+            groups.setdefault((item.queue, item.priority), []).append(item)
+        sent: set[str] = set()
+        for (queue, priority), items in groups.items():
+            entries = [item.entry for item in items]
+            try:
+                self._publish(queue, entries, [item.size for item in items], priority)
+            except ServiceUnavailable as exc:
+                # The rows are the commit point: jobs recorded but not yet sent stay queued and
+                # unsent, and a worker's sweeper publishes them once the broker is back.
+                log.warning("%d jobs recorded but not yet published (%s); a worker's sweeper "
+                            "publishes them once the broker is back", len(outgoing) - len(sent),
+                            exc)
+                break
+            except Exception:
+                unsent = [item.entry["id"] for item in outgoing
+                          if item.entry["id"] not in sent]
+                self.store.fail_unsent(unsent, "not published: the broker refused the message")
+                raise
+            sent.update(entry["id"] for entry in entries)
+        self.sent.add(list(sent))
+
+    def _publish(self, queue: str, entries: list[dict[str, Any]], sizes: Sequence[int],
                  priority: int) -> None:
         """Publish packed (``pack_size`` jobs, at most ``max_message_bytes``, per message), each
         message confirmed; a broker that fails mid-submit (a restart) is retried with backoff
@@ -305,6 +312,12 @@ class Client:
         for pack in message_packs(sizes, self.settings.pack_size,
                                   self.settings.max_message_bytes):
             retrying(self.publisher.publish, queue, entries[pack], priority)
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every single submission made so far is published (they are sent from a
+        thread of the client's own, after ``infer`` returns); False if ``timeout`` passed first.
+        Not needed for correctness: a recorded job is published in any case."""
+        return self.sender.wait_sent(timeout)
 
     # -- waiting and results ----------------------------------------------------------------------
 
@@ -347,36 +360,7 @@ class Client:
                 statuses.append((finished.status, finished.error))
         for job, (status, error) in zip(jobs, statuses, strict=True):
             raise_for_status(job.id, status, error)
-        # A large result is a reference in Redis and in the row: read from the blob store (a
-        # blob gone since counts as a result that left the cache).
-        raw: list[bytes | None] = [self.tracker.take_result(job.id) for job in jobs]
-        unread = [index for index, data in enumerate(raw) if data is None]
-        if unread:  # not brought by a notice (large, a cache hit, or learned by polling)
-            fetched = dereference(self.blobs, self.cache.get_many(
-                [jobs[index].cache_key for index in unread]))
-            for index, data in zip(unread, fetched, strict=True):
-                raw[index] = data
-        if any(data is None for data in raw):
-            durable = self.store.results_by_key(
-                [job.cache_key for job, data in zip(jobs, raw, strict=True) if data is None])
-            if durable:
-                self.cache.put_many(durable, self.settings.result_ttl_s)
-                raw = self._fill(jobs, raw, durable)
-        missing = [job for job, data in zip(jobs, raw, strict=True) if data is None]
-        if missing:
-            raw = self._fill(jobs, raw, self._recompute(missing, timeout))
-        for job, data in zip(jobs, raw, strict=True):
-            if data is None:
-                raise ResultUnavailable(job.id)
-        return [codec.decode(data) for data in raw if data is not None]
-
-    def _fill(self, jobs: Sequence[Job], raw: list[bytes | None],
-              found: dict[str, bytes]) -> list[bytes | None]:
-        """``raw`` with its gaps filled from ``found`` (cache key -> result, references read
-        from the blob store)."""
-        readable = dict(zip(found, dereference(self.blobs, list(found.values())), strict=True))
-        return [readable.get(job.cache_key) if data is None else data
-                for job, data in zip(jobs, raw, strict=True)]
+        return [codec.decode(data) for data in self._reader.read(jobs, timeout)]
 
     def map(self, target: str, inputs: Iterable[Any], params: dict[str, Any] | None = None, *,
             progress: bool = False, timeout: float | None = None, priority: int = 0,

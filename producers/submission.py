@@ -92,3 +92,14 @@ def entry_sizes(requests: Sequence[Request], cached: Sequence[bytes | None],
                 "(RabbitMQ's max_message_size must allow it)")
         sizes.append(size)
     return sizes
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One recorded job's message entry, where it goes, and its size in a message."""
+
+    queue: str
+    priority: int
+    entry: dict[str, Any]
+    size: int
+

@@ -67,9 +67,10 @@ class InMemoryStack:
         self._lock = threading.Lock()
 
     def client(self) -> Client:
-        """A new ``Client`` (its own client id and reply list) over this stack."""
+        """A new ``Client`` (its own client id and reply list) over this stack. It publishes a
+        single submission before ``infer`` returns, so the test sees its message at once."""
         return Client(self.settings, registry=self.registry, store=self.store, cache=self.cache,
-                      publisher=self.broker, blobs=self.blobs)
+                      publisher=self.broker, blobs=self.blobs, background_publish=False)
 
     def runtime(self) -> WorkerRuntime:
         """The stack's worker runtime, built on first use; models load once, on first run."""

@@ -6,6 +6,7 @@ test_client_failures.py.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,7 @@ def test_infer_records_a_queued_job_and_publishes_it(ns_settings: Settings, ns_c
     assert record.cache_hit is False and record.attempts == 0
     assert store.payloads([job.id]) == {job.id: codec.encode("hello world")}
 
+    assert ns_client.flush()  # a single submission is published from the sender's thread
     [(properties, entries)] = drain(ns_settings, toy_queue(ns_settings))
     assert properties.priority == 6
     [entry] = [JobEntry.from_wire(raw) for raw in entries]
@@ -111,6 +113,7 @@ def test_preprocess_goes_to_the_ops_queue_with_checked_params(
     assert job.kind is JobKind.PREPROCESS
     assert store.get(job.id).params == {"size": 3, "overlap": 2}
     queue = queue_name(ns_settings.namespace, JobKind.PREPROCESS, "chunk")
+    assert ns_client.flush()
     [(_, [entry])] = drain(ns_settings, queue)
     assert entry["kind"] == "preprocess"
     assert entry["params"] == {"size": 3, "overlap": 2}
@@ -123,6 +126,7 @@ def test_submit_many_routes_by_the_registered_kind(ns_settings: Settings,
     models = ns_client.submit_many(TOY, ["d"])
     assert {job.kind for job in ops} == {JobKind.PREPROCESS}
     assert {job.kind for job in models} == {JobKind.INFER}
+    assert ns_client.flush()  # the one-job call went the single submissions' way
     assert queue_depth(ns_settings,
                        queue_name(ns_settings.namespace, JobKind.PREPROCESS, "normalize")) == 1
     assert queue_depth(ns_settings, toy_queue(ns_settings)) == 1
@@ -148,6 +152,7 @@ def test_cache_hit_succeeds_at_once_without_publishing(ns_settings: Settings, ns
     text = f"cached input {uuid.uuid4()}"
     first = ns_client.infer(TOY, text)
     queue = toy_queue(ns_settings)
+    assert ns_client.flush()
     assert queue_depth(ns_settings, queue) == 1
     value = np.array([0.125, 0.875], dtype=np.float32)
     ns_cache = ResultCache.connect(ns_settings.redis_url, ns_settings.namespace)
@@ -184,6 +189,7 @@ def test_infer_many_publishes_only_the_cache_misses(ns_settings: Settings, ns_cl
                                                     store: JobStore) -> None:
     texts = [f"mixed {i} {uuid.uuid4()}" for i in range(3)]
     probe = ns_client.infer(TOY, texts[1])
+    assert ns_client.flush()
     drain(ns_settings, toy_queue(ns_settings))
     ns_client.cache.put_many({probe.cache_key: codec.encode([1.0])}, 60)
 
@@ -199,6 +205,7 @@ def test_evicted_result_is_recomputed_through_the_queue(ns_client: Client,
                                                         ns_settings: Settings) -> None:
     text = f"evicted {uuid.uuid4()}"
     key = ns_client.infer(TOY, text).cache_key
+    assert ns_client.flush()
     ns_client.cache.put_many({key: codec.encode(7)}, 60)
     hit = ns_client.infer(TOY, text)
     assert hit.status() is JobStatus.SUCCEEDED
@@ -364,3 +371,30 @@ def test_models_lists_the_builtins(client: Client) -> None:
     assert infos["minilm"].device == client.settings.device
     assert infos["normalize"].device == "cpu"
     assert infos[TOY].version == client.registry.version(TOY)
+
+
+def test_single_submissions_from_threads_share_messages(ns_settings: Settings,
+                                                        ns_client: Client,
+                                                        store: JobStore) -> None:
+    """Each infer returns once its row is committed; the client's sender publishes what the
+    threads recorded meanwhile together, so messages carry the jobs of several calls."""
+    texts = [[f"thread {t} job {i} {uuid.uuid4()}" for i in range(25)] for t in range(4)]
+    ids: list[list[str]] = [[] for _ in texts]
+    gate = threading.Barrier(len(texts))
+
+    def submit(index: int) -> None:
+        gate.wait()
+        ids[index] = [ns_client.infer(TOY, text).id for text in texts[index]]
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert ns_client.flush()
+    messages = drain(ns_settings, toy_queue(ns_settings))
+    carried = [entry["id"] for _, entries in messages for entry in entries]
+    everyone = [job_id for part in ids for job_id in part]
+    assert sorted(carried) == sorted(everyone)  # every job once
+    assert len(messages) < len(everyone)  # packed across calls
+    assert store.count_by_status(everyone)[JobStatus.QUEUED] == 100

@@ -68,6 +68,7 @@ INVALID_SUBMISSIONS: dict[str, Submit] = {
 def test_invalid_submission_raises_and_writes_and_sends_nothing(
         ns_settings: Settings, ns_client: Client, store: JobStore, submit: Submit) -> None:
     ns_client.infer(TOY, "a valid job, so the queue exists")
+    assert ns_client.flush()  # published from the client's sender thread
     queue = toy_queue(ns_settings)
     prep_queue = queue_name(ns_settings.namespace, JobKind.PREPROCESS, "normalize")
     before = (total_jobs(store), queue_depth(ns_settings, queue),

@@ -1,0 +1,100 @@
+"""producers.sender.BackgroundSender: single submissions published from a thread of their own,
+packed across calls, with refused and unreachable publishes handled."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from aidist.errors import ServiceUnavailable
+from producers.sender import BackgroundSender
+from producers.submission import Outgoing
+
+WAIT_S = 10.0
+
+
+class Broker:
+    """Records publishes; the first one can be held until released, to let others pile up."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.calls: list[tuple[str, list[str], int, threading.Thread]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+        self.fail_with: BaseException | None = None
+
+    def publish(self, queue: str, entries: list[dict[str, Any]], sizes: list[int],
+                priority: int) -> None:
+        self.entered.set()
+        assert self.release.wait(WAIT_S)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.calls.append((queue, [e["id"] for e in entries], priority,
+                           threading.current_thread()))
+
+
+def _item(job_id: str, queue: str = "q", priority: int = 0) -> Outgoing:
+    return Outgoing(queue, priority, {"id": job_id}, 10)
+
+
+def _sender(broker: Broker, inline: bool = False
+            ) -> tuple[BackgroundSender, list[str], list[tuple[list[str], str]]]:
+    sent: list[str] = []
+    failed: list[tuple[list[str], str]] = []
+    sender = BackgroundSender(broker.publish, sent.extend,
+                              lambda ids, error: failed.append((ids, error)), inline=inline)
+    return sender, sent, failed
+
+
+def test_jobs_recorded_while_a_publish_is_out_go_together_in_the_next() -> None:
+    broker = Broker(hold_first=True)
+    sender, sent, _ = _sender(broker)
+    sender.send([_item("a")])
+    assert broker.entered.wait(WAIT_S)  # "a" is being published
+    sender.send([_item("b")])
+    sender.send([_item("c"), _item("p", priority=5)])
+    sender.send([_item("d", queue="other")])
+    broker.release.set()
+    assert sender.wait_sent(WAIT_S)
+    assert [(q, ids, p) for q, ids, p, _ in broker.calls] == [
+        ("q", ["a"], 0), ("q", ["b", "c"], 0), ("q", ["p"], 5), ("other", ["d"], 0)]
+    assert sorted(sent) == ["a", "b", "c", "d", "p"]
+    assert all(thread is not threading.current_thread() for *_, thread in broker.calls)
+    sender.close()
+
+
+def test_a_refused_message_fails_its_jobs_and_an_unreachable_broker_leaves_them_unsent() -> None:
+    broker = Broker()
+    sender, sent, failed = _sender(broker)
+    broker.fail_with = ValueError("access refused")
+    sender.send([_item("x"), _item("y")])
+    assert sender.wait_sent(WAIT_S)
+    assert failed and failed[0][0] == ["x", "y"] and "access refused" in failed[0][1]
+    broker.fail_with = ServiceUnavailable("RabbitMQ", "amqp://h", "down")
+    sender.send([_item("z")])
+    assert sender.wait_sent(WAIT_S)
+    assert sent == [] and len(failed) == 1  # "z" stays recorded for the sweeper
+    broker.fail_with = None
+    sender.send([_item("w")])  # the thread carries on
+    sender.close()
+    assert sent == ["w"]
+
+
+def test_close_publishes_what_is_queued() -> None:
+    broker = Broker(hold_first=True)
+    sender, sent, _ = _sender(broker)
+    sender.send([_item("a")])
+    assert broker.entered.wait(WAIT_S)
+    sender.send([_item("b")])
+    broker.release.set()
+    sender.close()
+    assert sent == ["a", "b"]
+
+
+def test_inline_publishes_before_send_returns() -> None:
+    broker = Broker()
+    sender, sent, _ = _sender(broker, inline=True)
+    sender.send([_item("a")])
+    assert sent == ["a"]
+    assert broker.calls[0][3] is threading.current_thread()
