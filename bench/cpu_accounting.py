@@ -3,17 +3,27 @@ trees, PostgreSQL, Redis, RabbitMQ and the rest of the machine, over one measure
 
 A throughput number hides where the work goes; CPU per job does not, and it is what a deployment
 pays for. Read from ``/proc`` (psutil is not a dependency): a process's ``utime + stime`` in
-``/proc/<pid>/stat`` covers all its threads, and its ``cutime + cstime`` the children it reaped, so
-a Postgres backend or prefork child that exits during the interval is still counted once its
-parent has waited for it. ``/proc`` counts in clock ticks (10 ms at USER_HZ 100): each process's
-reading is off by less than a tick at either end, which averages out over thousands of jobs. The
-driver itself is read with ``getrusage(RUSAGE_SELF)`` (microseconds, all threads, and not the
-workers of earlier phases it reaped).
+``/proc/<pid>/stat`` covers all its threads, and its ``cutime + cstime`` the children it reaped (a
+prefork child that exits during the interval still counts once its parent has waited for it).
+``/proc`` counts in clock ticks (10 ms at USER_HZ 100): each process's reading is off by less than
+a tick at either end, which averages out over thousands of jobs. The driver itself is read with
+``getrusage(RUSAGE_SELF)`` (microseconds, all threads, and not the workers of earlier phases it
+reaped).
+
+Postgres is shared with whatever else runs on the machine, and its backends carry their database
+in their process title, so the ``postgres`` row is the run's own: the backends of the run's
+database, the server's background processes (WAL writer, checkpointer, ...: they write what the
+backends wrote) and the postmaster's own time, not its reaped children (every database's exited
+backends). A backend of the run that exits during the interval loses its count: the client and the
+workers keep pooled connections, so few do. ``postgres_all`` (every ``postgres`` process with
+reaped children, other databases' work included) is kept alongside, outside the total. Redis and
+RabbitMQ cannot be split by client: their rows are the whole server.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import time
 from collections.abc import Iterable, Mapping
@@ -23,16 +33,19 @@ from pathlib import Path
 from typing import Any
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-#: Service process groups: every process with one of these names (``comm``) and its descendants
-#: (RabbitMQ's ``erl_child_setup``, ``inet_gethost``, ...; Postgres backends are named
-#: ``postgres`` too).
-SERVICES: dict[str, tuple[str, ...]] = {
-    "postgres": ("postgres",),
+POSTGRES = "postgres"
+#: Whole-server groups: every process with one of these names (``comm``) and its descendants
+#: (RabbitMQ's ``erl_child_setup``, ``inet_gethost``, ...).
+SERVERS: dict[str, tuple[str, ...]] = {
     "redis": ("redis-server",),
     "rabbitmq": ("beam.smp", "epmd"),
 }
 #: Rows of a per-job account, in table order (``other``: the machine's busy time minus the rest).
-GROUPS = ("client", "worker", *SERVICES, "other")
+GROUPS = ("client", "worker", POSTGRES, *SERVERS, "other")
+#: Groups read besides, not part of the total.
+ASIDE = ("postgres_all",)
+#: A client backend's title ends in its peer: ``host(port) <activity>`` or ``[local] ...``.
+_CLIENT_BACKEND = re.compile(r"\(\d+\) |\[local\]")
 #: After the last result: the workers count as done once they used no CPU for QUIET_S (a tick
 #: is 10 ms, so 5 polls at 20 ms), or after SETTLE_TIMEOUT_S whatever they do.
 QUIET_S = 0.1
@@ -41,13 +54,18 @@ SETTLE_TIMEOUT_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Proc:
-    """One process's line of ``/proc/<pid>/stat``: its parent, name and CPU ticks so far (own
-    threads plus reaped children)."""
+    """One process's line of ``/proc/<pid>/stat``: its parent, name, and CPU ticks so far of its
+    own threads and of the children it reaped."""
 
     pid: int
     ppid: int
     name: str
-    ticks: int
+    own: int
+    reaped: int
+
+    @property
+    def ticks(self) -> int:
+        return self.own + self.reaped
 
 
 def processes() -> dict[int, Proc]:
@@ -59,9 +77,33 @@ def processes() -> dict[int, Proc]:
             name = text[text.index("(") + 1 : text.rindex(")")]
             fields = text[text.rindex(")") + 2 :].split()
             pid = int(stat.parent.name)
-            found[pid] = Proc(pid, int(fields[1]), name,
-                              sum(int(v) for v in fields[11:15]))  # utime stime cutime cstime
+            found[pid] = Proc(pid, int(fields[1]), name,  # utime + stime, cutime + cstime
+                              int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
     return found
+
+
+def _title(pid: int) -> str:
+    with suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    return ""
+
+
+def postgres_ticks(procs: Mapping[int, Proc], database: str | None) -> int:
+    """The run's Postgres ticks: the backends of ``database``, the background processes and the
+    postmaster's own (see the module's docstring); every backend's when ``database`` is None."""
+    total = 0
+    for proc in procs.values():
+        if proc.name != POSTGRES:
+            continue
+        parent = procs.get(proc.ppid)
+        if parent is None or parent.name != POSTGRES:
+            total += proc.own  # the postmaster: not its reaped backends, of every database
+            continue
+        title = _title(proc.pid)
+        if database is None or not _CLIENT_BACKEND.search(title) or f" {database} " in title:
+            total += proc.ticks
+    return total
 
 
 def tree(procs: Mapping[int, Proc], roots: Iterable[int]) -> set[int]:
@@ -124,50 +166,58 @@ def settle(worker_pids: Iterable[int], *, quiet_s: float = QUIET_S,
     return time.monotonic() - started
 
 
-def snapshot(worker_pids: Iterable[int], client_s: float | None = None) -> Snapshot:
+def snapshot(worker_pids: Iterable[int], database: str | None = None,
+             client_s: float | None = None) -> Snapshot:
     """Read every group now. ``worker_pids``: the roots of the measured system's worker
-    processes (each with its prefork children); ``client_s``: the driver's time, read by the
-    caller before (``end``), or here after, the scan of ``/proc`` (~3 ms of CPU), so the
-    client's row holds the measured calls only."""
+    processes (each with its prefork children); ``database``: the run's, whose backends are its
+    Postgres share; ``client_s``: the driver's time, read by the caller before (``end``), or here
+    after, the scan of ``/proc`` (~3 ms of CPU), so the client's row holds the measured calls
+    only."""
     procs = processes()
-    members = {"worker": tree(procs, worker_pids)}
-    for group, names in SERVICES.items():
+    members = {"worker": tree(procs, worker_pids),
+               "postgres_all": tree(procs, [p.pid for p in procs.values() if p.name == POSTGRES])}
+    for group, names in SERVERS.items():
         members[group] = tree(procs, [p.pid for p in procs.values() if p.name in names])
     groups = {group: sum(procs[pid].ticks for pid in pids) * TICK_S
               for group, pids in members.items()}
+    groups[POSTGRES] = postgres_ticks(procs, database) * TICK_S
     client = _client_s() if client_s is None else client_s
     return Snapshot(time.monotonic(), {"client": client, **groups}, machine_busy_s())
 
 
-def begin(worker_pids: Iterable[int]) -> Snapshot:
+def begin(worker_pids: Iterable[int], database: str | None) -> Snapshot:
     """The start of a measured interval."""
-    return snapshot(worker_pids)
+    return snapshot(worker_pids, database)
 
 
-def end(begun: Snapshot, worker_pids: Iterable[int], jobs: int) -> dict[str, Any]:
+def end(begun: Snapshot, worker_pids: Iterable[int], database: str | None,
+        jobs: int) -> dict[str, Any]:
     """The end of a measured interval (call it as the last result arrives): the driver's time
     now, the rest once the workers have settled; µs per job of each group (``per_job``)."""
     pids = list(worker_pids)
     client, wall = _client_s(), time.monotonic()
     waited = settle(pids)
-    account = per_job(begun, snapshot(pids, client), jobs)
+    account = per_job(begun, snapshot(pids, database, client), jobs)
     return account | {"wall_s": round(wall - begun.wall, 3), "settle_s": round(waited, 3)}
 
 
 def per_job(start: Snapshot, end: Snapshot, jobs: int) -> dict[str, Any]:
-    """µs of CPU per job of each group between two snapshots, their total, and the interval.
-    ``other`` (the machine's busy time minus every group: other work on the machine, the
-    kernel's own) is floored at 0, as tick rounding can take the groups' sum past the machine's;
-    ``total`` is the bench's groups without ``other``."""
+    """µs of CPU per job of each group between two snapshots, and ``total``: the sum of the
+    ``GROUPS`` rows (``ASIDE`` ones are shown, not added). ``other`` (the machine's busy time
+    minus every process of every group and of the whole Postgres server: other work on the
+    machine, the kernel's own) is floored at 0, as tick rounding can take the groups' sum past
+    the machine's."""
     scale = 1e6 / max(jobs, 1)
     used = {group: max(end.groups[group] - start.groups.get(group, 0.0), 0.0)
             for group in end.groups}
     account: dict[str, Any] = {group: round(seconds * scale, 2) for group, seconds in used.items()}
-    account["total"] = round(sum(used.values()) * scale, 2)
+    counted = sum(seconds for group, seconds in used.items() if group not in ASIDE)
+    account["total"] = round(counted * scale, 2)
     account["other"] = None
     if start.machine is not None and end.machine is not None:
-        other = max(end.machine - start.machine - sum(used.values()), 0.0)
-        account["other"] = round(other * scale, 2)
+        ours = used.get(POSTGRES, 0.0)
+        every = counted - ours + max(used.get("postgres_all", ours), ours)
+        account["other"] = round(max(end.machine - start.machine - every, 0.0) * scale, 2)
     account["jobs"] = jobs
     account["wall_s"] = round(end.wall - start.wall, 3)
     return account

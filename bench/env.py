@@ -40,6 +40,11 @@ def isolated_settings() -> Settings:
                        "namespace": f"bench{tag}", "plugins": []})
 
 
+def database_name(settings: Settings) -> str | None:
+    """The run's database (its backends carry it in their process title)."""
+    return make_url(settings.database_url).database
+
+
 def prepare(settings: Settings) -> None:
     """Create and migrate the run's database."""
     db_setup.upgrade(settings.database_url, settings.connect_timeout_s)

@@ -8,6 +8,7 @@ from typing import Any
 
 from bench import cpu_accounting
 from bench.analysis import RATES
+from bench.scenarios.inprocess import ST_PREFIX
 
 WIDTH = 100
 
@@ -18,9 +19,19 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def _batch_label(key: object) -> str:
     """``"64"`` -> ``batch 64``; ``"64 x2"`` (two single-threaded calls side by side) ->
-    ``batch 64 x 2 side by side``."""
-    size, _, calls = str(key).partition(" x")
+    ``batch 64 x 2 side by side``; ``"st encode 64 x2"`` -> ``sentence-transformers encode,
+    batch 64 x 2`` (kept within the table's label column)."""
+    text = str(key)
+    size, _, calls = text.removeprefix(ST_PREFIX).partition(" x")
+    if text.startswith(ST_PREFIX):
+        return f"sentence-transformers encode, batch {size}" + (f" x {calls}" if calls else "")
     return f"batch {size} x {calls} side by side" if calls else f"batch {size}"
+
+
+def _inprocess_label(key: str) -> str:
+    """A by_batch row's label: the runner's rows say in-process, encode's say whose they are."""
+    label = _batch_label(key)
+    return label if key.startswith(ST_PREFIX) else f"in-process, {label}"
 
 
 def _measured_row(label: str, entry: dict[str, Any], unit: str, limit: float | None) -> str:
@@ -43,7 +54,7 @@ def _throughput_rows(results: dict[str, Any], limit: float | None) -> list[str]:
     inproc = results.get("inprocess")
     if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
         for size, row in inproc["by_batch"].items():
-            add(f"in-process, {_batch_label(size)}", {**row, "items": inproc["items"]}, "sent/s")
+            add(_inprocess_label(size), {**row, "items": inproc["items"]}, "sent/s")
         rows.append(f"{'  => in-process limit (' + _batch_label(inproc['best_batch']) + ')':<44}"
                     f"{'':>17}{inproc['per_s']:>11,.1f} sent/s{1:8.0%}")
     else:
@@ -155,12 +166,15 @@ def _cpu_rows(results: dict[str, Any]) -> list[str]:
         return []
     rows = [f"{'tiny jobs CPU/job (µs, user+sys)':<44}{'aidist':>10}{'bare Celery':>13}"
             f"{'bare/aidist':>13}"]
-    for group in (*cpu_accounting.GROUPS[:-1], "total", "other"):
+    labels = {"postgres_all": "postgres, every database"}
+    for group in (*cpu_accounting.GROUPS[:-1], "total", "other", *cpu_accounting.ASIDE):
         values = [sides.get(side, {}).get(group) for side in ("aidist", "celery")]
         ratio = (f"{values[1] / values[0]:>13.1f}" if None not in values and values[0]
                  else f"{'-':>13}")
-        label = f"tiny jobs CPU/job: {group}" + (" (not in total)" if group == "other" else "")
+        label = f"tiny jobs CPU/job: {labels.get(group, group)}"
         rows.append(f"{label:<44}{_num(values[0]):>10}{_num(values[1]):>13}{ratio}")
+    rows.append("  (other, postgres every database: not in total; services are shared with the "
+                "machine's other work)")
     return [*rows, "-" * WIDTH]
 
 
@@ -230,9 +244,11 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
     inproc = results.get("inprocess")
     if isinstance(inproc, dict) and inproc.get("status", "ok") == "ok":
         for size, row in inproc["by_batch"].items():
-            labels.append(f"in-proc\nb{size}")
+            encode = size.startswith(ST_PREFIX)
+            batch = size.removeprefix(ST_PREFIX).replace(" x", "\nx")  # "64\nx2": bars are narrow
+            labels.append(f"{'st enc' if encode else 'in-proc'}\nb{batch}")
             values.append(row["per_s"])
-            colors.append("#b8c4d6")
+            colors.append("#d6cbb8" if encode else "#b8c4d6")
     for key, color in (("packed", "#2a6fdb"), ("single", "#5b9bff"), ("naive", "#d9822b"),
                        ("batches", "#f0b35a")):
         if key in found:

@@ -22,7 +22,15 @@ from aidist.demo import make_corpus
 from aidist.transport import queue_name
 from bench import cpu_accounting
 from bench.config import Options, best_run
-from bench.env import READY_TIMEOUT_S, Workers, aidist_env, consuming, venv_script, wait_for
+from bench.env import (
+    READY_TIMEOUT_S,
+    Workers,
+    aidist_env,
+    consuming,
+    database_name,
+    venv_script,
+    wait_for,
+)
 from bench.task_event_probe import check_task_events
 from producers import Client, Job
 
@@ -133,12 +141,13 @@ def tiny(client: Client, texts: list[list[str]], workers: Workers) -> dict[str, 
 
     runs, accounts = [], []
     pids = [worker.process.pid for worker in workers.started]
+    database = database_name(client.settings)
     for batch in texts:
-        before = cpu_accounting.begin(pids)
+        before = cpu_accounting.begin(pids, database)
         started = time.perf_counter()
         outputs = client.map("normalize", batch, timeout=WAIT_S)
         seconds = time.perf_counter() - started
-        accounts.append(cpu_accounting.end(before, pids, len(batch)))
+        accounts.append(cpu_accounting.end(before, pids, database, len(batch)))
         if outputs[:200] != [normalize_text(t) for t in batch[:200]]:
             raise AssertionError("aidist normalize returned something else than normalize_text")
         runs.append({"items": len(batch), "seconds": seconds, "per_s": len(batch) / seconds})

@@ -27,6 +27,7 @@ from bench.env import (
     READY_TIMEOUT_S,
     Workers,
     consuming,
+    database_name,
     phase,
     ready_files,
     venv_script,
@@ -179,11 +180,12 @@ def tiny(settings: Settings, workers: Workers, texts: list[list[str]]) -> dict[s
 
     module = _naive_app(settings)
     pids = [worker.process.pid for worker in workers.started]
+    database = database_name(settings)
     runs, accounts = [], []
     for batch in texts:
-        before = cpu_accounting.begin(pids)
+        before = cpu_accounting.begin(pids, database)
         outputs, timing = _run_group(module.normalize, batch)
-        accounts.append(cpu_accounting.end(before, pids, len(batch)))
+        accounts.append(cpu_accounting.end(before, pids, database, len(batch)))
         if outputs[:200] != [normalize_text(t) for t in batch[:200]]:
             raise AssertionError("Celery normalize returned something else than normalize_text")
         runs.append(timing)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
+
 from bench import analysis, cpu_accounting, report
 from bench.cpu_accounting import Proc, Snapshot
 
@@ -33,24 +35,42 @@ def _target(found: dict[str, Any], start: str) -> dict[str, Any]:
 
 
 def test_tree_takes_descendants_of_live_roots_only() -> None:
-    procs = {pid: Proc(pid, ppid, "x", 1) for pid, ppid in
+    procs = {pid: Proc(pid, ppid, "x", 1, 0) for pid, ppid in
              ((10, 1), (11, 10), (12, 11), (20, 1), (21, 20))}
     assert cpu_accounting.tree(procs, [10, 99]) == {10, 11, 12}
 
 
+def test_postgres_share_is_the_runs_backends_background_and_postmaster_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    titles = {2: "postgres: 15/main: walwriter ",
+              3: "postgres: 15/main: postgres aidist_bench_1 127.0.0.1(5000) idle ",
+              4: "postgres: 15/main: postgres aidist_test_2 127.0.0.1(5001) idle ",
+              5: "postgres: 15/main: postgres aidist_bench_1 [local] idle "}
+    monkeypatch.setattr(cpu_accounting, "_title", lambda pid: titles.get(pid, ""))
+    procs = {1: Proc(1, 0, "postgres", 5, 100), 2: Proc(2, 1, "postgres", 7, 0),
+             3: Proc(3, 1, "postgres", 11, 0), 4: Proc(4, 1, "postgres", 13, 0),
+             5: Proc(5, 1, "postgres", 17, 0), 6: Proc(6, 1, "python", 19, 0)}
+    assert cpu_accounting.postgres_ticks(procs, "aidist_bench_1") == 5 + 7 + 11 + 17
+    assert cpu_accounting.postgres_ticks(procs, None) == 5 + 7 + 11 + 13 + 17
+
+
 def test_per_job_is_microseconds_per_job_and_other_is_the_machine_rest() -> None:
-    start = Snapshot(0.0, {"client": 1.0, "worker": 2.0}, 10.0)
-    end = Snapshot(2.0, {"client": 1.1, "worker": 2.3}, 10.5)
+    start = Snapshot(0.0, {"client": 1.0, "worker": 2.0, "postgres": 1.0, "postgres_all": 3.0},
+                     10.0)
+    end = Snapshot(2.0, {"client": 1.1, "worker": 2.3, "postgres": 1.05, "postgres_all": 3.1},
+                   10.6)
     account = cpu_accounting.per_job(start, end, 1000)
     assert account["client"] == 100.0
     assert account["worker"] == 300.0
-    assert account["total"] == 400.0
-    assert account["other"] == 100.0
+    assert (account["postgres"], account["postgres_all"]) == (50.0, 100.0)
+    assert account["total"] == 450.0
+    assert account["other"] == 100.0  # 600 busy - 400 client/worker - 100 whole postgres
 
 
 def test_snapshot_sees_this_process_as_client() -> None:
     shot = cpu_accounting.snapshot([os.getpid()])
-    assert set(shot.groups) == {"client", "worker", *cpu_accounting.SERVICES}
+    assert set(shot.groups) == {"client", "worker", "postgres", "postgres_all",
+                                *cpu_accounting.SERVERS}
     assert shot.groups["worker"] >= 0.0
 
 
