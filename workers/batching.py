@@ -5,8 +5,10 @@ pool's ``aidist.run_jobs`` task gets this strategy (Celery's per-task hook for h
 message is handled): messages are buffered, and the buffer is flushed through the executor when it
 holds ``max_jobs`` jobs, when its inputs reach ``max_chars`` characters, when no message has come
 for ``idle_s`` (so a light load gets no added latency beyond that), or at the latest when the
-oldest message has waited ``max_delay_s``. While a batch runs, the next messages pile up in the
-prefetch window (bounded), so batches grow with load and stay small and prompt when load is light.
+oldest message has waited ``max_delay_s``, and then only once a runner thread is free to start it:
+while every runner is busy, the next messages pile up (in the prefetch window, bounded) and go
+to the first runner that frees up as one flush, so batches grow with load and stay small and
+prompt when load is light.
 
 Each message is acked only after its jobs' results and states are stored (the executor returns);
 a message that cannot be understood is rejected to the dead-letter queue; if a service stays down,
@@ -16,18 +18,17 @@ the messages are requeued.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aidist.errors import PoisonMessage, ServicesDown, ServiceUnavailable
+from aidist.errors import PoisonMessage, ServiceUnavailable
 from aidist.jobs import JobEntry
-from workers.executor import PARK_S, parse_entries, run_flush
+from workers.executor import PARK_S, parse_entries
 from workers.hooks import Hooks
 from workers.redelivery import look_again, split_lost
+from workers.runners import BackgroundRunner, _Held, _Outcome, execute_held
 from workers.runtime import WorkerRuntime
 from workers.task_events import failure_text
 
@@ -51,14 +52,6 @@ class BatchPolicy:
         their models (a message normally holds one model's jobs)."""
         return min((self.delays.get(e.target, self.max_delay_s) for e in entries),
                    default=self.max_delay_s)
-
-
-@dataclass(slots=True)
-class _Held:
-    message: Any
-    entries: list[JobEntry]
-    problems: dict[str, str]
-    lost: Mapping[str, str] = field(default_factory=dict)  # takeovers: id -> the dead holder
 
 
 @dataclass
@@ -156,6 +149,13 @@ class MessageBatcher:
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self.background is not None and not self.background.has_free_runner():
+            # Every runner is busy: a flush handed over now would wait in line, and the
+            # messages that come meanwhile would make flushes of their own. Held here instead,
+            # they all go to the first runner that frees up, as one flush (``_drain_tick``):
+            # under load, flushes grow to what arrived during a batch, not to what arrived
+            # during the idle wait (measured: single-message flushes of 1-10 jobs before).
+            return
         self.flush()
 
     def flush(self, alone: bool = False) -> None:
@@ -193,7 +193,11 @@ class MessageBatcher:
     def _drain_tick(self) -> None:
         self._draining = False
         self.drain()
-        if self.background is not None and self.background.in_flight():
+        if self.background is None:
+            return
+        if self._held and self._timer is None and self.background.has_free_runner():
+            self.flush()  # messages held for a runner: one is free now
+        if self.background.in_flight():
             self._drain_soon()
 
     def _settle(self, held: list[_Held], outcome: _Outcome) -> None:
@@ -254,143 +258,6 @@ def _settle_one(message: Any, how: str) -> None:
     except Exception as exc:  # kombu raises several types for a dead channel
         log.warning("could not %s a message (%s: %s); the broker redelivers it", how,
                     type(exc).__name__, exc)
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    seconds: float = 0.0
-    requeue: str | None = None
-    dead: str | None = None
-    missing: frozenset[str] = frozenset()
-    gave_up: frozenset[str] = frozenset()
-    held: frozenset[str] = frozenset()
-    failed: frozenset[str] = frozenset()  # jobs that ran and failed (recorded, acked)
-
-
-def execute_held(runtime: WorkerRuntime, held: list[_Held]) -> _Outcome:
-    """Run the jobs of held messages as one batch (any thread); says how to settle them."""
-    entries = [entry for item in held for entry in item.entries]
-    problems = {k: v for item in held for k, v in item.problems.items()}
-    lost = {k: v for item in held for k, v in item.lost.items()}
-    started = time.perf_counter()
-    try:
-        report = run_flush(runtime, entries, problems, lost=lost)
-    except ServicesDown as exc:
-        return _Outcome(requeue=str(exc))
-    except Exception:
-        log.exception("dead-lettering %d messages after an unexpected error", len(held))
-        return _Outcome(dead="unexpected error, dead-lettered")
-    seconds = time.perf_counter() - started
-    return _Outcome(seconds=seconds, missing=report.missing, gave_up=report.gave_up,
-                    held=report.held, failed=frozenset(report.failed_ids) | report.gave_up)
-
-
-class BackgroundRunner:
-    """Threads that run flushes while the consumer thread gathers the next ones (the model never
-    waits for message handling, and the consumer's loop never waits for a model). With two, one
-    flush's claim and result writes overlap the other's model calls. Flushes wait their turn in
-    order; one that must run alone (a redelivered job, which may be the one that killed the last
-    process) waits until nothing else runs, and nothing else starts until it is done (the one
-    case where the consumer's thread waits: rare, after a worker died)."""
-
-    def __init__(self, runtime: Callable[[], WorkerRuntime], threads: int = 1) -> None:
-        self.runtime = runtime
-        # Not bounded here: the prefetch window bounds what the consumer holds, and a bound here
-        # would block the consumer's thread (its heartbeats, acks and control replies) until a
-        # flush ends.
-        self._todo: queue.Queue[tuple[list[_Held], bool] | None] = queue.Queue()
-        self._done: queue.Queue[tuple[list[_Held], _Outcome]] = queue.Queue()
-        self._unfinished = 0  # submitted and not yet done (or dropped)
-        self._running = 0  # being run by a runner thread now
-        self._alone_waiting = 0  # flushes that must run alone, waiting for the others to end
-        self._alone_running = False
-        self._closing = False
-        self._cond = threading.Condition()
-        self._threads = [threading.Thread(target=self._loop, name=f"aidist-batches-{i}",
-                                          daemon=True) for i in range(max(threads, 1))]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, held: list[_Held], alone: bool = False) -> None:
-        """Queue a flush, and return at once. One ``alone`` starts only once every flush
-        running has ended, and none starts beside it; the runner thread that takes it waits
-        for that, never the consumer's thread (a runner may be held up for a minute by a
-        vanished host's row locks, and the consumer must keep its heartbeats going)."""
-        with self._cond:
-            self._unfinished += 1
-        self._todo.put((held, alone))
-
-    def in_flight(self) -> bool:
-        """Whether a submitted batch has not been handed back by ``finished`` yet."""
-        with self._cond:
-            return self._unfinished > 0 or not self._done.empty()
-
-    def finished(self) -> list[tuple[list[_Held], _Outcome]]:
-        """Batches done since the last call, in order."""
-        out = []
-        while True:
-            try:
-                out.append(self._done.get_nowait())
-            except queue.Empty:
-                return out
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted batch has run; False after ``timeout`` (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._unfinished:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def finish_for_shutdown(self, timeout: float) -> bool:
-        """Warm shutdown: let the batches being run finish storing their results, start no
-        other (their messages are not acked, so the broker delivers them again). Polls without
-        taking the lock: it is called from a signal handler, which may have interrupted a holder
-        of it, possibly the consumer thread blocked handing over one more batch."""
-        self._closing = True
-        deadline = time.monotonic() + timeout
-        while self._running:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def _loop(self) -> None:
-        while True:
-            item = self._todo.get()
-            if item is None:
-                return
-            held, alone = item
-            with self._cond:
-                if alone:
-                    self._alone_waiting += 1
-                    while self._running:
-                        self._cond.wait()
-                    self._alone_waiting -= 1
-                    self._alone_running = True
-                else:
-                    while self._alone_running or self._alone_waiting:
-                        self._cond.wait()
-                self._running += 1  # counted before _closing is read: see finish_for_shutdown
-                start = not self._closing
-            try:
-                if start:
-                    self._done.put((held, execute_held(self.runtime(), held)))
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    self._unfinished -= 1
-                    if alone:
-                        self._alone_running = False
-                    self._cond.notify_all()
-
-    def stop(self) -> None:
-        """End the threads after the batches already queued."""
-        for _ in self._threads:
-            self._todo.put(None)
 
 
 class BatchingStrategy:

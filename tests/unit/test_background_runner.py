@@ -1,4 +1,4 @@
-"""workers.batching.BackgroundRunner with two runner threads: flushes overlap, except one that must
+"""workers.runners.BackgroundRunner with two runner threads: flushes overlap, except one that must
 run alone (a redelivered job), and the pipelining default follows where model calls run."""
 
 from __future__ import annotations
@@ -14,15 +14,9 @@ from aidist.jobs import JobKind, JobStatus
 from models import LoadContext, ModelSpec, Runner
 from tests.unit.doubles import Entry, Harness, Message, Timers
 from workers.app import batch_policy
-from workers.batching import (
-    DRAIN_EVERY_S,
-    BackgroundRunner,
-    BatchingStrategy,
-    BatchPolicy,
-    MessageBatcher,
-    _Held,
-)
+from workers.batching import DRAIN_EVERY_S, BatchingStrategy, BatchPolicy, MessageBatcher
 from workers.executor import parse_entries
+from workers.runners import BackgroundRunner, _Held
 
 WAIT_S = 10.0
 
@@ -245,4 +239,33 @@ def test_finished_batches_are_looked_for_only_while_one_is_in_flight(harness: Ha
     assert log == ["ack m1"]
     assert harness.store.status[job_id] is JobStatus.SUCCEEDED
     assert timers.live == []
+    runner.stop()
+
+
+def test_messages_that_come_while_every_runner_is_busy_go_out_as_one_flush(
+        harness: Harness) -> None:
+    """Under load, a flush is what arrived during the running batch, not what arrived during
+    one idle wait: held until a runner frees up, then handed over together."""
+    gate = Gate()
+    _register(harness, gate)
+    runner = BackgroundRunner(lambda: harness.runtime, threads=1)
+    timers = Timers()
+    batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=64, runners=1),
+                             timers.call_after, background=runner)
+    log: list[str] = []
+    first, _ = _message(harness, log, "m1", "hold")
+    batcher.add(first)
+    timers.fire()  # the idle wait ends, the runner is free: flushed
+    assert gate.entered.wait(WAIT_S)
+    for i, text in ((2, "b"), (3, "c")):  # two idle waits end while the runner is busy
+        batcher.add(_message(harness, log, f"m{i}", text)[0])
+        timers.fire()  # nothing handed over: a flush of its own each, before
+    assert gate.calls == [["hold"]]
+    gate.release.set()
+    assert runner.wait_idle(WAIT_S)
+    timers.fire()  # the drain settles m1 and hands m2 and m3 to the free runner, together
+    assert runner.wait_idle(WAIT_S)
+    timers.fire()
+    assert sorted(gate.calls) == [["b", "c"], ["hold"]]
+    assert sorted(log) == ["ack m1", "ack m2", "ack m3"]
     runner.stop()

@@ -12,7 +12,7 @@ from aidist.errors import ServiceUnavailable
 from aidist.jobs import JobKind, JobStatus
 from models import ModelSpec
 from tests.unit.doubles import Harness, Message, Timers
-from workers import batching, executor
+from workers import batching, executor, runners
 from workers.app import batch_policy
 from workers.batching import BatchPolicy, MessageBatcher
 
@@ -155,7 +155,7 @@ def test_service_down_requeues_every_held_message(harness: Harness,
 def test_background_runner_runs_batches_off_the_consumer_thread(harness: Harness) -> None:
     log: list[str] = []
     timers = Timers()
-    runner = batching.BackgroundRunner(lambda: harness.runtime)
+    runner = runners.BackgroundRunner(lambda: harness.runtime)
     batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=2), timers.call_after,
                              background=runner)
     first, e1 = _message(harness, log, "m1", "a", "b")
