@@ -216,15 +216,22 @@ def _wait_until(condition: Callable[[], bool]) -> None:
         pause.wait(0.001)
 
 
-def test_finished_batches_are_looked_for_only_while_one_is_in_flight(harness: Harness) -> None:
-    """The consumer's timer drains the runner while a batch is out, then stops: an idle worker
-    wakes for nothing."""
+def _one_runner(harness: Harness, max_jobs: int
+                ) -> tuple[Gate, BackgroundRunner, Timers, MessageBatcher]:
+    """A gate model, one runner thread, and a batcher on a manual clock."""
     gate = Gate()
     _register(harness, gate)
     runner = BackgroundRunner(lambda: harness.runtime, threads=1)
     timers = Timers()
-    batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=1, runners=1),
+    batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=max_jobs, runners=1),
                              timers.call_after, background=runner)
+    return gate, runner, timers, batcher
+
+
+def test_finished_batches_are_looked_for_only_while_one_is_in_flight(harness: Harness) -> None:
+    """The consumer's timer drains the runner while a batch is out, then stops: an idle worker
+    wakes for nothing."""
+    gate, runner, timers, batcher = _one_runner(harness, max_jobs=1)
     assert timers.live == []  # nothing in flight: no timer
     log: list[str] = []
     message, job_id = _message(harness, log, "m1", "hold")
@@ -246,12 +253,7 @@ def test_messages_that_come_while_every_runner_is_busy_go_out_as_one_flush(
         harness: Harness) -> None:
     """Under load, a flush is what arrived during the running batch, not what arrived during
     one idle wait: held until a runner frees up, then handed over together."""
-    gate = Gate()
-    _register(harness, gate)
-    runner = BackgroundRunner(lambda: harness.runtime, threads=1)
-    timers = Timers()
-    batcher = MessageBatcher(lambda: harness.runtime, BatchPolicy(max_jobs=64, runners=1),
-                             timers.call_after, background=runner)
+    gate, runner, timers, batcher = _one_runner(harness, max_jobs=64)
     log: list[str] = []
     first, _ = _message(harness, log, "m1", "hold")
     batcher.add(first)
