@@ -197,12 +197,17 @@ def test_a_host_leaves_mid_run(scenario: Scenario, hosts: Hosts) -> None:
     hosts.start("host-a", batch_prefetch=SMALL_PREFETCH, **limit)
     victim = hosts.start("host-b", batch_prefetch=SMALL_PREFETCH, **limit)
     hosts.wait_consumers(2)
-    inputs = unique_inputs("leave", 3000)
+    inputs = unique_inputs("leave", 6000)
     producer = Producer(scenario.client, TARGET, inputs, chunk=PER_MESSAGE)
     producer.start()
     when(lambda: hosts.executions_by_host()["host-b"] >= 300, 120, "host-b to run some jobs")
-    wait_for(lambda: hosts.held_by(list(producer.jobs), "host-b"), timeout=60,
-             message="host-b to hold a batch")
+    # With messages still queued behind its window, host-b holds a claimed batch at any moment
+    # (the next one is in its window before the last one's commit): the cut, which takes a few
+    # milliseconds, cannot land between two of its batches.
+    wait_for(lambda: (queue_stats(scenario.settings.broker_url, [scenario.queue(TARGET)])[0]
+                      .messages >= SMALL_PREFETCH
+                      and bool(hosts.held_by(list(producer.jobs), "host-b"))),
+             timeout=60, interval=0.01, message="host-b to hold a batch with more queued")
     # Cut first, then kill: the kernel's FIN and RST for the dead worker's connections never
     # cross the link, so the broker learns of the death only by the missing heartbeats.
     hosts.network.hosts[1].cut()
