@@ -50,7 +50,7 @@ test-e2e: tools db
 faults: db
 	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
-# Benchmarks: every scenario with its baselines in one run (~15 min on 2 cores), a table on stdout,
+# Benchmarks: every scenario with its baselines in one run (~20 min on 2 cores), a table on stdout,
 # JSON + PNG in bench/out/<timestamp>/. Smoke run: make bench BENCH_ARGS=--quick (see bench/README.md).
 bench: db
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
