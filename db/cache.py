@@ -70,6 +70,10 @@ class ResultCache:
         """Redis key of a result."""
         return f"{self.namespace}:result:{cache_key}"
 
+    def cancel_key(self, job_id: str) -> str:
+        """The Redis key of a job's cancel mark."""
+        return f"{self.namespace}:cancelled:{job_id}"
+
     def reply_key(self, client_id: str) -> str:
         """Redis list a client reads its completion notices from."""
         return f"{self.namespace}:reply:{client_id}"
@@ -187,7 +191,7 @@ class ResultCache:
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
             for job_id in job_ids:
-                pipe.set(f"{self.namespace}:cancelled:{job_id}", b"1", px=int(ttl_s * 1000))
+                pipe.set(self.cancel_key(job_id), b"1", px=int(ttl_s * 1000))
             pipe.execute()
 
     def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
@@ -196,7 +200,7 @@ class ResultCache:
             return set()
         names = list(job_ids)
         with self._guard():
-            values = self.client.mget([f"{self.namespace}:cancelled:{name}" for name in names])
+            values = self.client.mget([self.cancel_key(name) for name in names])
         return {name for name, value in zip(names, values, strict=True) if value is not None}
 
     def results_and_cancelled(self, cache_keys: Sequence[str], job_ids: Sequence[str]
@@ -209,7 +213,7 @@ class ResultCache:
         with self._guard():
             values = cast("list[bytes | None]", self.client.mget(
                 [self.result_key(k) for k in cache_keys]
-                + [f"{self.namespace}:cancelled:{name}" for name in names]))
+                + [self.cancel_key(name) for name in names]))
         marks = values[len(cache_keys):]
         return (list(values[:len(cache_keys)]),
                 {name for name, value in zip(names, marks, strict=True) if value is not None})

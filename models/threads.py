@@ -30,11 +30,8 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
         return
     before = torch.get_num_threads()
-    if before == count:
-        yield
-        return
-    torch.set_num_threads(count)
+    set_torch_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        set_torch_threads(before)

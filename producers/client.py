@@ -48,6 +48,7 @@ from producers.submission import (
     Plan,
     Request,
     SubmitOptions,
+    by_destination,
     entry_sizes,
     submit_options,
 )
@@ -277,11 +278,8 @@ class Client:
 
     def _publish_now(self, outgoing: list[Outgoing]) -> None:
         """Publish recorded jobs before returning, per queue and priority."""
-        groups: dict[tuple[str, int], list[Outgoing]] = {}
-        for item in outgoing:
-            groups.setdefault((item.queue, item.priority), []).append(item)
         sent: set[str] = set()
-        for (queue, priority), items in groups.items():
+        for (queue, priority), items in by_destination(outgoing).items():
             entries = [item.entry for item in items]
             try:
                 self._publish(queue, entries, [item.size for item in items], priority)

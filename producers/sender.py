@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aidist.errors import ServiceUnavailable
-from producers.submission import Outgoing
+from producers.submission import Outgoing, by_destination
 
 log = logging.getLogger("aidist.client")
 
@@ -93,10 +93,7 @@ class BackgroundSender:
                     self._cond.notify_all()
 
     def _send(self, batch: list[Outgoing]) -> None:
-        groups: dict[tuple[str, int], list[Outgoing]] = {}
-        for item in batch:
-            groups.setdefault((item.queue, item.priority), []).append(item)
-        for (queue, priority), items in groups.items():
+        for (queue, priority), items in by_destination(batch).items():
             ids = [item.entry["id"] for item in items]
             try:
                 self._publish(queue, [item.entry for item in items],

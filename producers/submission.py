@@ -103,3 +103,11 @@ class Outgoing:
     entry: dict[str, Any]
     size: int
 
+
+
+def by_destination(items: Sequence[Outgoing]) -> dict[tuple[str, int], list[Outgoing]]:
+    """Recorded jobs grouped by (queue, priority): what one stream of messages carries."""
+    groups: dict[tuple[str, int], list[Outgoing]] = {}
+    for item in items:
+        groups.setdefault((item.queue, item.priority), []).append(item)
+    return groups
