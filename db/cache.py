@@ -25,7 +25,31 @@ from aidist.errors import CacheError, ServiceUnavailable
 SERVICE = "Redis"
 REPLY_TTL_S = 3600
 
-
+# The commit's one round trip (``ResultCache.put_unless_cancelled``). KEYS: the produced jobs'
+# cancel marks (ARGV[2] of them), then the result keys. ARGV: the TTL, the number of jobs, each
+# result's value, then each result's owners (the 1-based numbers of its jobs, comma-separated).
+# A result is stored unless every job that produced it is cancelled; the cancelled jobs'
+# numbers come back. A script, so the look and the writes see the same marks.
+_PUT_UNLESS_CANCELLED = """
+local jobs = tonumber(ARGV[2])
+local results = #KEYS - jobs
+local cancelled, out = {}, {}
+for i = 1, jobs do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    cancelled[i] = true
+    out[#out + 1] = i
+  end
+end
+for r = 1, results do
+  for owner in string.gmatch(ARGV[2 + results + r], '%d+') do
+    if not cancelled[tonumber(owner)] then
+      redis.call('SET', KEYS[jobs + r], ARGV[2 + r], 'EX', ARGV[1])
+      break
+    end
+  end
+end
+return out
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +70,7 @@ class ResultCache:
         self.client = client
         self.namespace = namespace
         self._url = redact_url(url)
+        self._put_unless_cancelled = client.register_script(_PUT_UNLESS_CANCELLED)
 
     @classmethod
     def connect(cls, redis_url: str, namespace: str, connect_timeout_s: float = 5.0) -> ResultCache:
@@ -101,6 +126,27 @@ class ResultCache:
             for key, value in results.items():
                 pipe.set(self.result_key(key), value, ex=ttl_s)
             pipe.execute()
+
+    def put_unless_cancelled(self, results: Mapping[str, bytes],
+                             produced: Mapping[str, str | None], ttl_s: int) -> set[str]:
+        """A worker's commit, one round trip: those of the ``produced`` jobs (job id -> the
+        cache key of its result, ``None`` for one whose output went on to a next step) that
+        carry a cancel mark, while the results (cache key -> bytes) are stored with a TTL,
+        except one every job of which was cancelled (it is not cached)."""
+        if not results and not produced:
+            return set()
+        ids = list(produced)
+        number = {job_id: str(i) for i, job_id in enumerate(ids, start=1)}
+        owners: dict[str, list[str]] = {key: [] for key in results}
+        for job_id, key in produced.items():
+            if key in owners:
+                owners[key].append(number[job_id])
+        keys = [self.cancel_key(job_id) for job_id in ids] + [self.result_key(k) for k in results]
+        args: list[bytes | str | int] = [ttl_s, len(ids), *results.values(),
+                                         *(",".join(owners[k]) for k in results)]
+        with self._guard():
+            found = self._put_unless_cancelled(keys=keys, args=args)
+        return {ids[int(i) - 1] for i in cast("list[int]", found)}
 
     def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None:
         """Push notices onto each reply list (key -> notices), one pipeline for all."""

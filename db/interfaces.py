@@ -79,6 +79,9 @@ class ResultCacheLike(Protocol):
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None: ...
 
+    def put_unless_cancelled(self, results: Mapping[str, bytes],
+                             produced: Mapping[str, str | None], ttl_s: int) -> set[str]: ...
+
     def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None: ...
 
     def wait_notices(self, reply_to: str, timeout_s: float,

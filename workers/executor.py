@@ -325,19 +325,29 @@ def commit(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
     that sees ``succeeded`` finds its result), then pipeline continuations, then every
     state in one statement (fenced on the attempt: a stale or cancelled run changes nothing),
     then notices. Jobs cancelled while their batch ran are left out of all of it: no cached
-    result, no next step."""
-    produced = [o.id for o in state.outcomes if o.status is JobStatus.SUCCEEDED]
-    produced += [wire["id"] for wires in state.forwards.values() for wire in wires]
-    cancelled = io(partial(runtime.cache.cancelled_among, produced)) if produced else set()
-    if cancelled:
-        _drop_cancelled(state, cancelled)
-    limit = runtime.settings.inline_max_bytes
-    if any(len(data) > limit for data in state.results.values()):  # large outputs: blobs first
+    result, no next step (their cancel marks are read in the same Redis script that stores the
+    results, one round trip)."""
+    produced: dict[str, str | None] = {
+        o.id: state.entries[o.id].cache_key if o.id in state.entries else None
+        for o in state.outcomes if o.status is JobStatus.SUCCEEDED}
+    produced.update((wire["id"], None) for wires in state.forwards.values() for wire in wires)
+    limit, ttl_s = runtime.settings.inline_max_bytes, runtime.settings.result_ttl_s
+    if any(len(data) > limit for data in state.results.values()):
+        # Large outputs go to the blob store first, and only those of jobs still wanted: the
+        # cancel marks are looked at before, and the references stored after.
+        cancelled = io(partial(runtime.cache.cancelled_among, list(produced)))
+        if cancelled:
+            _drop_cancelled(state, cancelled)
         state.results, state.outcomes = io(partial(
             outline_results, runtime.blobs, state.results, state.outcomes,
             {job_id: entry.cache_key for job_id, entry in state.entries.items()}, limit))
+        io(lambda: runtime.cache.put_many(state.results, ttl_s))
+    elif produced:  # the look at the cancel marks and the results' writes: one round trip
+        cancelled = io(partial(runtime.cache.put_unless_cancelled, state.results, produced,
+                               ttl_s))
+        if cancelled:
+            _drop_cancelled(state, cancelled)
     pack, max_bytes = runtime.settings.pack_size, runtime.settings.max_message_bytes
-    io(lambda: runtime.cache.put_many(state.results, runtime.settings.result_ttl_s))
     for queue, wires in state.forwards.items():
         sizes = [state.forward_sizes[wire["id"]] for wire in wires]
         for part in message_packs(sizes, pack, max_bytes):

@@ -98,6 +98,15 @@ class InMemoryCache:
                 self.result_ttls[key] = ttl_s
                 self._result_expiry[key] = expiry
 
+    def put_unless_cancelled(self, results: Mapping[str, bytes],
+                             produced: Mapping[str, str | None], ttl_s: int) -> set[str]:
+        """The produced jobs that carry a cancel mark; the results of the others stored (as
+        ``put_many``, and journaled so)."""
+        cancelled = self.cancelled_among(list(produced))
+        kept = {key for job_id, key in produced.items() if job_id not in cancelled}
+        self.put_many({key: value for key, value in results.items() if key in kept}, ttl_s)
+        return cancelled
+
     def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None:
         """Append notices to each reply list and wake the clients waiting on them."""
         if not notices:

@@ -137,3 +137,20 @@ def test_results_and_cancel_marks_come_in_one_call(cache: ResultCache) -> None:
     assert cache.results_and_cancelled([stored, absent], [cancelled, running]) == (
         [b"\x01", None], {cancelled})
     assert cache.results_and_cancelled([], []) == ([], set())
+
+
+def test_a_commit_stores_results_unless_every_job_of_one_was_cancelled(
+        cache: ResultCache) -> None:
+    """One script: the cancelled jobs come back, a result whose jobs were all cancelled is not
+    stored, one that a live job shares is (the cache is keyed by content), with the TTL."""
+    alone, shared = uuid.uuid4().hex, uuid.uuid4().hex
+    gone, kept, twin, forwarded = (str(uuid.uuid4()) for _ in range(4))
+    cache.mark_cancelled([gone, twin], 60)
+    found = cache.put_unless_cancelled({alone: b"a", shared: b"\x00s"},
+                                       {gone: alone, kept: shared, twin: shared, forwarded: None},
+                                       90)
+    assert found == {gone, twin}
+    assert cache.get_many([alone, shared]) == [None, b"\x00s"]
+    assert 0 < cache.client.ttl(cache.result_key(shared)) <= 90
+    assert cache.put_unless_cancelled({}, {forwarded: None}, 90) == set()
+    assert cache.put_unless_cancelled({}, {}, 90) == set()

@@ -271,3 +271,26 @@ def test_messages_that_come_while_every_runner_is_busy_go_out_as_one_flush(
     assert sorted(gate.calls) == [["b", "c"], ["hold"]]
     assert sorted(log) == ["ack m1", "ack m2", "ack m3"]
     runner.stop()
+
+
+def test_a_message_reaching_an_idle_worker_runs_at_once_and_company_waits_for_the_next(
+        harness: Harness) -> None:
+    """No batch in flight: the message is flushed on arrival, with no idle wait (a lone job
+    waits for nobody). One that comes while it runs is held, as under load."""
+    gate, runner, timers, batcher = _one_runner(harness, max_jobs=64)
+    log: list[str] = []
+    first, _ = _message(harness, log, "m1", "hold")
+    batcher.add(first)
+    assert gate.entered.wait(WAIT_S)  # flushed on arrival: no timer was fired
+    assert timers.live == [DRAIN_EVERY_S]  # only the drain: no idle wait was set
+    batcher.add(_message(harness, log, "m2", "b")[0])
+    assert sorted(timers.live) == sorted([DRAIN_EVERY_S, batcher.policy.idle_s])
+    assert gate.calls == [["hold"]]  # m2 waits: a batch is in flight
+    gate.release.set()
+    assert runner.wait_idle(WAIT_S)
+    timers.fire()  # m1 is settled; the idle wait ends and m2 goes to the free runner
+    assert runner.wait_idle(WAIT_S)
+    timers.fire()
+    assert gate.calls == [["hold"], ["b"]]
+    assert sorted(log) == ["ack m1", "ack m2"]
+    runner.stop()
