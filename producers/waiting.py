@@ -49,17 +49,21 @@ class CompletionTracker:
         self._finished: dict[str, Finished] = {}
         self._order: list[str] = []  # ids in the order they were learned, for cheap scans
         self._state_lock = threading.Lock()
-        self._reader_lock = threading.Lock()
+        # Notified whenever a status is learned, and when the reader is done: a thread waiting
+        # for its turn to read wakes as soon as another thread's read brought something.
+        self._learned = threading.Condition(self._state_lock)
+        self._reading = False  # one thread at a time reads the reply list
         self._outage = threading.Event()  # never set: a pause while Redis is unreachable
         self._results: OrderedDict[str, bytes] = OrderedDict()  # job id -> result from a notice
         self._result_bytes = 0
 
     def record(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
         """Remember a terminal status learned some other way (cache hit, cancel)."""
-        with self._state_lock:
+        with self._learned:
             if job_id not in self._finished:
                 self._order.append(job_id)
             self._finished[job_id] = Finished(job_id, status, error)
+            self._learned.notify_all()
 
     def take_result(self, job_id: str) -> bytes | None:
         """The result bytes a notice brought for ``job_id`` (once: read, they are dropped)."""
@@ -83,26 +87,41 @@ class CompletionTracker:
         with self._state_lock:
             return self._finished.get(job_id)
 
-    def _read_notices(self, timeout_s: float) -> None:
-        if not self._reader_lock.acquire(timeout=timeout_s):
-            return
+    def _read_notices(self, timeout_s: float, cursor: int) -> None:
+        """Read the reply list for up to ``timeout_s``, one thread at a time; return at once
+        when something was learned since ``cursor`` (the caller's place in ``_order``), also
+        while waiting for another thread's read: a thread whose notice that read brought looks
+        at it then, instead of blocking for the next notice after it."""
+        deadline = time.monotonic() + timeout_s
+        with self._learned:
+            while len(self._order) == cursor:
+                if not self._reading:
+                    self._reading = True
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._learned.wait(remaining)
+            else:
+                return
+        notices: list[Notice] = []
         try:
-            notices: list[Notice] = self.cache.wait_notices(self.reply_to, timeout_s)
+            notices = self.cache.wait_notices(self.reply_to, timeout_s)
         except ServiceUnavailable:
             # Redis is restarting: wait it out here; Postgres polling still brings completions.
             self._outage.wait(timeout_s)
-            return
         finally:
-            self._reader_lock.release()
-        with self._state_lock:
-            for notice in notices:
-                if notice.job_id not in self._finished:
-                    self._order.append(notice.job_id)
-                self._finished[notice.job_id] = Finished(
-                    notice.job_id, JobStatus(notice.status), notice.error
-                )
-                if notice.result is not None:
-                    self._keep_result(notice.job_id, notice.result)
+            with self._learned:
+                self._reading = False
+                for notice in notices:
+                    if notice.job_id not in self._finished:
+                        self._order.append(notice.job_id)
+                    self._finished[notice.job_id] = Finished(
+                        notice.job_id, JobStatus(notice.status), notice.error
+                    )
+                    if notice.result is not None:
+                        self._keep_result(notice.job_id, notice.result)
+                self._learned.notify_all()
 
     def _poll_store(self, job_ids: Sequence[str], final: bool = False) -> None:
         """Read terminal statuses from Postgres. While it is unreachable a wait goes on (a
@@ -170,4 +189,4 @@ class CompletionTracker:
             wait = min(NOTICE_WAIT_MAX_S, last_progress + poll_every - now)
             if deadline is not None:
                 wait = min(wait, deadline - now)
-            self._read_notices(max(wait, 0.01))
+            self._read_notices(max(wait, 0.01), cursor)
