@@ -142,6 +142,7 @@ def _latency_rows(results: dict[str, Any]) -> list[str]:
     shown = [(latency, "miss", "  toy-classifier, submit -> result"),
              (latency, "hit", "  same inputs again (cache hits)"),
              (latency, "minilm", "  minilm, one sentence: infer -> result"),
+             (results.get("inprocess"), "one_at_a_time", "  minilm, the same: the model alone"),
              (latency, "normalize", "  normalize op: aidist preprocess -> result"),
              (bare, "normalize", "  normalize op: bare Celery delay().get()")]
     for entry, key, label in shown:
@@ -153,7 +154,19 @@ def _latency_rows(results: dict[str, Any]) -> list[str]:
             row = entry[key]
             rows.append(f"{label:<44}{row['n']:>8}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}"
                         f"{row['p99_ms']:>9.2f}{row['max_ms']:>9.2f}")
+    added = queue_added_ms(results)
+    if added is not None:
+        rows.append(f"{'  minilm p50: what the queue adds':<44}{'':>8}{added:>9.2f}")
     return rows
+
+
+def queue_added_ms(results: dict[str, Any]) -> float | None:
+    """aidist's one-at-a-time minilm p50 minus the model's own on the same sentences."""
+    try:
+        return (float(results["latency"]["minilm"]["p50_ms"])
+                - float(results["inprocess"]["one_at_a_time"]["p50_ms"]))
+    except (KeyError, TypeError):
+        return None
 
 
 def _cpu_rows(results: dict[str, Any]) -> list[str]:

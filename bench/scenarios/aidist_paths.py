@@ -160,8 +160,7 @@ def latency(client: Client, options: Options) -> dict[str, Any]:
     texts again (answered from the Redis cache); ``infer("minilm", sentence).result()`` (the real
     model at low load); ``preprocess("normalize", text).result()`` (a tiny op on the cpu pool,
     against bare Celery's round trip of the same op, measured in that worker's phase)."""
-    texts = [f"{text} [latency {i}]" for i, text in
-             enumerate(make_corpus(options.sizes.latency, options.seed_of("latency")))]
+    texts = latency_texts(options)
 
     def one(text: str) -> Job:
         job = client.infer("toy-classifier", text)
@@ -180,7 +179,7 @@ def latency(client: Client, options: Options) -> dict[str, Any]:
 
     miss_ms, miss_jobs = _timed(one, texts)
     hit_ms, hit_jobs = _timed(one, texts)
-    minilm_ms, _ = _timed(embed, [f"{text} (minilm)" for text in texts])
+    minilm_ms, _ = _timed(embed, minilm_latency_texts(options))
     op_ms, _ = _timed(normalize, op_latency_texts(options))
     first = client.store.get_many([job.id for job in miss_jobs]).values()
     again = client.store.get_many([job.id for job in hit_jobs]).values()
@@ -191,6 +190,18 @@ def latency(client: Client, options: Options) -> dict[str, Any]:
         "normalize": summary(op_ms) | {"api": 'client.preprocess("normalize", t).result()'},
         "model": "toy-classifier",
     }
+
+
+def latency_texts(options: Options) -> list[str]:
+    """The toy-classifier's one-at-a-time inputs (unseen by the cache)."""
+    return [f"{text} [latency {i}]" for i, text in
+            enumerate(make_corpus(options.sizes.latency, options.seed_of("latency")))]
+
+
+def minilm_latency_texts(options: Options) -> list[str]:
+    """The one-at-a-time minilm sentences: through aidist, and in-process to the model alone
+    (``bench.scenarios.inprocess``), so what the queue adds is their difference."""
+    return [f"{text} (minilm)" for text in latency_texts(options)]
 
 
 def op_latency_texts(options: Options) -> list[str]:

@@ -6,7 +6,9 @@ Both run in both ways a process can spread one model over the cores:
 - one call at a time, torch using a thread per core inside each operator (torch's default), at
   batch 1, 8, 32, 64, 128;
 - one call per core side by side, each on its own slice of the sentences with one torch thread
-  (what an aidist worker does on a CPU for a ``thread_safe`` model), at batch 32, 64, 128.
+  (what an aidist worker does on a CPU for a ``thread_safe`` model), at batch 32, 64, 128;
+- and, for the latency scenario, the runner on one sentence at a time (its minilm sentences),
+  the model's own share of a lone job's round trip.
 
 The sentences are sorted by length (characters) once, before any row runs. ``encode`` sorts its
 input by length before it cuts batches, and the gpu-pool worker sorts each flush by length before
@@ -32,6 +34,7 @@ from typing import Any
 
 from aidist.demo import make_corpus
 from bench.config import BATCH_SIZES, SIDE_BY_SIDE_SIZES, Options
+from bench.scenarios import aidist_paths
 
 #: Key prefix of the sentence-transformers rows in ``by_batch`` (``"st encode 64 x2"``).
 ST_PREFIX = "st encode "
@@ -107,7 +110,9 @@ def run(options: Options) -> dict[str, Any]:
             started = time.perf_counter()
             measure()
             took[key].append(time.perf_counter() - started)
-    torch.set_num_threads(cores)
+    torch.set_num_threads(cores)  # what a worker gives a lone batch
+    alone = _one_at_a_time(runner, aidist_paths.minilm_latency_texts(options))
+    print(f"  in-process one sentence at a time: p50 {alone['p50_ms']:.2f} ms", flush=True)
     by_batch: dict[str, dict[str, Any]] = {}
     for key, seconds in took.items():
         by_batch[key] = {"seconds": min(seconds), "per_s": len(sentences) / min(seconds),
@@ -127,7 +132,20 @@ def run(options: Options) -> dict[str, Any]:
         "per_s": by_batch[best]["per_s"],
         "runner_vs_encode": ratios,
         "repeats": options.repeats,
+        "one_at_a_time": alone,
     }
+
+
+def _one_at_a_time(runner: Callable[[list[str], dict[str, Any]], object],
+                   sentences: list[str]) -> dict[str, float]:
+    """Milliseconds of the runner on one sentence, one after the other: the latency scenario's
+    minilm sentences, so aidist's one-at-a-time p50 minus this is what the queue adds."""
+    took = []
+    for sentence in sentences:
+        started = time.perf_counter()
+        runner([sentence], {})
+        took.append((time.perf_counter() - started) * 1000.0)
+    return aidist_paths.summary(took)
 
 
 def _runner_vs_encode(by_batch: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -111,3 +111,18 @@ def test_table_shows_the_cpu_rows_and_both_op_latencies() -> None:
     assert "bare Celery delay().get()" in text and "ERROR: TimeoutError: x" in text
     assert all(len(line) <= report.WIDTH for line in text.splitlines()
                if "CPU/job" in line or "CPU per job" in line)
+
+
+def test_table_shows_what_the_queue_adds_to_a_lone_minilm_sentence() -> None:
+    results = {"latency": _latency({"minilm": 25.0}),
+               "inprocess": {"status": "ok", "per_s": 300.0, "best_batch": "64", "items": 300,
+                             "by_batch": {"64": {"seconds": 1.0, "per_s": 300.0}},
+                             "one_at_a_time": _latency({"x": 18.5})["x"]}}
+    meta = {"started": "2026-01-01T00:00:00+00:00", "quick": True, "repeats": 1, "cpus": 2,
+            "load_before": 0.1, "load_after": 0.2, "cpu_busy_before": 0.0}
+    text = report.table({"meta": meta, "results": results, "analysis": analysis.analyze(results)})
+    assert "the model alone" in text
+    assert report.queue_added_ms(results) == 6.5
+    assert [line.split()[-1] for line in text.splitlines()
+            if "what the queue adds" in line] == ["6.50"]
+    assert report.queue_added_ms({"latency": _latency({"minilm": 25.0})}) is None
