@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from aidist.errors import ServiceUnavailable
+from producers import sender as sender_module
 from producers.sender import BackgroundSender
 from producers.submission import Outgoing
 
@@ -98,3 +101,20 @@ def test_inline_publishes_before_send_returns() -> None:
     sender.send([_item("a")])
     assert sent == ["a"]
     assert broker.calls[0][3] is threading.current_thread()
+
+
+def test_under_load_jobs_wait_briefly_for_company_and_an_idle_sender_publishes_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # So long a linger that only the count can end it within the test's deadline.
+    monkeypatch.setattr(sender_module, "LINGER_S", 600.0)
+    monkeypatch.setattr(sender_module, "LINGER_UP_TO", 2)
+    broker = Broker()
+    sender, sent, _ = _sender(broker)
+    sender.send([_item("a")])  # an idle sender: published at once, no linger
+    assert sender.wait_sent(WAIT_S) and sent == ["a"]
+    sender.send([_item("b")])  # just after a publish: "b" waits for company
+    assert not sender.wait_sent(0.05)
+    sender.send([_item("c")])  # two waiting: published together
+    assert sender.wait_sent(WAIT_S)
+    assert [ids for _, ids, _, _ in broker.calls] == [["a"], ["b", "c"]]
+    sender.close()
