@@ -264,9 +264,10 @@ class Client:
                 return [Job(self, existing.id, existing.kind, existing.target, existing.cache_key)]
         else:
             self.store.insert_jobs(rows)
-        for row in rows:
-            if row.cache_hit:
-                self.tracker.record(row.id, JobStatus.SUCCEEDED)
+        for row, hit in zip(rows, cached, strict=True):
+            if row.cache_hit and hit is not None:  # its result, in hand: no second read
+                self.tracker.record(row.id, JobStatus.SUCCEEDED,
+                                    result=None if codec.as_blob_ref(hit) else hit)
         outgoing = outgoing_entries(rows, requests, sizes, self.settings.namespace,
                                     self.tracker.reply_to)
         if background:

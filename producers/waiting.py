@@ -57,12 +57,16 @@ class CompletionTracker:
         self._results: OrderedDict[str, bytes] = OrderedDict()  # job id -> result from a notice
         self._result_bytes = 0
 
-    def record(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        """Remember a terminal status learned some other way (cache hit, cancel)."""
+    def record(self, job_id: str, status: JobStatus, error: str | None = None,
+               result: bytes | None = None) -> None:
+        """Remember a terminal status learned some other way (cache hit, cancel), and the
+        result bytes if they are in hand (a cache hit's: read with no second round trip)."""
         with self._learned:
             if job_id not in self._finished:
                 self._order.append(job_id)
             self._finished[job_id] = Finished(job_id, status, error)
+            if result is not None:
+                self._keep_result(job_id, result)
             self._learned.notify_all()
 
     def take_result(self, job_id: str) -> bytes | None:

@@ -209,6 +209,7 @@ def test_evicted_result_is_recomputed_through_the_queue(ns_client: Client,
     ns_client.cache.put_many({key: codec.encode(7)}, 60)
     hit = ns_client.infer(TOY, text)
     assert hit.status() is JobStatus.SUCCEEDED
+    assert hit.result(timeout=5) == 7  # the bytes the submit's lookup read, taken once
     drain(ns_settings, toy_queue(ns_settings))
     ns_client.cache.client.delete(ns_client.cache.result_key(key))
     with pytest.raises(JobTimeout):  # no worker in this tier: the recompute job waits

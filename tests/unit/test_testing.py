@@ -376,3 +376,20 @@ def test_the_broker_keeps_decoded_copies_in_delivery_order() -> None:
     broker.available = False
     with pytest.raises(ServiceUnavailable):
         broker.publish("q1", entries)
+
+
+def test_a_cache_hit_keeps_the_result_its_lookup_read(shout: Shout) -> None:
+    """A cache hit's ``result()`` takes the bytes the submit's own lookup read: no second read
+    (here Redis loses the result right after the submit, and there is no durable copy to fall
+    back on, so a second read would recompute through the queue)."""
+    stack = _stack(shout, durable_results=False)
+    with stack.client() as client:
+        first = client.infer("shout", "again")
+        stack.run_queued()
+        assert first.result(timeout=1) == "AGAIN"
+        hit = client.infer("shout", "again")
+        assert stack.store.get(hit.id).cache_hit
+        stack.cache.results.clear()
+        assert hit.result(timeout=1) == "AGAIN"
+        assert stack.broker.queued() == 0 and shout.calls == [["again"]]
+    stack.close()
