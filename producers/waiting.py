@@ -54,7 +54,7 @@ class CompletionTracker:
         self._learned = threading.Condition(self._state_lock)
         self._reading = False  # one thread at a time reads the reply list
         self._outage = threading.Event()  # never set: a pause while Redis is unreachable
-        self._results: OrderedDict[str, bytes] = OrderedDict()  # job id -> result from a notice
+        self._results: OrderedDict[str, bytes] = OrderedDict()  # job id -> result in hand
         self._result_bytes = 0
 
     def record(self, job_id: str, status: JobStatus, error: str | None = None,
@@ -70,7 +70,8 @@ class CompletionTracker:
             self._learned.notify_all()
 
     def take_result(self, job_id: str) -> bytes | None:
-        """The result bytes a notice brought for ``job_id`` (once: read, they are dropped)."""
+        """The result bytes a notice (or a cache hit's lookup) brought for ``job_id`` (once:
+        read, they are dropped)."""
         with self._state_lock:
             data = self._results.pop(job_id, None)
             if data is not None:
