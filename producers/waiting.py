@@ -24,9 +24,10 @@ from db.interfaces import JobStoreLike, ResultCacheLike
 POLL_START_S = 0.2
 POLL_MAX_S = 2.0
 NOTICE_WAIT_MAX_S = 0.5
-# Small results that came in completion notices, kept until read (``take_result``). Bounded: a
-# caller that never reads its results costs at most this much; past it the oldest are dropped
-# (reading one of those takes a round trip to Redis instead).
+# Small results that came in completion notices, and cache hits' results from the submit's own
+# lookup, kept until read (``take_result``). Bounded: a caller that never reads its results costs
+# at most this much; past it the oldest are dropped (reading one of those takes a round trip to
+# Redis instead).
 NOTICE_RESULTS_MAX_BYTES = 64 * 1024 * 1024
 
 
