@@ -159,7 +159,9 @@ def test_two_hosts_share_the_work(scenario: Scenario, hosts: Hosts) -> None:
 
 
 def test_a_host_joins_mid_run(scenario: Scenario, hosts: Hosts) -> None:
-    hosts.start("host-a", batch_prefetch=SMALL_PREFETCH)
+    # host-a's gated batch waits while host-b starts, which can take longer than the suite's 3 s
+    # job time limit on a slow machine (a CI run saw host-a's watchdog end it): a long limit here.
+    hosts.start("host-a", batch_prefetch=SMALL_PREFETCH, job_time_limit_s=60.0)
     hosts.wait_consumers(1)
     # host-a runs the first 15 messages freely, then holds the next ones at the gate (the model
     # waits until the test opens it), so that host-b joins while host-a is in the middle of the
