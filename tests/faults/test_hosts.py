@@ -250,7 +250,11 @@ def test_a_host_leaves_mid_run(scenario: Scenario, hosts: Hosts) -> None:
     assert tally.executed_twice == 0
     assert tally.extra_executions == tally.rerun_after_crash <= in_flight
     assert in_flight <= len(held) <= IN_FLIGHT * PER_MESSAGE
-    assert tally.reruns == len(held)  # a new attempt for exactly what host-b had claimed
+    # A new attempt for exactly what host-b had claimed and not finished: a finish host-b sent
+    # just before the cut can still commit after the snapshot above (seen in a CI run).
+    finished_by_b = [job_id for job_id, record in scenario.store.get_many(held).items()
+                     if record.worker is not None and _host_of(record.worker) == "host-b"]
+    assert tally.reruns == len(held) - len(finished_by_b)
     runs = scenario.log.runs()
     assert sorted(runs) == sorted(inputs)
     # what host-b held was finished by host-a (taken over once the broker gave its messages up)
