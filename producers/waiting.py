@@ -63,12 +63,17 @@ class CompletionTracker:
         """Remember a terminal status learned some other way (cache hit, cancel), and the
         result bytes if they are in hand (a cache hit's: read with no second round trip)."""
         with self._learned:
-            if job_id not in self._finished:
-                self._order.append(job_id)
-            self._finished[job_id] = Finished(job_id, status, error)
-            if result is not None:
-                self._keep_result(job_id, result)
+            self._learn(job_id, status, error, result)
             self._learned.notify_all()
+
+    def _learn(self, job_id: str, status: JobStatus, error: str | None,
+               result: bytes | None) -> None:
+        """Under ``_state_lock``."""
+        if job_id not in self._finished:
+            self._order.append(job_id)
+        self._finished[job_id] = Finished(job_id, status, error)
+        if result is not None:
+            self._keep_result(job_id, result)
 
     def take_result(self, job_id: str) -> bytes | None:
         """The result bytes a notice (or a cache hit's lookup) brought for ``job_id`` (once:
@@ -120,13 +125,8 @@ class CompletionTracker:
             with self._learned:
                 self._reading = False
                 for notice in notices:
-                    if notice.job_id not in self._finished:
-                        self._order.append(notice.job_id)
-                    self._finished[notice.job_id] = Finished(
-                        notice.job_id, JobStatus(notice.status), notice.error
-                    )
-                    if notice.result is not None:
-                        self._keep_result(notice.job_id, notice.result)
+                    self._learn(notice.job_id, JobStatus(notice.status), notice.error,
+                                notice.result)
                 self._learned.notify_all()
 
     def _poll_store(self, job_ids: Sequence[str], final: bool = False) -> None:
