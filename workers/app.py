@@ -17,8 +17,6 @@ from workers import tasks
 from workers.batching import BatchingStrategy, BatchPolicy
 from workers.runtime import RuntimeHolder
 
-SHUTDOWN_GRACE_S = 60.0
-
 
 def pool_targets(registry: Registry, pool: str, only: list[str] | None = None) -> list[str]:
     """Names a pool serves: specs of that pool, narrowed to ``only`` if given."""
@@ -87,7 +85,7 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
         task_create_missing_queues=False,
-        worker_consumer="workers.consumer:DeadLetteringConsumer",
+        worker_consumer="workers.consumer:AidistConsumer",
         task_queues=[job_queue(settings.namespace, name) for name in all_queues],
         task_default_queue=all_queues[0] if all_queues else "celery",
         task_default_exchange=jobs_exchange(settings.namespace).name,
@@ -102,7 +100,7 @@ def create_app(settings: Settings, registry: Registry, holder: RuntimeHolder,
     if batching is not None:
         strategy = BatchingStrategy(holder.get, batching, holder.hooks)
         options["Strategy"] = strategy
-        worker_shutting_down.connect(lambda **_: strategy.shutdown(SHUTDOWN_GRACE_S), weak=False)
+        worker_shutting_down.connect(lambda **_: strategy.stop_starting(), weak=False)
     # Acked on failure: the one failure the task raises on purpose is JobsFailed (some jobs
     # failed and are recorded; Flower shows the message failed), logged without a traceback.
     # Everything else it turns into a Reject (dead-letter or requeue) itself.

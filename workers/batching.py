@@ -35,6 +35,7 @@ from workers.task_events import failure_text
 
 log = logging.getLogger("aidist.worker")
 DRAIN_EVERY_S = 0.002
+SHUTDOWN_GRACE_S = 60.0  # a warm shutdown waits this long for running batches to store results
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +281,7 @@ class BatchingStrategy:
         # new handler after a broker reconnect): a flush that must run alone waits for the ones
         # still running from before the reconnect too, whose messages come back redelivered.
         self.background: BackgroundRunner | None = None
+        self.stopping = False
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
         self.hooks.consumer_ready(consumer)
@@ -296,9 +298,26 @@ class BatchingStrategy:
 
         return on_message
 
-    def shutdown(self, timeout: float) -> None:
-        """Let running batches finish storing their results before the process exits. Their
-        messages are not acked from here (this runs in a signal handler, where touching the
-        connection is unsafe): they are redelivered, and the claim step skips finished jobs."""
+    def stop_starting(self) -> None:
+        """Warm shutdown began (Celery's SIGTERM handler): start no other batch. Nothing else
+        happens here, in the handler: it may have interrupted the consumer's thread inside a
+        lock the runner threads need to hand a batch back, and a wait here would then last the
+        whole grace (a CI run saw a worker take 60 s to stop so). ``finish`` does the wait."""
+        self.stopping = True
         if self.background is not None:
-            self.background.finish_for_shutdown(timeout)
+            self.background.close()
+
+    def finish(self, timeout: float = SHUTDOWN_GRACE_S) -> bool:
+        """Once the consumer stops, outside the signal handler, with the broker connection
+        still open: wait for the batches being run to store their results, then ack their
+        messages. Messages of batches not started are left unacked: the broker delivers them
+        again, and the claim skips jobs that have ended. False if the grace ran out first."""
+        if not self.stopping or self.background is None:
+            return True
+        done = self.background.wait_running(timeout)
+        if not done:
+            log.warning("stopping with batches still running after %.0f s: their messages are "
+                        "redelivered", timeout)
+        for batcher in self.batchers:
+            batcher.drain()
+        return done

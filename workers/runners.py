@@ -122,17 +122,23 @@ class BackgroundRunner:
                 self._cond.wait(left)
         return True
 
-    def finish_for_shutdown(self, timeout: float) -> bool:
-        """Warm shutdown: let the batches being run finish storing their results, start no
-        other (their messages are not acked, so the broker delivers them again). Polls without
-        taking the lock: it is called from a signal handler, which may have interrupted a holder
-        of it, possibly the consumer thread blocked handing over one more batch."""
+    def close(self) -> None:
+        """Warm shutdown began: start no other flush (their messages are not acked, so the
+        broker delivers them again). Sets a flag and nothing else, so it is safe in Celery's
+        signal handler, which may have interrupted the consumer's thread inside this runner's
+        lock or a queue's: waiting there would stop the runner threads from handing back."""
         self._closing = True
+
+    def wait_running(self, timeout: float) -> bool:
+        """Wait until no flush is being run (after ``close``: the last ones have stored their
+        results); False after ``timeout``. Takes the lock, so never from a signal handler."""
         deadline = time.monotonic() + timeout
-        while self._running:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
+        with self._cond:
+            while self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
         return True
 
     def _loop(self) -> None:
@@ -151,7 +157,7 @@ class BackgroundRunner:
                 else:
                     while self._alone_running or self._alone_waiting:
                         self._cond.wait()
-                self._running += 1  # counted before _closing is read: see finish_for_shutdown
+                self._running += 1  # counted before _closing is read: see wait_running
                 start = not self._closing
             try:
                 if start:

@@ -121,7 +121,12 @@ class Fleet:
         member.process.send_signal(signal.SIGTERM)
         if meanwhile is not None:
             meanwhile()
-        return member.process.wait(timeout=timeout)
+        try:
+            return member.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            tail = member.log_path.read_text(errors="replace")[-4000:]
+            raise AssertionError(f"worker {member.process.pid} still runs {timeout:.0f} s after "
+                                 f"SIGTERM; its log ends:\n{tail}") from None
 
     def _supervise(self) -> None:
         while not self._stop.wait(0.1):

@@ -199,24 +199,27 @@ def test_a_host_leaves_mid_run(scenario: Scenario, hosts: Hosts) -> None:
     hosts.start("host-a", batch_prefetch=SMALL_PREFETCH, **limit)
     victim = hosts.start("host-b", batch_prefetch=SMALL_PREFETCH, **limit)
     hosts.wait_consumers(2)
-    inputs = unique_inputs("leave", 6000)
+    # The run's later inputs are gated (the model holds their batch until the test opens the
+    # gate): host-b holds a claimed batch of them at the cut, one that cannot end before it, so
+    # the cut always lands in the middle of host-b's work, however the machine's timing falls.
+    # (Ungated, the cut could land between two of host-b's batches: a CI run saw it.)
+    inputs = unique_inputs("leave", 1500) + unique_inputs("gate-leave", 4500)
     producer = Producer(scenario.client, TARGET, inputs, chunk=PER_MESSAGE)
     producer.start()
-    when(lambda: hosts.executions_by_host()["host-b"] >= 300, 120, "host-b to run some jobs")
-    # With messages still queued behind its window, host-b holds a claimed batch at any moment
-    # (the next one is in its window before the last one's commit): the cut, which takes a few
-    # milliseconds, cannot land between two of its batches.
-    wait_for(lambda: (queue_stats(scenario.settings.broker_url, [scenario.queue(TARGET)])[0]
-                      .messages >= SMALL_PREFETCH
-                      and bool(hosts.held_by(list(producer.jobs), "host-b"))),
-             timeout=60, interval=0.01, message="host-b to hold a batch with more queued")
+
+    def input_of() -> dict[str, str]:
+        return {job.id: text for job, text in zip(producer.jobs, inputs, strict=False)}
+
+    wait_for(lambda: any(input_of()[job_id].startswith("gate")
+                         for job_id in hosts.held_by(list(producer.jobs), "host-b")),
+             timeout=120, interval=0.01, message="host-b to hold a gated batch")
     # Cut first, then kill: the kernel's FIN and RST for the dead worker's connections never
     # cross the link, so the broker learns of the death only by the missing heartbeats.
     hosts.network.hosts[1].cut()
     cut_at = time.monotonic()
     held = hosts.held_by(list(producer.jobs), "host-b")  # final: nothing host-b sends arrives
-    input_of = {job.id: text for job, text in zip(producer.jobs, inputs, strict=False)}
-    held_inputs = {input_of[job_id] for job_id in held}
+    held_inputs = {input_of()[job_id] for job_id in held}
+    scenario.open_gate()  # host-a goes on; host-b computes what it holds, and cannot commit it
 
     def ran_in_flight() -> int:
         """Held jobs that host-b's model ran (their results can no longer be committed)."""

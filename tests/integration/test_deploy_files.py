@@ -29,7 +29,7 @@ from aidist import cli
 from aidist.config import Settings
 from tests.conftest import REPO
 from tests.integration.test_k8s_manifests import cli_params
-from workers.app import SHUTDOWN_GRACE_S
+from workers.batching import SHUTDOWN_GRACE_S
 from workers.metrics_http import serve_metrics
 
 pytestmark = pytest.mark.integration

@@ -189,18 +189,44 @@ def test_a_warm_shutdown_finishes_the_running_batch_and_starts_no_other(
     runner.submit([_held(running)])
     assert gate.entered.wait(WAIT_S)
     runner.submit([_held(queued)])  # waits behind the running one
-    finished: list[bool] = []
-    shutdown = threading.Thread(target=lambda: finished.append(runner.finish_for_shutdown(WAIT_S)))
-    shutdown.start()
-    _wait_until(lambda: runner._closing)
+    runner.close()
+    assert not runner.wait_running(0.0)  # "hold" is still inside the model
     gate.release.set()
-    shutdown.join(WAIT_S)
-    assert finished == [True]
+    assert runner.wait_running(WAIT_S)
     assert runner.wait_idle(WAIT_S)  # the queued batch was dropped, not run
     assert gate.calls == [["hold"]]
     assert harness.store.status[running_id] is JobStatus.SUCCEEDED
     assert harness.store.status[queued_id] is JobStatus.QUEUED  # its message comes back
     runner.stop()
+
+
+def test_the_signal_handler_waits_for_nothing_and_the_consumer_stop_acks_what_finished(
+        harness: Harness) -> None:
+    """Celery's SIGTERM handler may interrupt the consumer's thread while it holds the runner's
+    lock (it takes it every few ms to look for finished batches); a runner thread then cannot
+    hand its batch back until the handler returns. So the handler only stops new starts, and the
+    wait for running batches (and their acks) comes once the consumer stops, outside it."""
+    gate = Gate()
+    _register(harness, gate)
+    strategy = BatchingStrategy(lambda: harness.runtime, BatchPolicy(max_jobs=1, runners=1))
+    on_message = strategy(SimpleNamespace(send_events=False), None, _Consumer())
+    log: list[str] = []
+    running, running_id = _message(harness, log, "m1", "hold")
+    on_message(running, None, None, None, None)  # max_jobs=1: flushed at once, to the runner
+    assert gate.entered.wait(WAIT_S)
+    background = strategy.background
+    assert background is not None
+    with background._cond:  # the consumer's thread, interrupted inside in_flight()
+        strategy.stop_starting()  # the handler: returns although the runner's lock is held
+        gate.release.set()
+    later, later_id = _message(harness, log, "m2", "later")
+    on_message(later, None, None, None, None)  # after the signal: never started
+    assert strategy.finish(WAIT_S)
+    assert log == ["ack m1"]  # m2 stays unacked: the broker delivers it again
+    assert gate.calls == [["hold"]]
+    assert harness.store.status[running_id] is JobStatus.SUCCEEDED
+    assert harness.store.status[later_id] is JobStatus.QUEUED
+    background.stop()
 
 
 def _held(message: Message) -> Any:
