@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Dialect, Engine, create_engine, event, make_url
 from sqlalchemy.exc import (
     DBAPIError,
@@ -106,6 +107,49 @@ def transaction(engine: Engine, *, single: bool = False) -> Iterator[Connection]
         raise StoreError(f"job store statement failed: {first_line(exc)}") from exc
     except (DBAPIError, SQLAlchemyError) as exc:
         raise StoreError(f"job store statement failed: {first_line(exc)}") from exc
+
+
+@contextmanager
+def driver_cursor(engine: Engine) -> Iterator[psycopg.Cursor[Any]]:
+    """A psycopg cursor on one of the engine's pooled connections, in autocommit, for the hot
+    path's one-statement calls (``db.store``: insert, claim, finish), with driver errors
+    mapped as ``transaction`` maps them. SQLAlchemy's ``Connection.execute`` around a statement
+    cost a few hundred µs of client CPU per call (statement processing, the isolation level set
+    and reset, result wrapping), as much as the rest of a lone-job insert; the pool, its idle
+    ping and its connect timeout stay SQLAlchemy's. A connection that breaks is invalidated, so
+    the pool opens a fresh one for the next call."""
+    try:
+        pooled = engine.raw_connection()
+    except AidistError:
+        raise
+    except (OperationalError, psycopg.OperationalError) as exc:  # the pool connects unwrapped
+        raise ServiceUnavailable(SERVICE, engine_url(engine), first_line(exc)) from exc
+    except (SQLAlchemyError, psycopg.Error) as exc:
+        raise StoreError(f"job store connection failed: {first_line(exc)}") from exc
+    connection = pooled.driver_connection
+    if not isinstance(connection, psycopg.Connection):
+        pooled.close()
+        raise ConfigError(f"{engine_url(engine)} does not use the psycopg driver; use a "
+                          "postgresql+psycopg:// URL")
+    try:
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                yield cursor
+        finally:
+            if not connection.closed:
+                connection.autocommit = False  # the pool's other users expect transactions
+    except psycopg.OperationalError as exc:
+        if connection.closed or connection.broken:
+            pooled.invalidate(exc)
+        raise ServiceUnavailable(SERVICE, engine_url(engine), first_line(exc)) from exc
+    except psycopg.errors.UndefinedTable as exc:
+        raise ConfigError(f"a table is missing in {engine_url(engine)} ({first_line(exc)}); "
+                          "run `aidist db upgrade`") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"job store statement failed: {first_line(exc)}") from exc
+    finally:
+        pooled.close()  # back to the pool (a no-op after invalidate)
 
 
 def first_line(exc: BaseException) -> str:

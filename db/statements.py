@@ -1,6 +1,10 @@
 """The job store's hot-path statements: claiming, finishing, settling followers. Raw SQL because
 each is one ``UPDATE ... FROM unnest(...)`` (or a CTE of two) that SQLAlchemy's expression language
 would only obscure; ``db.store.JobStore`` is the one caller.
+
+``INSERT_JOBS``, ``CLAIM`` and ``FINISH`` run on the driver's cursor (``db.engine.driver_cursor``),
+so they are written in psycopg's ``%(name)s`` style and take their column arrays as array
+literals (``db.array_literals``); the others go through SQLAlchemy's ``text``.
 """
 
 from __future__ import annotations
@@ -12,20 +16,20 @@ from sqlalchemy import text
 # Postgres CPU per job, and the client's side of it about halved). ``blob_keys`` travel as one
 # space-separated string per row (content keys are hex digits; NULL for none): Postgres has no
 # array of arrays of varying length.
-INSERT_JOBS = text(
+INSERT_JOBS = (
     """
     INSERT INTO jobs (id, kind, target, version, cache_key, payload, status, params, cache_hit,
                       priority, tenant, idempotency_key, deadline, blob_keys, finished_at)
     SELECT u.id, u.kind, u.target, u.version, u.cache_key, u.payload, u.status, u.params,
            u.cache_hit, u.priority, u.tenant, u.idempotency_key, u.deadline,
            string_to_array(u.blob_keys, ' '), CASE WHEN u.finished THEN now() END
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS text[]), CAST(:targets AS text[]),
-                CAST(:versions AS text[]), CAST(:cache_keys AS text[]),
-                CAST(:payloads AS bytea[]), CAST(:statuses AS text[]),
-                CAST(:params AS jsonb[]), CAST(:cache_hits AS boolean[]),
-                CAST(:priorities AS smallint[]), CAST(:tenants AS text[]),
-                CAST(:idempotency_keys AS text[]), CAST(:deadlines AS timestamptz[]),
-                CAST(:blob_keys AS text[]), CAST(:finished AS boolean[]))
+    FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(kinds)s AS text[]), CAST(%(targets)s AS text[]),
+                CAST(%(versions)s AS text[]), CAST(%(cache_keys)s AS text[]),
+                CAST(%(payloads)s AS bytea[]), CAST(%(statuses)s AS text[]),
+                CAST(%(params)s AS jsonb[]), CAST(%(cache_hits)s AS boolean[]),
+                CAST(%(priorities)s AS smallint[]), CAST(%(tenants)s AS text[]),
+                CAST(%(idempotency_keys)s AS text[]), CAST(%(deadlines)s AS timestamptz[]),
+                CAST(%(blob_keys)s AS text[]), CAST(%(finished)s AS boolean[]))
          AS u(id, kind, target, version, cache_key, payload, status, params, cache_hit,
               priority, tenant, idempotency_key, deadline, blob_keys, finished)
     """
@@ -58,24 +62,24 @@ MARK_SENT = text(
 # redelivered step that had not begun included), or claiming again, does not.
 # A fresh start of a job identical to one already running (same cache key) does not run: it
 # follows that job (``follows``) and takes its end state and result when it finishes.
-_OWN = "(jobs.status = 'running' AND jobs.worker = :worker AND jobs.step = u.step)"
+_OWN = "(jobs.status = 'running' AND jobs.worker = %(worker)s AND jobs.step = u.step)"
 _TAKES_OVER = ("(u.takeover AND jobs.status = 'running' AND jobs.step = u.step "
                "AND (u.holder IS NULL OR jobs.worker = u.holder))")
 _COUNTS = f"((u.step = 0 OR {_TAKES_OVER}) AND NOT {_OWN})"
-_GIVE_UP = f"({_COUNTS} AND jobs.attempts >= :max_attempts)"
+_GIVE_UP = f"({_COUNTS} AND jobs.attempts >= %(max_attempts)s)"
 _PAST_DEADLINE = "(jobs.deadline IS NOT NULL AND jobs.deadline < now())"
-CLAIM = text(
+CLAIM = (
     f"""
     UPDATE jobs SET
         status = CASE WHEN {_PAST_DEADLINE} THEN 'expired'
                       WHEN {_GIVE_UP} THEN 'failed'
                       ELSE 'running' END,
-        error = CASE WHEN NOT {_PAST_DEADLINE} AND {_GIVE_UP} THEN :gave_up ELSE jobs.error END,
+        error = CASE WHEN NOT {_PAST_DEADLINE} AND {_GIVE_UP} THEN %(gave_up)s ELSE jobs.error END,
         attempts = jobs.attempts + CASE WHEN {_COUNTS} THEN 1 ELSE 0 END,
         step = u.step,
         started_at = now(),
         finished_at = CASE WHEN {_PAST_DEADLINE} OR {_GIVE_UP} THEN now() ELSE NULL END,
-        worker = :worker,
+        worker = %(worker)s,
         follows = CASE WHEN u.step = 0 AND jobs.status = 'queued'
                             AND NOT {_PAST_DEADLINE} AND NOT {_GIVE_UP}
                        THEN (SELECT leader.id FROM jobs AS leader
@@ -84,8 +88,8 @@ CLAIM = text(
                                AND leader.id <> jobs.id
                              LIMIT 1)
                        END
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:steps AS int[]), CAST(:attempts AS int[]),
-                CAST(:takeovers AS boolean[]), CAST(:holders AS text[]))
+    FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(steps)s AS int[]), CAST(%(attempts)s AS int[]),
+                CAST(%(takeovers)s AS boolean[]), CAST(%(holders)s AS text[]))
          AS u(id, step, attempt, takeover, holder)
     WHERE jobs.id = u.id AND (
         (u.step = 0 AND jobs.status = 'queued')
@@ -100,16 +104,16 @@ CLAIM = text(
 
 # The end states of a batch, and (same statement) of the jobs that follow them. A large output's
 # blob key joins the row's blob_keys (a follower takes its leader's: same input, same output).
-FINISH = text(
+FINISH = (
     """
     WITH done AS (
         UPDATE jobs SET status = u.status, error = u.error, finished_at = now(),
                         result = coalesce(u.result, jobs.result),
                         blob_keys = CASE WHEN u.blob_key IS NULL THEN jobs.blob_keys
                                          ELSE array_append(jobs.blob_keys, u.blob_key) END
-        FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
-                    CAST(:statuses AS text[]), CAST(:errors AS text[]),
-                    CAST(:results AS bytea[]), CAST(:blob_keys AS text[]))
+        FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(attempts)s AS int[]),
+                    CAST(%(statuses)s AS text[]), CAST(%(errors)s AS text[]),
+                    CAST(%(results)s AS bytea[]), CAST(%(blob_keys)s AS text[]))
              AS u(id, attempt, status, error, result, blob_key)
         WHERE jobs.id = u.id AND jobs.attempts = u.attempt AND jobs.status = 'running'
         RETURNING jobs.id, jobs.status, jobs.error, jobs.result, jobs.blob_keys

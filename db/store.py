@@ -26,7 +26,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from aidist.codec import check_blob_key
 from aidist.jobs import JobKind, JobStatus
-from db.engine import create_store_engine
+from db.array_literals import bool_array, int_array, text_array, timestamp_array
+from db.engine import create_store_engine, driver_cursor
 from db.job_reads import RECORD_COLUMNS, JobReads, as_uuid, as_uuids, is_uuid, record_of
 from db.records import (
     Claim,
@@ -65,9 +66,13 @@ class JobStore(JobReads):
         if not jobs:
             return
         pages = [jobs[start : start + INSERT_PAGE] for start in range(0, len(jobs), INSERT_PAGE)]
-        with self._once() if len(pages) == 1 else self._begin() as connection:
+        if len(pages) == 1:
+            with driver_cursor(self.engine) as cursor:
+                cursor.execute(INSERT_JOBS, _columns(jobs))
+            return
+        with self._begin() as connection:
             for page in pages:
-                connection.execute(INSERT_JOBS, _columns(page))
+                connection.exec_driver_sql(INSERT_JOBS, _columns(page))
 
     def insert_idempotent(self, job: NewJob) -> JobRecord | None:
         """Insert unless a job with the same (tenant, idempotency key) exists; return that one."""
@@ -101,18 +106,20 @@ class JobStore(JobReads):
         valid = [r for r in requests if is_uuid(r.id)]
         if not valid:
             return []
-        params = {"ids": [as_uuid(r.id) for r in valid], "steps": [r.step for r in valid],
-                  "attempts": [r.attempt for r in valid],
-                  "takeovers": [r.takeover for r in valid],
-                  "holders": [r.holder for r in valid],
+        params = {"ids": text_array(as_uuid(r.id) for r in valid),
+                  "steps": int_array(r.step for r in valid),
+                  "attempts": int_array(r.attempt for r in valid),
+                  "takeovers": bool_array(r.takeover for r in valid),
+                  "holders": text_array(r.holder for r in valid),
                   "worker": worker, "max_attempts": max_attempts,
                   "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
                              "interrupted: worker deaths or redeliveries)"}
-        with self._once() as connection:
-            rows = connection.execute(CLAIM, params)
-            return [Claim(str(r.id), JobStatus(r.status), r.attempts,
-                          str(r.follows) if r.follows is not None else None,
-                          queued_s=max(float(r.queued_s), 0.0)) for r in rows]
+        with driver_cursor(self.engine) as cursor:
+            cursor.execute(CLAIM, params)
+            return [Claim(str(job_id), JobStatus(status), attempts,
+                          str(follows) if follows is not None else None,
+                          queued_s=max(float(queued_s), 0.0))
+                    for job_id, status, attempts, follows, queued_s in cursor.fetchall()]
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """Record how each run ended, in one statement; returns how many rows changed. A row whose
@@ -124,15 +131,16 @@ class JobStore(JobReads):
         if not outcomes:
             return set()
         params: dict[str, Any] = {
-            "ids": [o.id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "statuses": [o.status.value for o in outcomes],
-            "errors": [o.error for o in outcomes],
+            "ids": text_array(o.id for o in outcomes),
+            "attempts": int_array(o.attempt for o in outcomes),
+            "statuses": text_array(o.status.value for o in outcomes),
+            "errors": text_array(o.error for o in outcomes),
             "results": [o.result for o in outcomes],
-            "blob_keys": [o.blob_key for o in outcomes],
+            "blob_keys": text_array(o.blob_key for o in outcomes),
         }
-        with self._once() as connection:
-            return {str(row.id) for row in connection.execute(FINISH, params)}
+        with driver_cursor(self.engine) as cursor:
+            cursor.execute(FINISH, params)
+            return {str(job_id) for (job_id,) in cursor.fetchall()}
 
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job that has not finished; returns its status afterwards (unchanged if it had
@@ -230,26 +238,28 @@ class JobStore(JobReads):
         self.engine.dispose()
 
 
-def _columns(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
-    """``INSERT_JOBS``'s parameters: one list per column, ids checked as UUIDs."""
+def _columns(jobs: Sequence[NewJob]) -> dict[str, Any]:
+    """``INSERT_JOBS``'s parameters: one array literal per column (``db.array_literals``;
+    payloads as a list of bytes), ids checked as UUIDs."""
     for job in jobs:
         as_uuid(job.id)
     return {
-        "ids": [job.id for job in jobs],
-        "kinds": [job.kind.value for job in jobs],
-        "targets": [job.target for job in jobs],
-        "versions": [job.version for job in jobs],
-        "cache_keys": [job.cache_key for job in jobs],
+        "ids": text_array(job.id for job in jobs),
+        "kinds": text_array(job.kind.value for job in jobs),
+        "targets": text_array(job.target for job in jobs),
+        "versions": text_array(job.version for job in jobs),
+        "cache_keys": text_array(job.cache_key for job in jobs),
         "payloads": [job.payload for job in jobs],
-        "statuses": [job.status.value for job in jobs],
-        "params": [json.dumps(job.params) for job in jobs],
-        "cache_hits": [job.cache_hit for job in jobs],
-        "priorities": [job.priority for job in jobs],
-        "tenants": [job.tenant for job in jobs],
-        "idempotency_keys": [job.idempotency_key for job in jobs],
-        "deadlines": [job.deadline for job in jobs],
-        "blob_keys": [" ".join(map(check_blob_key, job.blob_keys)) or None for job in jobs],
-        "finished": [job.status.terminal for job in jobs],
+        "statuses": text_array(job.status.value for job in jobs),
+        "params": text_array(json.dumps(job.params) for job in jobs),
+        "cache_hits": bool_array(job.cache_hit for job in jobs),
+        "priorities": int_array(job.priority for job in jobs),
+        "tenants": text_array(job.tenant for job in jobs),
+        "idempotency_keys": text_array(job.idempotency_key for job in jobs),
+        "deadlines": timestamp_array(job.deadline for job in jobs),
+        "blob_keys": text_array(" ".join(map(check_blob_key, job.blob_keys)) or None
+                                for job in jobs),
+        "finished": bool_array(job.status.terminal for job in jobs),
     }
 
 

@@ -1,5 +1,6 @@
 """db.engine against the real Postgres: pooled connections are pinged only after sitting idle,
-and single statements run without BEGIN / COMMIT."""
+single statements run without BEGIN / COMMIT, and the hot path's driver cursor maps errors and
+hands its connection back as it found it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from aidist.config import Settings
-from aidist.errors import ServiceUnavailable
-from db.engine import create_store_engine, transaction
+from aidist.errors import ConfigError, ServiceUnavailable, StoreError
+from db.engine import create_store_engine, driver_cursor, transaction
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +63,62 @@ def test_a_single_statement_block_runs_outside_a_transaction(settings: Settings)
             assert connection.execute(query).scalar_one() == connection.execute(query).scalar_one()
     finally:
         engine.dispose()
+
+
+def _driver_backend_pid(engine: Engine) -> int:
+    with driver_cursor(engine) as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        row = cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_the_driver_cursor_runs_in_autocommit_and_leaves_the_pool_transactional(
+        settings: Settings) -> None:
+    engine = create_store_engine(settings.database_url, ping_after_idle_s=3600.0)
+    try:
+        with driver_cursor(engine) as cursor:
+            cursor.execute("SELECT txid_current()")
+            first_txid = cursor.fetchone()
+            cursor.execute("SELECT txid_current()")
+            assert cursor.fetchone() != first_txid  # each statement its own transaction
+        with transaction(engine) as connection:  # the same pooled connection, transactional
+            query = text("SELECT txid_current()")
+            assert connection.execute(query).scalar_one() == connection.execute(query).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_a_dropped_connection_fails_one_driver_call_and_the_next_gets_a_fresh_one(
+        settings: Settings) -> None:
+    engine = create_store_engine(settings.database_url, ping_after_idle_s=3600.0)
+    try:
+        dropped = _driver_backend_pid(engine)
+        _kill(settings, dropped)
+        with pytest.raises(ServiceUnavailable) as raised:
+            _driver_backend_pid(engine)
+        assert raised.value.__cause__ is not None
+        assert _driver_backend_pid(engine) != dropped  # invalidated: the pool opened another
+    finally:
+        engine.dispose()
+
+
+def test_driver_errors_become_aidists(settings: Settings) -> None:
+    engine = create_store_engine(settings.database_url)
+    try:
+        with pytest.raises(ConfigError, match="aidist db upgrade"), driver_cursor(engine) as cursor:
+            cursor.execute("SELECT * FROM no_such_table_here")
+        with pytest.raises(StoreError, match="job store statement failed") as raised, \
+                driver_cursor(engine) as cursor:
+            cursor.execute("SELECT CAST('not a uuid' AS uuid)")
+        assert raised.value.__cause__ is not None
+        assert _driver_backend_pid(engine) > 0  # a failed statement leaves the pool usable
+    finally:
+        engine.dispose()
+    unreachable = create_store_engine(settings.database_url.replace(":5432", ":1"),
+                                      connect_timeout_s=2)
+    try:
+        with pytest.raises(ServiceUnavailable), driver_cursor(unreachable):
+            pass
+    finally:
+        unreachable.dispose()

@@ -6,6 +6,7 @@ All tests share the session's database; each counts only the job ids it created 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -505,3 +506,19 @@ def test_the_queued_deadline_index_serves_the_expiry_scan(store: JobStore) -> No
         )).scalar()
     assert definition is not None
     assert "(deadline)" in definition and "queued" in definition and "NOT NULL" in definition
+
+
+@pytest.mark.parametrize("awkward", ['with "quotes"', "back\\slash\\", "{braces},commas",
+                                     "NULL", "", "ünïcødé ✓", "trailing space "])
+def test_text_columns_keep_any_value_through_the_array_literals(
+        store: JobStore, new_job: NewJobFactory, awkward: str) -> None:
+    job = replace(new_job(), target=awkward, tenant=awkward, idempotency_key=awkward,
+                  params={"note": awkward})
+    store.insert_jobs([job])
+    worker = f"w{awkward}"
+    (claim,) = store.claim([ClaimRequest(job.id, holder=awkward)], worker=worker)
+    assert store.holders([job.id], other_than="") == {job.id: worker}
+    store.finish([Outcome(job.id, claim.attempt, JobStatus.FAILED, error=awkward)])
+    record = store.get(job.id)
+    assert (record.target, record.tenant, record.error) == (awkward, awkward, awkward)
+    assert record.params == {"note": awkward}
