@@ -29,6 +29,10 @@ NOTICE_WAIT_MAX_S = 0.5
 # at most this much; past it the oldest are dropped (reading one of those takes a round trip to
 # Redis instead).
 NOTICE_RESULTS_MAX_BYTES = 64 * 1024 * 1024
+# Terminal statuses kept (a few hundred bytes each): a long-lived client (a web server's) learns
+# one per job it submits, for ever. Past the bound the oldest are forgotten, a tenth at a time; a
+# wait on one of those asks Postgres (one poll, after ``POLL_START_S``).
+KNOWN_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +47,16 @@ class Finished:
 class CompletionTracker:
     """Terminal statuses this client has learned, and the one reader of its reply list."""
 
-    def __init__(self, cache: ResultCacheLike, store: JobStoreLike, reply_to: str) -> None:
+    def __init__(self, cache: ResultCacheLike, store: JobStoreLike, reply_to: str,
+                 known_max: int = KNOWN_MAX) -> None:
         self.cache = cache
         self.store = store
         self.reply_to = reply_to
+        self.known_max = known_max
         self._finished: dict[str, Finished] = {}
         self._order: list[str] = []  # ids in the order they were learned, for cheap scans
+        self._forgotten = 0  # how many were dropped from the front of ``_order``: a cursor (a
+        # place in the order) counts from the first status ever learned
         self._state_lock = threading.Lock()
         # Notified whenever a status is learned, and when the reader is done: a thread waiting
         # for its turn to read wakes as soon as another thread's read brought something.
@@ -71,9 +79,22 @@ class CompletionTracker:
         """Under ``_state_lock``."""
         if job_id not in self._finished:
             self._order.append(job_id)
+            if len(self._order) > self.known_max:
+                self._forget_oldest(len(self._order) - self.known_max + self.known_max // 10)
         self._finished[job_id] = Finished(job_id, status, error)
         if result is not None:
             self._keep_result(job_id, result)
+
+    def _forget_oldest(self, count: int) -> None:
+        """Under ``_state_lock``: drop the ``count`` statuses learned first."""
+        for job_id in self._order[:count]:
+            self._finished.pop(job_id, None)
+        del self._order[:count]
+        self._forgotten += count
+
+    def _end(self) -> int:
+        """Under ``_state_lock``: the cursor after the last status learned."""
+        return self._forgotten + len(self._order)
 
     def take_result(self, job_id: str) -> bytes | None:
         """The result bytes a notice (or a cache hit's lookup) brought for ``job_id`` (once:
@@ -105,7 +126,7 @@ class CompletionTracker:
         at it then, instead of blocking for the next notice after it."""
         deadline = time.monotonic() + timeout_s
         with self._learned:
-            while len(self._order) == cursor:
+            while self._end() == cursor:
                 if not self._reading:
                     self._reading = True
                     break
@@ -142,8 +163,13 @@ class CompletionTracker:
                 raise
 
     def _learned_since(self, cursor: int) -> tuple[list[str], int]:
+        """Ids learned since ``cursor`` (those still kept), and the cursor after them."""
         with self._state_lock:
-            return self._order[cursor:], len(self._order)
+            return self._order[max(cursor - self._forgotten, 0):], self._end()
+
+    def _cursor(self) -> int:
+        with self._state_lock:
+            return self._end()
 
     def iter_finished(self, job_ids: Sequence[str], timeout_s: float | None) -> Iterator[Finished]:
         """Yield each job as it becomes terminal, in completion order. Stops early (without
@@ -152,12 +178,12 @@ class CompletionTracker:
         Completion notices are the fast path; Postgres is asked only when no notice has brought
         progress for a while (jobs finished by other means, or notices lost), with backoff."""
         pending = set(job_ids)
+        cursor = self._cursor()  # first: a status learned during the look below shows after it
         for job_id in job_ids:
             finished = self.known(job_id)
             if finished is not None and job_id in pending:
                 pending.discard(job_id)
                 yield finished
-        _, cursor = self._learned_since(0)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         poll_every = POLL_START_S
         last_progress = time.monotonic()

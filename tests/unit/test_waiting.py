@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
 
-from aidist.jobs import JobStatus
+from aidist.jobs import JobKind, JobStatus
 from aidist.testing import InMemoryCache, InMemoryStore
 from db import Notice
+from db.records import NewJob
 from producers import waiting
 from producers.waiting import CompletionTracker
 
@@ -54,3 +56,24 @@ def test_a_notice_read_by_another_thread_ends_a_wait_at_once(
     assert got["a"] == ["job-x"]
     finished = tracker.known("job-x")
     assert finished is not None and finished.error == "boom"
+
+
+def test_a_long_lived_client_keeps_a_bounded_number_of_statuses() -> None:
+    cache, store = InMemoryCache(), InMemoryStore()
+    tracker = CompletionTracker(cache, store, cache.reply_key("client"), known_max=10)
+    old = NewJob(id=str(uuid.uuid4()), kind=JobKind.INFER, target="t", version="1",
+                 cache_key="k", payload=None, status=JobStatus.SUCCEEDED)
+    store.insert_jobs([old])
+    tracker.record(old.id, JobStatus.SUCCEEDED)
+    later = [f"job-{i}" for i in range(30)]
+    for job_id in later:
+        tracker.record(job_id, JobStatus.SUCCEEDED)
+    assert len(tracker._finished) <= 10 and len(tracker._order) <= 10
+    assert tracker.known(later[-1]) is not None
+    assert tracker.known(old.id) is None  # forgotten...
+    # ...so a wait on it asks Postgres (here its double), and still ends
+    assert [f.job_id for f in tracker.iter_finished([old.id], timeout_s=WAIT_S)] == [old.id]
+    # and what is learned after the forgetting is found as before
+    waiter = tracker.iter_finished(["job-new"], timeout_s=WAIT_S)
+    tracker.record("job-new", JobStatus.FAILED, "boom")
+    assert [(f.job_id, f.error) for f in waiter] == [("job-new", "boom")]
