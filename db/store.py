@@ -186,8 +186,8 @@ class JobStore(JobReads):
         sweeper, which the claim fencing makes harmless."""
         if not job_ids:
             return
-        with self._once() as connection:
-            connection.execute(MARK_SENT, {"ids": as_uuids(job_ids)})
+        with driver_cursor(self.engine) as cursor:
+            cursor.execute(MARK_SENT, {"ids": text_array(as_uuids(job_ids))})
 
     def sweep_unsent(self, older_than_s: float, limit: int,
                      publish: Callable[[list[UnsentJob]], Sequence[str]]) -> int:
