@@ -4,6 +4,8 @@ hands its connection back as it found it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from sqlalchemy import Engine, text
 
@@ -17,6 +19,14 @@ pytestmark = pytest.mark.integration
 def _backend_pid(engine: Engine) -> int:
     with transaction(engine, single=True) as connection:
         return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _driver_backend_pid(engine: Engine) -> int:
+    with driver_cursor(engine) as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        row = cursor.fetchone()
+        assert row is not None
+        return int(row[0])
 
 
 def _kill(settings: Settings, pid: int) -> None:
@@ -39,15 +49,18 @@ def test_an_idle_connection_the_server_dropped_is_replaced_unseen(settings: Sett
         engine.dispose()
 
 
+@pytest.mark.parametrize("backend_pid", [_backend_pid, _driver_backend_pid],
+                         ids=["sqlalchemy", "driver cursor"])
 def test_a_connection_in_steady_use_is_not_pinged_and_a_drop_fails_one_call(
-        settings: Settings) -> None:
+        settings: Settings, backend_pid: Callable[[Engine], int]) -> None:
     engine = create_store_engine(settings.database_url, ping_after_idle_s=3600.0)
     try:
-        dropped = _backend_pid(engine)
+        dropped = backend_pid(engine)
         _kill(settings, dropped)
-        with pytest.raises(ServiceUnavailable):
-            _backend_pid(engine)
-        assert _backend_pid(engine) != dropped  # the pool was invalidated: the next call works
+        with pytest.raises(ServiceUnavailable) as raised:
+            backend_pid(engine)
+        assert raised.value.__cause__ is not None
+        assert backend_pid(engine) != dropped  # the pool was invalidated: the next call works
     finally:
         engine.dispose()
 
@@ -65,14 +78,6 @@ def test_a_single_statement_block_runs_outside_a_transaction(settings: Settings)
         engine.dispose()
 
 
-def _driver_backend_pid(engine: Engine) -> int:
-    with driver_cursor(engine) as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        row = cursor.fetchone()
-        assert row is not None
-        return int(row[0])
-
-
 def test_the_driver_cursor_runs_in_autocommit_and_leaves_the_pool_transactional(
         settings: Settings) -> None:
     engine = create_store_engine(settings.database_url, ping_after_idle_s=3600.0)
@@ -85,20 +90,6 @@ def test_the_driver_cursor_runs_in_autocommit_and_leaves_the_pool_transactional(
         with transaction(engine) as connection:  # the same pooled connection, transactional
             query = text("SELECT txid_current()")
             assert connection.execute(query).scalar_one() == connection.execute(query).scalar_one()
-    finally:
-        engine.dispose()
-
-
-def test_a_dropped_connection_fails_one_driver_call_and_the_next_gets_a_fresh_one(
-        settings: Settings) -> None:
-    engine = create_store_engine(settings.database_url, ping_after_idle_s=3600.0)
-    try:
-        dropped = _driver_backend_pid(engine)
-        _kill(settings, dropped)
-        with pytest.raises(ServiceUnavailable) as raised:
-            _driver_backend_pid(engine)
-        assert raised.value.__cause__ is not None
-        assert _driver_backend_pid(engine) != dropped  # invalidated: the pool opened another
     finally:
         engine.dispose()
 
