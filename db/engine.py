@@ -112,7 +112,7 @@ def transaction(engine: Engine, *, single: bool = False) -> Iterator[Connection]
 @contextmanager
 def driver_cursor(engine: Engine) -> Iterator[psycopg.Cursor[Any]]:
     """A psycopg cursor on one of the engine's pooled connections, in autocommit, for the hot
-    path's one-statement calls (``db.store``: insert, claim, finish), with driver errors
+    path's one-statement calls (``db.store``: insert, mark sent, claim, finish), with driver errors
     mapped as ``transaction`` maps them. SQLAlchemy's ``Connection.execute`` around a statement
     cost a few hundred µs of client CPU per call (statement processing, the isolation level set
     and reset, result wrapping), as much as the rest of a lone-job insert; the pool, its idle

@@ -281,7 +281,6 @@ class BatchingStrategy:
         # new handler after a broker reconnect): a flush that must run alone waits for the ones
         # still running from before the reconnect too, whose messages come back redelivered.
         self.background: BackgroundRunner | None = None
-        self.stopping = False
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
         self.hooks.consumer_ready(consumer)
@@ -303,7 +302,6 @@ class BatchingStrategy:
         happens here, in the handler: it may have interrupted the consumer's thread inside a
         lock the runner threads need to hand a batch back, and a wait here would then last the
         whole grace (a CI run saw a worker take 60 s to stop so). ``finish`` does the wait."""
-        self.stopping = True
         if self.background is not None:
             self.background.close()
 
@@ -312,7 +310,7 @@ class BatchingStrategy:
         still open: wait for the batches being run to store their results, then ack their
         messages. Messages of batches not started are left unacked: the broker delivers them
         again, and the claim skips jobs that have ended. False if the grace ran out first."""
-        if not self.stopping or self.background is None:
+        if self.background is None or not self.background.closing:
             return True
         done = self.background.wait_running(timeout)
         if not done:

@@ -113,14 +113,8 @@ class BackgroundRunner:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted batch has run; False after ``timeout`` (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._unfinished:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+            return self._cond.wait_for(lambda: not self._unfinished, timeout)
 
     def close(self) -> None:
         """Warm shutdown began: start no other flush (their messages are not acked, so the
@@ -129,17 +123,16 @@ class BackgroundRunner:
         lock or a queue's: waiting there would stop the runner threads from handing back."""
         self._closing = True
 
+    @property
+    def closing(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._closing
+
     def wait_running(self, timeout: float) -> bool:
         """Wait until no flush is being run (after ``close``: the last ones have stored their
         results); False after ``timeout``. Takes the lock, so never from a signal handler."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while self._running:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+            return self._cond.wait_for(lambda: not self._running, timeout)
 
     def _loop(self) -> None:
         while True:
