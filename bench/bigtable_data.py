@@ -22,9 +22,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from aidist.ids import new_job_id
+from aidist.jobs import JobKind, JobStatus
 from db.backlog import keda_query
+from db.records import ClaimRequest, NewJob, Outcome
 from db.retention import DELETE_BATCH, STILL_REFERENCED
-from db.statements import CLAIM, FINISH, SETTLE_FOLLOWERS
+from db.statements import CLAIM, FINISH, INSERT_JOBS, SETTLE_FOLLOWERS
+from db.store import claim_params, finish_params, insert_params
 
 PIPELINE_PARAMS = ('{"steps": [{"kind": "preprocess", "target": "chunk", "version": "v1", '
                    '"params": {}}, {"kind": "infer", "target": "minilm", "version": "v1", '
@@ -135,6 +139,7 @@ class HotStatement:
     name: str
     sql: str
     params: dict[str, Any]
+    driver: bool = False  # psycopg's %(name)s style, run as the store runs it (exec_driver_sql)
 
 
 def _ids(connection: Connection, where: str, limit: int) -> list[uuid.UUID]:
@@ -152,25 +157,18 @@ def hot_statements(connection: Connection, fresh: Sequence[uuid.UUID],
     keys = list(connection.execute(text(
         "SELECT cache_key FROM jobs WHERE id = ANY(:ids)"), {"ids": list(fresh)[:64]}).scalars())
     batch = list(fresh)
-    n = len(batch)
-    claim = {"ids": batch, "steps": [0] * n, "attempts": [0] * n, "takeovers": [False] * n,
-             "holders": [None] * n, "worker": "gpu-9@plans", "max_attempts": 8,
-             "gave_up": "gave up"}
-    finish = {"ids": list(running), "attempts": [1] * len(running),
-              "statuses": ["succeeded"] * len(running), "errors": [None] * len(running),
-              "results": [b"r" * 200] * len(running), "blob_keys": [None] * len(running)}
+    claim = claim_params([ClaimRequest(str(i)) for i in batch], "gpu-9@plans", 8)
+    finish = finish_params([Outcome(str(i), 1, JobStatus.SUCCEEDED, result=b"r" * 200)
+                            for i in running])
     fresh_ids = {"ids": batch}
-    new_rows = ", ".join(
-        f"('{uuid.uuid4()}', 'infer', 'toy-classifier', 'v1', '{uuid.uuid4().hex}', "
-        f"'\\x00'::bytea, 'queued')" for _ in range(128))
+    new_rows = insert_params([NewJob(new_job_id(), JobKind.INFER, "toy-classifier", "v1",
+                                     uuid.uuid4().hex, b"\x00") for _ in range(128)])
     return [
-        HotStatement("insert 128 jobs (client submit)",
-                     "INSERT INTO jobs (id, kind, target, version, cache_key, payload, status) "
-                     f"VALUES {new_rows}", {}),
+        HotStatement("insert 128 jobs (client submit)", INSERT_JOBS, new_rows, driver=True),
         HotStatement("mark_sent", "UPDATE jobs SET sent_at = now() WHERE id = ANY(:ids) "
                      "AND sent_at IS NULL", fresh_ids),
-        HotStatement("claim 128 (CLAIM)", str(CLAIM), claim),
-        HotStatement("finish 128 (FINISH)", str(FINISH), finish),
+        HotStatement("claim 128 (CLAIM)", CLAIM, claim, driver=True),
+        HotStatement("finish 128 (FINISH)", FINISH, finish, driver=True),
         HotStatement("cancel (job.cancel())",
                      "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = :id "
                      "AND status IN ('queued', 'running') RETURNING status", {"id": batch[0]}),
@@ -247,8 +245,10 @@ def explain(engine: Engine, backlog: int = 0) -> dict[str, dict[str, Any]]:
             maintenance.execute(text("VACUUM jobs"))
             with connection.begin() as transaction:
                 statement = _statements(connection, backlog)[index]
-                lines = [row[0] for row in connection.execute(
-                    text(f"EXPLAIN (ANALYZE, BUFFERS) {statement.sql}"), statement.params)]
+                sql = f"EXPLAIN (ANALYZE, BUFFERS) {statement.sql}"
+                result = (connection.exec_driver_sql(sql, statement.params) if statement.driver
+                          else connection.execute(text(sql), statement.params))
+                lines = [row[0] for row in result]
                 transaction.rollback()
             took = next((float(m.group(1)) for line in lines
                          if (m := re.search(r"Execution Time: ([\d.]+) ms", line))), None)

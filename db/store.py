@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from aidist.codec import check_blob_key
 from aidist.jobs import JobKind, JobStatus
-from db.array_literals import bool_array, int_array, text_array, timestamp_array
+from db.array_literals import bool_array, bytea_slices, int_array, text_array, timestamp_array
 from db.engine import create_store_engine, driver_cursor
 from db.job_reads import RECORD_COLUMNS, JobReads, as_uuid, as_uuids, is_uuid, record_of
 from db.records import (
@@ -41,7 +41,10 @@ from db.schema import jobs_table
 from db.statements import CLAIM, FINISH, INSERT_JOBS, MARK_SENT, SETTLE_FOLLOWERS
 
 DEFAULT_MAX_ATTEMPTS = 8
-INSERT_PAGE = 10_000  # rows per INSERT statement: bounds one statement's parameter arrays
+# Rows per INSERT statement, and payload bytes: bounds one statement's parameters (Postgres
+# takes no single value over 1 GB, and the payloads of a page travel as one).
+INSERT_PAGE = 10_000
+INSERT_PAGE_BYTES = 64 * 1024 * 1024
 
 
 class JobStore(JobReads):
@@ -61,18 +64,19 @@ class JobStore(JobReads):
             connection.execute(text("SELECT 1"))
 
     def insert_jobs(self, jobs: Sequence[NewJob]) -> None:
-        """Insert all rows in one ``INSERT ... SELECT FROM unnest(...)``, a slice of
-        ``INSERT_PAGE`` rows per statement, all in one transaction."""
+        """Insert all rows in one ``INSERT ... SELECT FROM unnest(...)``, at most ``INSERT_PAGE``
+        rows and (past the first row) ``INSERT_PAGE_BYTES`` of payloads per statement, all in
+        one transaction."""
         if not jobs:
             return
-        pages = [jobs[start : start + INSERT_PAGE] for start in range(0, len(jobs), INSERT_PAGE)]
+        pages = insert_pages(jobs)
         if len(pages) == 1:
             with driver_cursor(self.engine) as cursor:
-                cursor.execute(INSERT_JOBS, _columns(jobs))
+                cursor.execute(INSERT_JOBS, insert_params(jobs))
             return
         with self._begin() as connection:
             for page in pages:
-                connection.exec_driver_sql(INSERT_JOBS, _columns(page))
+                connection.exec_driver_sql(INSERT_JOBS, insert_params(page))
 
     def insert_idempotent(self, job: NewJob) -> JobRecord | None:
         """Insert unless a job with the same (tenant, idempotency key) exists; return that one."""
@@ -106,18 +110,10 @@ class JobStore(JobReads):
         valid = [r for r in requests if is_uuid(r.id)]
         if not valid:
             return []
-        params = {"ids": text_array(as_uuid(r.id) for r in valid),
-                  "steps": int_array(r.step for r in valid),
-                  "attempts": int_array(r.attempt for r in valid),
-                  "takeovers": bool_array(r.takeover for r in valid),
-                  "holders": text_array(r.holder for r in valid),
-                  "worker": worker, "max_attempts": max_attempts,
-                  "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
-                             "interrupted: worker deaths or redeliveries)"}
+        params = claim_params(valid, worker, max_attempts)
         with driver_cursor(self.engine) as cursor:
             cursor.execute(CLAIM, params)
-            return [Claim(str(job_id), JobStatus(status), attempts,
-                          str(follows) if follows is not None else None,
+            return [Claim(job_id, JobStatus(status), attempts, follows,
                           queued_s=max(float(queued_s), 0.0))
                     for job_id, status, attempts, follows, queued_s in cursor.fetchall()]
 
@@ -130,17 +126,10 @@ class JobStore(JobReads):
         """``finish``, returning the ids it changed (only those get a completion notice)."""
         if not outcomes:
             return set()
-        params: dict[str, Any] = {
-            "ids": text_array(o.id for o in outcomes),
-            "attempts": int_array(o.attempt for o in outcomes),
-            "statuses": text_array(o.status.value for o in outcomes),
-            "errors": text_array(o.error for o in outcomes),
-            "results": [o.result for o in outcomes],
-            "blob_keys": text_array(o.blob_key for o in outcomes),
-        }
+        params = finish_params(outcomes)
         with driver_cursor(self.engine) as cursor:
             cursor.execute(FINISH, params)
-            return {str(job_id) for (job_id,) in cursor.fetchall()}
+            return {job_id for (job_id,) in cursor.fetchall()}
 
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job that has not finished; returns its status afterwards (unchanged if it had
@@ -238,18 +227,37 @@ class JobStore(JobReads):
         self.engine.dispose()
 
 
-def _columns(jobs: Sequence[NewJob]) -> dict[str, Any]:
+def insert_pages(jobs: Sequence[NewJob], rows: int = INSERT_PAGE,
+                 payload_bytes: int = INSERT_PAGE_BYTES) -> list[Sequence[NewJob]]:
+    """``jobs`` cut into the pages ``insert_jobs`` writes: at most ``rows`` rows, and at most
+    ``payload_bytes`` of payloads unless one row alone is larger."""
+    pages: list[Sequence[NewJob]] = []
+    start, size = 0, 0
+    for index, job in enumerate(jobs):
+        length = len(job.payload or b"")
+        if index > start and (index - start >= rows or size + length > payload_bytes):
+            pages.append(jobs[start:index])
+            start, size = index, 0
+        size += length
+    pages.append(jobs[start:])
+    return pages
+
+
+def insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
     """``INSERT_JOBS``'s parameters: one array literal per column (``db.array_literals``;
-    payloads as a list of bytes), ids checked as UUIDs."""
+    payloads as one bytea and their slices), ids checked as UUIDs."""
     for job in jobs:
         as_uuid(job.id)
+    payloads, payload_at, payload_lengths = bytea_slices([job.payload for job in jobs])
     return {
         "ids": text_array(job.id for job in jobs),
         "kinds": text_array(job.kind.value for job in jobs),
         "targets": text_array(job.target for job in jobs),
         "versions": text_array(job.version for job in jobs),
         "cache_keys": text_array(job.cache_key for job in jobs),
-        "payloads": [job.payload for job in jobs],
+        "payloads": payloads,
+        "payload_at": payload_at,
+        "payload_lengths": payload_lengths,
         "statuses": text_array(job.status.value for job in jobs),
         "params": text_array(json.dumps(job.params) for job in jobs),
         "cache_hits": bool_array(job.cache_hit for job in jobs),
@@ -260,6 +268,34 @@ def _columns(jobs: Sequence[NewJob]) -> dict[str, Any]:
         "blob_keys": text_array(" ".join(map(check_blob_key, job.blob_keys)) or None
                                 for job in jobs),
         "finished": bool_array(job.status.terminal for job in jobs),
+    }
+
+
+def claim_params(requests: Sequence[ClaimRequest], worker: str,
+                 max_attempts: int) -> dict[str, Any]:
+    """``CLAIM``'s parameters for requests whose ids are UUIDs (the server parses them)."""
+    return {"ids": text_array(r.id for r in requests),
+            "steps": int_array(r.step for r in requests),
+            "attempts": int_array(r.attempt for r in requests),
+            "takeovers": bool_array(r.takeover for r in requests),
+            "holders": text_array(r.holder for r in requests),
+            "worker": worker, "max_attempts": max_attempts,
+            "gave_up": f"gave up after {max_attempts} attempts (the job's runs kept being "
+                       "interrupted: worker deaths or redeliveries)"}
+
+
+def finish_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """``FINISH``'s parameters (results as one bytea and their slices)."""
+    results, result_at, result_lengths = bytea_slices([o.result for o in outcomes])
+    return {
+        "ids": text_array(o.id for o in outcomes),
+        "attempts": int_array(o.attempt for o in outcomes),
+        "statuses": text_array(o.status.value for o in outcomes),
+        "errors": text_array(o.error for o in outcomes),
+        "results": results,
+        "result_at": result_at,
+        "result_lengths": result_lengths,
+        "blob_keys": text_array(o.blob_key for o in outcomes),
     }
 
 

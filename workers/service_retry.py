@@ -33,6 +33,10 @@ class ServiceRetry:
         self.deadline = time.monotonic() + budget_s
 
     def __call__(self, call: Callable[[], T]) -> T:
+        try:  # the usual case, without tenacity's set-up (~15 µs a step, five steps a flush)
+            return call()
+        except ServiceUnavailable as exc:
+            log.warning("a flush waits for a service (try 1): %s", exc)
         retrying = Retrying(
             retry=retry_if_exception_type(ServiceUnavailable),
             wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
@@ -50,5 +54,5 @@ class ServiceRetry:
 def _log_retry(state: RetryCallState) -> None:
     """One line per retried step, so a flush that waited on a service says so and why."""
     error = state.outcome.exception() if state.outcome is not None else None
-    log.warning("a flush waits for a service (try %d, %.1fs so far): %s", state.attempt_number,
-                state.seconds_since_start or 0.0, error)
+    log.warning("a flush waits for a service (try %d, %.1fs so far): %s",
+                state.attempt_number + 1, state.seconds_since_start or 0.0, error)

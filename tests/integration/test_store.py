@@ -16,7 +16,7 @@ from aidist.errors import AidistError, ConfigError, ServiceUnavailable, UnknownJ
 from aidist.jobs import JobKind, JobStatus
 from db import setup as db_setup
 from db.records import Claim, ClaimRequest, Outcome, UnsentJob
-from db.store import JobStore
+from db.store import INSERT_PAGE, JobStore
 from tests.integration.conftest import NewJobFactory, first, takeover
 
 pytestmark = pytest.mark.integration
@@ -522,3 +522,35 @@ def test_text_columns_keep_any_value_through_the_array_literals(
     record = store.get(job.id)
     assert (record.target, record.tenant, record.error) == (awkward, awkward, awkward)
     assert record.params == {"note": awkward}
+
+
+def test_payloads_and_results_of_any_size_come_back_byte_for_byte(
+        store: JobStore, new_job: NewJobFactory) -> None:
+    # Each statement takes its bytea column as one value and every row's slice of it: empty,
+    # missing, binary with every byte value, and large values must each land in their own row.
+    values: list[bytes | None] = [b"", None, bytes(range(256)) * 3, b"\x00", b"x" * 300_000,
+                                  b"\\x41", b"last"]
+    jobs = [new_job(payload=value) for value in values]
+    store.insert_jobs(jobs)
+    stored = store.payloads([job.id for job in jobs])
+    assert stored == {job.id: value for job, value in zip(jobs, values, strict=True)
+                      if value is not None}
+    claims = {c.id: c for c in store.claim(first(*[job.id for job in jobs]), "worker-bytes")}
+    results = list(reversed(values))
+    changed = store.finish_returning([
+        Outcome(job.id, claims[job.id].attempt, JobStatus.SUCCEEDED, result=result)
+        for job, result in zip(jobs, results, strict=True)])
+    assert changed == {job.id for job in jobs}
+    assert {r.status for r in store.get_many([job.id for job in jobs]).values()} == {
+        JobStatus.SUCCEEDED}
+    assert store.results_by_key([job.cache_key for job in jobs]) == {
+        job.cache_key: result for job, result in zip(jobs, results, strict=True)
+        if result is not None}
+
+
+def test_an_insert_larger_than_one_page_lands_whole(store: JobStore,
+                                                    new_job: NewJobFactory) -> None:
+    rows = [new_job(payload=str(i).encode()) for i in range(INSERT_PAGE + 3)]
+    store.insert_jobs(rows)
+    assert store.count_by_status([row.id for row in rows])[JobStatus.QUEUED] == len(rows)
+    assert store.payloads([rows[-1].id]) == {rows[-1].id: str(INSERT_PAGE + 2).encode()}
