@@ -24,10 +24,11 @@ from sqlalchemy import Connection, Engine, text
 
 from aidist.ids import new_job_id
 from aidist.jobs import JobKind, JobStatus
+from db.array_literals import text_array
 from db.backlog import keda_query
 from db.records import ClaimRequest, NewJob, Outcome
 from db.retention import DELETE_BATCH, STILL_REFERENCED
-from db.statements import CLAIM, FINISH, INSERT_JOBS, SETTLE_FOLLOWERS
+from db.statements import CLAIM, FINISH, INSERT_JOBS, MARK_SENT, SETTLE_FOLLOWERS
 from db.store import claim_params, finish_params, insert_params
 
 PIPELINE_PARAMS = ('{"steps": [{"kind": "preprocess", "target": "chunk", "version": "v1", '
@@ -165,8 +166,8 @@ def hot_statements(connection: Connection, fresh: Sequence[uuid.UUID],
                                      uuid.uuid4().hex, b"\x00") for _ in range(128)])
     return [
         HotStatement("insert 128 jobs (client submit)", INSERT_JOBS, new_rows, driver=True),
-        HotStatement("mark_sent", "UPDATE jobs SET sent_at = now() WHERE id = ANY(:ids) "
-                     "AND sent_at IS NULL", fresh_ids),
+        HotStatement("mark_sent (MARK_SENT)", MARK_SENT, {"ids": text_array(batch)},
+                     driver=True),
         HotStatement("claim 128 (CLAIM)", CLAIM, claim, driver=True),
         HotStatement("finish 128 (FINISH)", FINISH, finish, driver=True),
         HotStatement("cancel (job.cancel())",
