@@ -150,15 +150,25 @@ class ResultCache:
 
     def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None:
         """Push notices onto each reply list (key -> notices), one pipeline for all."""
-        if not notices:
+        self.put_and_notify({}, 0, notices)
+
+    def put_and_notify(self, results: Mapping[str, bytes], ttl_s: int,
+                       notices: Mapping[str, Sequence[Notice]]) -> None:
+        """``put_many`` and then ``notify``, in one pipeline: the commit of a worker whose
+        results were written to Postgres with their jobs' states just before (a client that
+        sees a job succeeded before its result is here reads that durable copy)."""
+        lists = {reply_to: items for reply_to, items in notices.items() if items}
+        if not results and not lists:
             return
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
-            for reply_to, items in notices.items():
-                packed = [msgpack.packb([n.job_id, n.status, n.error] if n.result is None
-                                        else [n.job_id, n.status, n.error, n.result])
-                          for n in items]
-                pipe.rpush(reply_to, *packed)
+            for key, value in results.items():
+                pipe.set(self.result_key(key), value, ex=ttl_s)
+            for reply_to, items in lists.items():
+                pipe.rpush(reply_to, *[msgpack.packb([n.job_id, n.status, n.error]
+                                                     if n.result is None else
+                                                     [n.job_id, n.status, n.error, n.result])
+                                       for n in items])
                 pipe.expire(reply_to, REPLY_TTL_S)
             pipe.execute()
 

@@ -84,6 +84,9 @@ class ResultCacheLike(Protocol):
 
     def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None: ...
 
+    def put_and_notify(self, results: Mapping[str, bytes], ttl_s: int,
+                       notices: Mapping[str, Sequence[Notice]]) -> None: ...
+
     def wait_notices(self, reply_to: str, timeout_s: float,
                      limit: int = 1000) -> list[Notice]: ...
 

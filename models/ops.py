@@ -14,6 +14,9 @@ from models.registry import LoadContext, Runner
 from models.weights import minilm_dir
 
 _SPACES = re.compile(r"\s+")
+# The control characters (category Cc) of ASCII other than the whitespace normalize keeps: in
+# ASCII, category C is exactly these, so an ASCII text needs no per-character look-up.
+_ASCII_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_TOKENS = 256
 
 
@@ -33,7 +36,11 @@ def _reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:
 def normalize_text(text: str, *, lowercase: bool = False) -> str:
     """NFKC-normalise, drop control characters, collapse whitespace runs, strip the ends."""
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if ch in "\t\n\r " or unicodedata.category(ch)[0] != "C")
+    if text.isascii():  # most texts: one regex pass instead of a category look-up per character
+        text = _ASCII_CONTROLS.sub("", text)
+    elif not text.isprintable():  # printable: no character of category C, nothing to drop
+        text = "".join(ch for ch in text
+                       if ch in "\t\n\r " or unicodedata.category(ch)[0] != "C")
     text = _SPACES.sub(" ", text).strip()
     return text.lower() if lowercase else text
 

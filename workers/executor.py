@@ -14,8 +14,10 @@ batcher (the gpu pool). ``run_flush`` shows its whole path on one screen:
   attempts, following a twin elsewhere, or unknown);
 - **run**: jobs whose result another run stored meanwhile take it; the rest run through their
   models in groups (``workers.model_runs``), minus jobs cancelled meanwhile;
-- **commit**: results to Redis, then pipeline continuations, then every state in one statement,
-  then notices to the waiting clients.
+- **commit** (``workers.commit``): every state and result in one statement, then results and
+  notices to Redis in one round trip; or, with no durable copy of results (or a large output, or
+  a next pipeline step), results to Redis first, then pipeline continuations, then the states,
+  then the notices.
 
 Order matters for durability: only after ``run_flush`` returns does Celery ack the messages
 (acks_late). A crash anywhere before leaves them unacked, so they are delivered again, and the
@@ -27,15 +29,15 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from aidist.errors import PoisonMessage
-from aidist.jobs import JobEntry, JobStatus, canonical_params, message_packs
-from db import Claim, ClaimRequest, Notice, Outcome
+from aidist.jobs import JobEntry, JobStatus, canonical_params
+from db import ClaimRequest, Outcome
+from workers.commit import commit
+from workers.flush_state import NOTICE_RESULT_MAX, FlushState
 from workers.hooks import BatchReport
 from workers.model_runs import run_group
 from workers.outputs import Forward, encode_output, forward, output_limit
@@ -44,7 +46,6 @@ from workers.payloads import (
     has_refs,
     live_results,
     needs_blobs,
-    outline_results,
     ref_key,
     with_inputs,
 )
@@ -52,61 +53,12 @@ from workers.redelivery import look_again, split_lost
 from workers.runtime import WorkerRuntime
 from workers.service_retry import ServiceRetry
 
-__all__ = ["PARK_S", "BatchReport", "execute", "parse_entries", "run_flush"]
+__all__ = ["NOTICE_RESULT_MAX", "PARK_S", "BatchReport", "execute", "parse_entries",
+           "run_flush"]
 
 log = logging.getLogger("aidist.worker")
 SERVICE_RETRY_S = 30.0
 PARK_S = 1.0  # how often a redelivered job still running on a live worker is looked at again
-# A result up to this size rides in its job's completion notice: a client waiting on one job
-# then reads it without a second round trip to Redis (a minilm vector takes 1.5 kB).
-NOTICE_RESULT_MAX = 8 * 1024
-GroupKey = tuple[str, str, str]  # (target, version, canonical params): one model call's jobs
-
-
-@dataclass
-class FlushState:
-    """What the phases of one flush hand each other."""
-
-    entries: dict[str, JobEntry]  # unique by id, held ones removed
-    problems: dict[str, str]  # malformed entries that still name a job: failed, not run
-    orphans: list[str] = field(default_factory=list)  # problem ids with no readable entry
-    held: frozenset[str] = frozenset()
-    lost: dict[str, str] = field(default_factory=dict)  # takeovers: id -> the dead holder
-    claims: dict[str, Claim] = field(default_factory=dict)
-    groups: dict[GroupKey, list[JobEntry]] = field(default_factory=lambda: defaultdict(list))
-    outcomes: list[Outcome] = field(default_factory=list)
-    notices: dict[str, list[Notice]] = field(default_factory=lambda: defaultdict(list))
-    results: dict[str, bytes] = field(default_factory=dict)  # cache key -> encoded output
-    forwards: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    forward_sizes: dict[str, int] = field(default_factory=dict)  # job id -> its entry's bytes
-    missing: frozenset[str] = frozenset()
-    gave_up: set[str] = field(default_factory=set)
-    expired: int = 0
-    coalesced: int = 0
-    cancelled: set[str] = field(default_factory=set)
-    from_cache: set[str] = field(default_factory=set)  # took a result another run stored
-    computed: set[str] = field(default_factory=set)  # ran through their model here
-
-    def end(self, entry: JobEntry, status: JobStatus, error: str | None = None, *,
-            result: bytes | None = None, blob_key: str | None = None,
-            output: bytes | None = None) -> None:
-        """Record a job's terminal state (``result``: the durable copy, if kept), and the notice
-        its client waits for, with ``output`` in it if it is small."""
-        self.outcomes.append(Outcome(entry.id, self.claims[entry.id].attempt, status, error,
-                                     result=result, blob_key=blob_key))
-        self.notify(entry, status, error,
-                    output if output is not None and len(output) <= NOTICE_RESULT_MAX else None)
-
-    def fail(self, entry: JobEntry, error: str) -> None:
-        """Record a job that ran (or could not) and failed, with a log line naming it."""
-        log.warning("job %s (%s) failed: %s", entry.id, entry.target, error,
-                    extra={"job_id": entry.id, "target": entry.target})
-        self.end(entry, JobStatus.FAILED, error)
-
-    def notify(self, entry: JobEntry, status: JobStatus, error: str | None = None,
-               output: bytes | None = None) -> None:
-        if entry.reply_to:
-            self.notices[entry.reply_to].append(Notice(entry.id, status.value, error, output))
 
 
 # -- the path of a message and of a flush ----------------------------------------------------------
@@ -314,66 +266,6 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
                           output=encoded)
             else:
                 state.fail(entry, error)
-
-
-# -- commit ----------------------------------------------------------------------------------------
-
-
-def commit(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
-    """Store what the run produced, in the order that keeps it durable: outputs too large to
-    keep inline in the blob store first, then results (or their references) in Redis (a client
-    that sees ``succeeded`` finds its result), then pipeline continuations, then every
-    state in one statement (fenced on the attempt: a stale or cancelled run changes nothing),
-    then notices. Jobs cancelled while their batch ran are left out of all of it: no cached
-    result, no next step (their cancel marks are read in the same Redis script that stores the
-    results, one round trip)."""
-    produced: dict[str, str | None] = {
-        o.id: state.entries[o.id].cache_key if o.id in state.entries else None
-        for o in state.outcomes if o.status is JobStatus.SUCCEEDED}
-    produced.update((wire["id"], None) for wires in state.forwards.values() for wire in wires)
-    limit, ttl_s = runtime.settings.inline_max_bytes, runtime.settings.result_ttl_s
-    if any(len(data) > limit for data in state.results.values()):
-        # Large outputs go to the blob store first, and only those of jobs still wanted: the
-        # cancel marks are looked at before, and the references stored after.
-        cancelled = io(partial(runtime.cache.cancelled_among, list(produced)))
-        if cancelled:
-            _drop_cancelled(state, cancelled)
-        state.results, state.outcomes = io(partial(
-            outline_results, runtime.blobs, state.results, state.outcomes,
-            {job_id: entry.cache_key for job_id, entry in state.entries.items()}, limit))
-        io(lambda: runtime.cache.put_many(state.results, ttl_s))
-    elif produced:  # the look at the cancel marks and the results' writes: one round trip
-        cancelled = io(partial(runtime.cache.put_unless_cancelled, state.results, produced,
-                               ttl_s))
-        if cancelled:
-            _drop_cancelled(state, cancelled)
-    pack, max_bytes = runtime.settings.pack_size, runtime.settings.max_message_bytes
-    for queue, wires in state.forwards.items():
-        sizes = [state.forward_sizes[wire["id"]] for wire in wires]
-        for part in message_packs(sizes, pack, max_bytes):
-            io(partial(runtime.forward, queue, wires[part]))
-    changed: set[str] = io(lambda: runtime.store.finish_returning(state.outcomes))
-    # No notice for a job whose row did not change (cancelled meanwhile, or a stale attempt):
-    # its client learns the recorded status instead.
-    reported = {o.id for o in state.outcomes if o.status.terminal}
-    io(lambda: runtime.cache.notify({
-        reply_to: [n for n in items if n.job_id in changed or n.job_id not in reported]
-        for reply_to, items in state.notices.items()
-    }))
-
-
-def _drop_cancelled(state: FlushState, cancelled: set[str]) -> None:
-    """Forget the outputs of jobs cancelled while they ran (a result another job of the flush
-    shares stays: the cache is keyed by content)."""
-    state.cancelled |= cancelled
-    keep = [o for o in state.outcomes if o.id not in cancelled]
-    kept_keys = {state.entries[o.id].cache_key for o in keep if o.id in state.entries}
-    state.results = {k: v for k, v in state.results.items() if k in kept_keys}
-    state.outcomes = keep
-    for queue, wires in list(state.forwards.items()):
-        state.forwards[queue] = [wire for wire in wires if wire["id"] not in cancelled]
-    for reply_to, items in state.notices.items():
-        state.notices[reply_to] = [n for n in items if n.job_id not in cancelled]
 
 
 def _report(state: FlushState, received: int) -> BatchReport:

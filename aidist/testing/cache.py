@@ -118,6 +118,13 @@ class InMemoryCache:
                     self.notices.setdefault(reply_to, []).extend(items)
             self._arrived.notify_all()
 
+    def put_and_notify(self, results: Mapping[str, bytes], ttl_s: int,
+                       notices: Mapping[str, Sequence[Notice]]) -> None:
+        """``put_many``, then ``notify`` of the lists that have notices (journaled as the
+        two)."""
+        self.put_many(results, ttl_s)
+        self.notify({reply_to: items for reply_to, items in notices.items() if items})
+
     def wait_notices(self, reply_to: str, timeout_s: float, limit: int = 1000) -> list[Notice]:
         """Block up to ``timeout_s`` for the first notice, then take what else is there (up to
         ``limit`` more, as BLPOP and LPOP with a count do)."""

@@ -77,6 +77,21 @@ def test_a_notice_carries_result_bytes_and_a_three_field_one_still_reads(
     ]
 
 
+def test_put_and_notify_stores_results_and_pushes_notices_together(cache: ResultCache) -> None:
+    # A worker's commit when results have a durable copy: both in one pipeline. A reply list
+    # left with no notice (its job's row did not change) is skipped, not an empty RPUSH.
+    reply, silent = cache.reply_key(unique("client")), cache.reply_key(unique("client"))
+    key, job_id = uuid.uuid4().hex, str(uuid.uuid4())
+    cache.put_and_notify({key: b"\x00result"}, 60,
+                         {reply: [Notice(job_id, "succeeded", None, b"\x00result")], silent: []})
+    assert cache.get_many([key]) == [b"\x00result"]
+    assert 0 < cache.client.ttl(cache.result_key(key)) <= 60
+    assert cache.wait_notices(reply, 1.0) == [Notice(job_id, "succeeded", None, b"\x00result")]
+    assert cache.client.exists(silent) == 0
+    cache.put_and_notify({}, 60, {silent: []})  # nothing to do: no round trip, no error
+    cache.notify({silent: []})
+
+
 def test_wait_notices_takes_at_most_limit_and_keeps_the_rest(cache: ResultCache) -> None:
     reply = cache.reply_key(unique("client"))
     ids = [str(uuid.uuid4()) for _ in range(5)]

@@ -49,7 +49,7 @@ def test_acks_come_after_results_and_state_are_stored(harness: Harness) -> None:
     batcher = _batcher(harness, timers, max_jobs=2)
     message, _ = _message(harness, log, "m1", "a", "b")
     batcher.add(message)  # 2 jobs reach max_jobs: flushed at once
-    assert log == ["claim", "put_many", "finish", "notify", "ack m1"]
+    assert log == ["claim", "finish", "put_many", "notify", "ack m1"]
 
 
 def test_flush_on_size_budget(harness: Harness) -> None:

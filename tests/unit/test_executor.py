@@ -13,7 +13,7 @@ from tenacity import wait_none
 
 from aidist.errors import ModelLoadError, PoisonMessage, TransientError
 from aidist.jobs import JobKind, JobStatus
-from db import Notice
+from db import ClaimRequest, Notice
 from models import LoadContext, ModelSpec, Runner
 from tests.unit.doubles import TTL_S, Harness
 from workers import model_runs
@@ -204,9 +204,45 @@ def test_close_closes_store_and_cache(harness: Harness) -> None:
     assert sorted(harness.events) == ["cache.close", "store.close"]
 
 
-def test_results_are_stored_before_state_and_state_before_notices(harness: Harness) -> None:
+def test_states_with_their_durable_results_come_before_redis(harness: Harness) -> None:
+    # Results ride in their rows (durable_results, the default): the statement goes first,
+    # then the results and the notices to Redis in one round trip.
+    harness.run([harness.entry("flaky", "a"), harness.entry("flaky", "boom")])
+    assert harness.events == ["claim", "finish", "put_many", "notify"]
+
+
+def test_without_durable_results_redis_is_written_before_state(harness: Harness) -> None:
+    # With no copy in the row, a client that sees succeeded must find its result in Redis.
+    harness.runtime.settings = harness.runtime.settings.model_copy(
+        update={"durable_results": False})
     harness.run([harness.entry("flaky", "a"), harness.entry("flaky", "boom")])
     assert harness.events == ["claim", "put_many", "finish", "notify"]
+
+
+def test_a_run_taken_over_meanwhile_caches_and_notifies_nothing(harness: Harness) -> None:
+    # The finish's fence on the attempt decides: another delivery took the run over while this
+    # one ran, so this run's result is neither cached nor announced (the other run's will be).
+    taken: list[str] = []
+
+    def load(context: LoadContext) -> Runner:
+        def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+            harness.store.claim([ClaimRequest(job_id, takeover=True) for job_id in taken],
+                                "other-worker")
+            return [f"{text}!" for text in inputs]
+
+        return run
+
+    harness.registry.register(ModelSpec(name="overtaken", kind=JobKind.INFER, loader=load,
+                                        version="overtaken-1"))
+    entry = harness.entry("overtaken", "a")
+    taken.append(entry["id"])
+    report = harness.run([entry])
+    assert harness.events[-1] == "finish"  # nothing went to Redis
+    assert harness.cache.results == {} and harness.cache.notices == {}
+    assert report.cancelled == 0
+    record = harness.store.get(entry["id"])
+    assert (record.status, record.worker, record.attempts) == (JobStatus.RUNNING,
+                                                                "other-worker", 2)
 
 
 def test_batches_respect_max_batch_size_and_group_by_params(harness: Harness) -> None:

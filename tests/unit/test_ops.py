@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+import unicodedata
 
 import pytest
 
@@ -36,6 +38,26 @@ from models.weights import minilm_dir
 )
 def test_normalize_text(raw: str, expected: str) -> None:
     assert normalize_text(raw) == expected
+
+
+def _normalize_char_by_char(text: str) -> str:
+    """normalize_text as first written: a category look-up for every character."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if ch in "\t\n\r " or unicodedata.category(ch)[0] != "C")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def test_normalize_fast_paths_match_the_look_up_of_every_character() -> None:
+    # Every code point (in runs of 64, each run once alone and once among ASCII text, tabs and
+    # control characters), and all of ASCII: the ASCII and printable shortcuts drop exactly
+    # what the per-character look-up drops.
+    ascii_all = "".join(map(chr, range(128)))
+    texts = [ascii_all, ascii_all * 3, "plain text", "caf\u00e9 au lait", "\u00e9\x07"]
+    for start in range(0, 0x110000, 64):
+        run = "".join(map(chr, range(start, min(start + 64, 0x110000))))
+        texts += [run, f"a\tb {run} \x07c\x1b d\n"]
+    mismatched = [t for t in texts if normalize_text(t) != _normalize_char_by_char(t)]
+    assert not mismatched, [ascii(t[:80]) for t in mismatched[:3]]
 
 
 def test_normalize_keeps_case_unless_asked() -> None:

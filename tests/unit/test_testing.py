@@ -158,14 +158,14 @@ def test_a_failing_input_fails_only_its_own_job(stack: InMemoryStack, client: Cl
     assert stack.store.get(bad.id).status is JobStatus.FAILED
 
 
-def test_results_are_written_before_state_and_state_before_notices(stack: InMemoryStack,
-                                                                   client: Client) -> None:
+def test_states_and_durable_results_are_written_before_redis_and_notices(
+        stack: InMemoryStack, client: Client) -> None:
     client.infer_many("shout", ["a", "b"])
     del stack.journal[:]
     stack.run_queued()
     durability = [name for name in stack.journal if name in ("put_many", "finish", "notify")]
     assert stack.journal[0] == "claim"
-    assert durability == ["put_many", "finish", "notify"]
+    assert durability == ["finish", "put_many", "notify"]
 
 
 def test_a_result_that_left_the_cache_is_read_from_its_durable_copy(
