@@ -65,7 +65,9 @@ TERMINAL_STATUSES = frozenset(
 
 def canonical_params(params: dict[str, Any] | None) -> str:
     """Params as canonical JSON (sorted keys, no spaces) so equal params hash equally."""
-    return json.dumps(params or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if not params:  # most jobs: no params (a flush groups every job by this)
+        return "{}"
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def cache_key(kind: JobKind, target: str, version: str, params: dict[str, Any] | None,

@@ -1,6 +1,6 @@
 """The Redis side: results under content keys (binary, with a TTL) and completion notices.
 
-A worker stores a batch's results in one pipeline, and after the state commit pushes one notice per
+A worker stores a batch's results in one command, and after the state commit pushes one notice per
 job onto the submitting client's reply list, so a client waiting on thousands of jobs reads their
 completions in bulk instead of polling Postgres for each.
 """
@@ -51,6 +51,28 @@ end
 return out
 """
 
+# ``ResultCache.put_and_notify`` as one command: a pipeline of a SET per result cost the worker
+# more CPU than the rest of a tiny job's commit (redis-py builds each command in Python).
+# KEYS: the result keys, then the reply lists. ARGV: the TTL of results, that of reply lists,
+# the number of results, each result's value, then per reply list its number of notices and
+# the notices.
+_PUT_AND_NOTIFY = """
+local results = tonumber(ARGV[3])
+for i = 1, results do
+  redis.call('SET', KEYS[i], ARGV[3 + i], 'EX', ARGV[1])
+end
+local at = 4 + results
+for list = results + 1, #KEYS do
+  local count = tonumber(ARGV[at])
+  for first = at + 1, at + count, 1000 do
+    redis.call('RPUSH', KEYS[list], unpack(ARGV, first, math.min(first + 999, at + count)))
+  end
+  redis.call('EXPIRE', KEYS[list], ARGV[2])
+  at = at + count + 1
+end
+return 0
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Notice:
@@ -71,6 +93,7 @@ class ResultCache:
         self.namespace = namespace
         self._url = redact_url(url)
         self._put_unless_cancelled = client.register_script(_PUT_UNLESS_CANCELLED)
+        self._put_and_notify = client.register_script(_PUT_AND_NOTIFY)
 
     @classmethod
     def connect(cls, redis_url: str, namespace: str, connect_timeout_s: float = 5.0) -> ResultCache:
@@ -149,28 +172,26 @@ class ResultCache:
         return {ids[int(i) - 1] for i in cast("list[int]", found)}
 
     def notify(self, notices: Mapping[str, Sequence[Notice]]) -> None:
-        """Push notices onto each reply list (key -> notices), one pipeline for all."""
+        """Push notices onto each reply list (key -> notices), one command for all."""
         self.put_and_notify({}, 0, notices)
 
     def put_and_notify(self, results: Mapping[str, bytes], ttl_s: int,
                        notices: Mapping[str, Sequence[Notice]]) -> None:
-        """``put_many`` and then ``notify``, in one pipeline: the commit of a worker whose
-        results were written to Postgres with their jobs' states just before (a client that
-        sees a job succeeded before its result is here reads that durable copy)."""
+        """``put_many`` and then ``notify``, in one command (a script): the commit of a worker
+        whose results were written to Postgres with their jobs' states just before (a client
+        that sees a job succeeded before its result is here reads that durable copy). Reply
+        lists with no notice are left alone."""
         lists = {reply_to: items for reply_to, items in notices.items() if items}
         if not results and not lists:
             return
+        args: list[bytes | str | int] = [ttl_s, REPLY_TTL_S, len(results), *results.values()]
+        for items in lists.values():
+            args.append(len(items))
+            args.extend(msgpack.packb([n.job_id, n.status, n.error] if n.result is None
+                                      else [n.job_id, n.status, n.error, n.result])
+                        for n in items)
         with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            for key, value in results.items():
-                pipe.set(self.result_key(key), value, ex=ttl_s)
-            for reply_to, items in lists.items():
-                pipe.rpush(reply_to, *[msgpack.packb([n.job_id, n.status, n.error]
-                                                     if n.result is None else
-                                                     [n.job_id, n.status, n.error, n.result])
-                                       for n in items])
-                pipe.expire(reply_to, REPLY_TTL_S)
-            pipe.execute()
+            self._put_and_notify(keys=[*map(self.result_key, results), *lists], args=args)
 
     def wait_notices(self, reply_to: str, timeout_s: float, limit: int = 1000) -> list[Notice]:
         """Block up to ``timeout_s`` for the first notice, then take what else is there."""

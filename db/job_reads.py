@@ -4,6 +4,7 @@ engine and ``_begin``."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,6 +58,8 @@ def record_of(row: RowMapping) -> JobRecord:
     )
 
 
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 RECORD_COLUMNS = [c for c in jobs_table.c
                    if c.name not in ("payload", "result", "sent_at", "step", "blob_keys")]
 
@@ -88,6 +91,10 @@ def as_uuid(value: str) -> uuid.UUID:
 
 
 def is_uuid(value: str) -> bool:
+    """True for a string ``uuid.UUID`` reads: the canonical form (every id aidist makes) by a
+    regex, at a quarter of a parse's cost (a claim asks for each of its jobs), others parsed."""
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return True
     try:
         uuid.UUID(str(value))
     except ValueError:

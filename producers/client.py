@@ -91,7 +91,8 @@ class Client:
             self.cache, self.store, self.cache.reply_key(self.client_id)
         )
         self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_singles)
-        self.sent = SentMarker(self.store, after_s=mark_after(self.settings.sweep_after_s))
+        self.sent = SentMarker(self.store, after_s=mark_after(self.settings.sweep_after_s),
+                               unfinished=self.tracker.unfinished)
         self.sender = BackgroundSender(self._publish, self.sent.add, self._refused,
                                        inline=not background_publish)
         self._reader = ResultReader(

@@ -114,6 +114,11 @@ class CompletionTracker:
             _, dropped = self._results.popitem(last=False)
             self._result_bytes -= len(dropped)
 
+    def unfinished(self, job_ids: Sequence[str]) -> list[str]:
+        """Those of ``job_ids`` whose end this client has not learned (or has forgotten)."""
+        with self._state_lock:
+            return [job_id for job_id in job_ids if job_id not in self._finished]
+
     def known(self, job_id: str) -> Finished | None:
         """The terminal status of ``job_id`` if this client has learned it."""
         with self._state_lock:

@@ -64,3 +64,23 @@ def test_ids_wait_their_delay_and_claimed_jobs_are_not_rewritten(
 def test_the_delay_stays_well_inside_the_sweepers_age_limit() -> None:
     assert mark_after(30.0) == 2.0
     assert mark_after(1.0) == 0.25
+
+
+def test_jobs_the_client_knows_ended_are_not_marked(store: JobStore,
+                                                    new_job: NewJobFactory) -> None:
+    # The client learned of ``ended`` already (here it only says so: its row is still queued,
+    # which shows the marker asked the client and not the row).
+    ended, pending = new_job(), new_job()
+    store.insert_jobs([ended, pending])
+    asked: list[list[str]] = []
+
+    def unfinished(job_ids: list[str]) -> list[str]:
+        asked.append(list(job_ids))
+        return [job_id for job_id in job_ids if job_id != ended.id]
+
+    marker = SentMarker(store, every_s=3600, unfinished=unfinished)
+    marker.add([ended.id, pending.id])
+    marker.close()
+    assert asked == [[ended.id, pending.id]]
+    assert _sent_at_is_set(store, pending.id)
+    assert not _sent_at_is_set(store, ended.id)
