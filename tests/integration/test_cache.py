@@ -102,6 +102,17 @@ def test_wait_notices_takes_at_most_limit_and_keeps_the_rest(cache: ResultCache)
     assert [notice.job_id for notice in rest] == ids[3:]
 
 
+def test_wait_notices_without_blmpop_takes_two_round_trips_alike(cache: ResultCache) -> None:
+    # What a server before Redis 7 gets (the client falls back on "unknown command").
+    cache._blmpop = False
+    reply = cache.reply_key(unique("client"))
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    cache.notify({reply: [Notice(job_id, "succeeded") for job_id in ids]})
+    assert [n.job_id for n in cache.wait_notices(reply, 1.0, limit=2)] == ids[:3]
+    assert [n.job_id for n in cache.wait_notices(reply, 1.0)] == ids[3:]
+    assert cache.wait_notices(reply, 0.05) == []
+
+
 def test_wait_notices_on_an_empty_list_times_out_with_nothing(cache: ResultCache) -> None:
     reply = cache.reply_key(unique("client"))
     started = time.monotonic()
