@@ -554,3 +554,29 @@ def test_an_insert_larger_than_one_page_lands_whole(store: JobStore,
     store.insert_jobs(rows)
     assert store.count_by_status([row.id for row in rows])[JobStatus.QUEUED] == len(rows)
     assert store.payloads([rows[-1].id]) == {rows[-1].id: str(INSERT_PAGE + 2).encode()}
+
+
+def test_claims_and_finishes_are_planned_once_per_connection(scratch_database_url: str,
+                                                             new_job: NewJobFactory) -> None:
+    # One-job claims and finishes (single-message load) used to be planned at every run: the
+    # custom plans saw their arrays' lengths and always looked cheaper than the generic one.
+    db_setup.upgrade(scratch_database_url)
+    store = JobStore.connect(scratch_database_url)
+    try:
+        jobs = [new_job() for _ in range(16)]
+        store.insert_jobs([new_job() for _ in range(3000)] + jobs)
+        with store.engine.begin() as connection:  # statistics of a table in use
+            connection.execute(text("ANALYZE jobs"))
+        for job in jobs:  # one thread: every call takes the pool's one connection
+            (claim,) = store.claim([ClaimRequest(job.id)], "w")
+            assert store.finish([Outcome(job.id, claim.attempt, JobStatus.SUCCEEDED)]) == 1
+        with store.engine.connect() as connection:
+            plans = dict(connection.execute(text(
+                "SELECT CASE WHEN statement LIKE '%%WITH done AS%%' THEN 'finish' "
+                "WHEN statement LIKE '%%UPDATE jobs SET%%status = CASE%%' THEN 'claim' END, "
+                "generic_plans FROM pg_prepared_statements")).all())
+    finally:
+        store.close()
+    # psycopg prepares a statement at its fifth run, Postgres plans its first five runs as
+    # prepared statement itself, then keeps the generic plan: 16 runs, 6 of them generic.
+    assert plans.get("claim", 0) >= 6 and plans.get("finish", 0) >= 6, plans
