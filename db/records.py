@@ -103,6 +103,9 @@ class Claim:
     status: JobStatus
     attempt: int
     follows: str | None = None  # an identical job is running: this one takes its end, not a run
+    # an identical job has succeeded and kept its result in its row: the run looks for that
+    # result in Redis first (without this, every flush asked Redis about every job)
+    twin_stored: bool = False
     # seconds from the row's insert to this claim (Postgres's clock both times): a first claim's
     # queue wait, for the workers' metrics; not compared (a claim is the same claim whenever)
     queued_s: float = field(default=0.0, compare=False)

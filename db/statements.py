@@ -75,7 +75,9 @@ MARK_SENT = (
 # step 0, or taking a run over, counts against the attempt budget; continuing a pipeline (a
 # redelivered step that had not begun included), or claiming again, does not.
 # A fresh start of a job identical to one already running (same cache key) does not run: it
-# follows that job (``follows``) and takes its end state and result when it finishes.
+# follows that job (``follows``) and takes its end state and result when it finishes. One
+# identical to a job that has succeeded since it was submitted says so (``twin_stored``, from
+# ix_jobs_result_key), and its run takes that result from Redis instead of running the model.
 _OWN = "(jobs.status = 'running' AND jobs.worker = %(worker)s AND jobs.step = u.step)"
 _TAKES_OVER = ("(u.takeover AND jobs.status = 'running' AND jobs.step = u.step "
                "AND (u.holder IS NULL OR jobs.worker = u.holder))")
@@ -113,7 +115,12 @@ CLAIM = (
         OR (u.step > 0 AND jobs.status = 'running' AND jobs.attempts = u.attempt
             AND (jobs.step = u.step - 1 OR {_TAKES_OVER})))
     RETURNING CAST(jobs.id AS text), jobs.status, jobs.attempts, CAST(jobs.follows AS text),
-              CAST(EXTRACT(EPOCH FROM now() - jobs.created_at) AS double precision) AS queued_s
+              CAST(EXTRACT(EPOCH FROM now() - jobs.created_at) AS double precision) AS queued_s,
+              CASE WHEN jobs.status = 'running' AND jobs.follows IS NULL
+                   THEN EXISTS (SELECT 1 FROM jobs AS twin
+                                WHERE twin.cache_key = jobs.cache_key
+                                  AND twin.status = 'succeeded' AND twin.result IS NOT NULL)
+                   ELSE false END AS twin_stored
     """
 )
 

@@ -113,9 +113,10 @@ class JobStore(JobReads):
         params = claim_params(valid, worker, max_attempts)
         with driver_cursor(self.engine) as cursor:
             cursor.execute(CLAIM, params)
-            return [Claim(job_id, JobStatus(status), attempts, follows,
+            return [Claim(job_id, JobStatus(status), attempts, follows, twin_stored,
                           queued_s=max(float(queued_s), 0.0))
-                    for job_id, status, attempts, follows, queued_s in cursor.fetchall()]
+                    for job_id, status, attempts, follows, queued_s, twin_stored
+                    in cursor.fetchall()]
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """Record how each run ended, in one statement; returns how many rows changed. A row whose

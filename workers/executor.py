@@ -210,16 +210,22 @@ def run(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
     """Run the claimed jobs. A job whose result is in Redis already (an identical job finished
     since, in another flush or on another worker) takes it instead of running the model; a job
     cancelled since its claim is dropped before its group runs (the batch boundary; for the
-    first group, asked in the same round trip as the stored results). Inputs
-    sent by reference are read from the blob store once, for the whole flush, before any model
-    runs. Each output becomes a result, a pipeline continuation, or a failure."""
+    first group, asked in the same round trip as the stored results). With durable results the
+    claim says which jobs have such a twin (``Claim.twin_stored``), and only those (and
+    pipeline steps, whose own keys the claim does not look at) are asked about: most flushes
+    make no round trip here, and a job cancelled between its claim and the first group is left
+    to the finish's fence. Inputs sent by reference are read from the blob store once, for the
+    whole flush, before any model runs. Each output becomes a result, a pipeline continuation,
+    or a failure."""
     durable = runtime.settings.durable_results
-    keys = list({entry.cache_key for group in state.groups.values() for entry in group})
+    asked = [e for group in state.groups.values() for e in group
+             if not durable or state.claims[e.id].twin_stored or e.step or e.steps]
+    keys = list({entry.cache_key for entry in asked})
     stored: dict[str, bytes] = {}
     cancelled: set[str] = set()
     if keys:
         found, cancelled = io(partial(runtime.cache.results_and_cancelled, keys,
-                                      [e.id for group in state.groups.values() for e in group]))
+                                      [e.id for e in asked]))
         if has_refs(found):  # a reference to a blob gone since is no result: the job runs
             found = io(partial(live_results, runtime.blobs, found))
         stored = {key: data for key, data in zip(keys, found, strict=True) if data is not None}

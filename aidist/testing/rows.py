@@ -91,6 +91,8 @@ def claim_rows(rows: Rows, requests: Sequence[ClaimRequest], worker: str, max_at
     for other in rows.values():
         if other.status is JobStatus.RUNNING and other.follows is None:
             leaders.setdefault(other.cache_key, []).append(other.id)
+    stored = {other.cache_key for other in rows.values()
+              if other.status is JobStatus.SUCCEEDED and other.result is not None}
     claims: list[Claim] = []
     touched: set[str] = set()
     for request in requests:
@@ -119,7 +121,9 @@ def claim_rows(rows: Rows, requests: Sequence[ClaimRequest], worker: str, max_at
         if fresh and not past and not give_up:
             others = [i for i in leaders.get(row.cache_key, []) if i != row.id]
             row.follows = others[0] if others else None
+        running = row.status is JobStatus.RUNNING and row.follows is None
         claims.append(Claim(row.id, row.status, row.attempts, row.follows,
+                            twin_stored=running and row.cache_key in stored,
                             queued_s=max((now - row.created_at).total_seconds(), 0.0)))
     return claims
 

@@ -374,6 +374,24 @@ def test_finish_keeps_a_durable_copy_found_by_cache_key(store: JobStore,
     assert store.results_by_key([]) == {}
 
 
+def test_a_claim_says_which_jobs_have_a_twin_that_succeeded_with_its_result(
+        store: JobStore, new_job: NewJobFactory) -> None:
+    done = new_job()
+    store.insert_jobs([done])
+    (claim,) = store.claim(first(done.id), "w")
+    assert not claim.twin_stored  # nothing identical has succeeded yet
+    store.finish([Outcome(done.id, claim.attempt, JobStatus.SUCCEEDED, result=b"\x01r")])
+    twin, failed_twin, alone = (new_job(cache_key=done.cache_key), new_job(), new_job())
+    failing = new_job(cache_key=failed_twin.cache_key)
+    store.insert_jobs([failing])
+    (failed,) = store.claim(first(failing.id), "w")
+    store.finish([Outcome(failing.id, failed.attempt, JobStatus.FAILED, "bad")])
+    store.insert_jobs([twin, failed_twin, alone])
+    claims = {c.id: c.twin_stored for c in store.claim(first(twin.id, failed_twin.id,
+                                                                alone.id), "w")}
+    assert claims == {twin.id: True, failed_twin.id: False, alone.id: False}
+
+
 def test_sweep_hands_over_only_old_unsent_queued_jobs_once(store: JobStore,
                                                            new_job: NewJobFactory) -> None:
     unsent, sent, running = new_job(), new_job(), new_job()

@@ -73,10 +73,16 @@ class Cache(InMemoryCache):
     def __init__(self, events: list[str]) -> None:
         super().__init__(journal=events)
         self.ttls: list[int] = []
+        self.looks: list[list[str]] = []  # the cache keys of each look before a run
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
         self.ttls.append(ttl_s)
         super().put_many(results, ttl_s)
+
+    def results_and_cancelled(self, cache_keys: Sequence[str], job_ids: Sequence[str]
+                              ) -> tuple[list[bytes | None], set[str]]:
+        self.looks.append(list(cache_keys))
+        return super().results_and_cancelled(cache_keys, job_ids)
 
 
 class Recorder:

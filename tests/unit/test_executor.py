@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tenacity import wait_none
 
+from aidist import codec
 from aidist.errors import ModelLoadError, PoisonMessage, TransientError
 from aidist.jobs import JobKind, JobStatus
 from db import ClaimRequest, Notice
@@ -394,3 +395,27 @@ def test_a_transient_error_that_persists_fails_the_batch_once(
     assert report.failed == 2
     assert calls == [2] * (harness.runtime.settings.transient_retries + 1)  # no item-by-item
     assert "remote tokenizer timed out" in (harness.outcome(entries[0]).error or "")
+
+
+def test_only_jobs_whose_twin_succeeded_are_looked_up_before_their_run(harness: Harness) -> None:
+    # With durable results the claim says which jobs have an identical job that succeeded
+    # since they were submitted; a flush with none makes no round trip before it runs.
+    harness.run([harness.entry("recorder", text) for text in ("a", "b")])
+    assert harness.cache.looks == []
+    twin = harness.entry("recorder", "done elsewhere")
+    harness.store.add(target="recorder", cache_key=twin["key"], status=JobStatus.SUCCEEDED,
+                      result=codec.encode("from the twin"))
+    harness.cache.put_many({twin["key"]: codec.encode("from the twin")}, 60)
+    other = harness.entry("recorder", "new")
+    report = harness.run([twin, other])
+    assert harness.cache.looks == [[twin["key"]]]
+    assert report.from_cache == {twin["id"]} and report.computed == {other["id"]}
+    assert harness.result(twin) == "from the twin"
+
+
+def test_without_durable_results_every_job_is_looked_up(harness: Harness) -> None:
+    harness.runtime.settings = harness.runtime.settings.model_copy(
+        update={"durable_results": False})
+    entries = [harness.entry("recorder", text) for text in ("a", "b")]
+    harness.run(entries)
+    assert [sorted(keys) for keys in harness.cache.looks] == [sorted(e["key"] for e in entries)]
