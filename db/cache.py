@@ -1,8 +1,8 @@
 """The Redis side: results under content keys (binary, with a TTL) and completion notices.
 
-A worker stores a batch's results in one command, and after the state commit pushes one notice per
-job onto the submitting client's reply list, so a client waiting on thousands of jobs reads their
-completions in bulk instead of polling Postgres for each.
+After the state commit, a worker stores a batch's results and pushes one notice per job onto the
+submitting client's reply list, in one command, so a client waiting on thousands of jobs reads
+their completions in bulk instead of polling Postgres for each.
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ def commit(runtime: WorkerRuntime, state: FlushState, io: ServiceRetry) -> None:
     round trip (``_commit_state_first``). Otherwise outputs too large to keep inline go to the
     blob store first, then results (or their references) to Redis (a client that sees
     ``succeeded`` finds its result), then pipeline continuations, then every state in one
-    statement (fenced on the attempt: a stale or cancelled run changes nothing), then notices.
-    Jobs cancelled while their batch ran are left out of all of it: no cached result, no next
-    step (their cancel marks are read in the same Redis script that stores the results, one
-    round trip)."""
+    statement (fenced on the attempt: a stale or cancelled run changes nothing), then notices;
+    there, jobs cancelled while their batch ran are left out of all of it: no cached result, no
+    next step (their cancel marks are read in the same Redis script that stores the results,
+    one round trip). Either way a cancelled job gets no notice and no result."""
     limit, ttl_s = runtime.settings.inline_max_bytes, runtime.settings.result_ttl_s
     large = any(len(data) > limit for data in state.results.values())
     if runtime.settings.durable_results and not state.forwards and not large:
