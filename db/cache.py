@@ -51,8 +51,9 @@ end
 return out
 """
 
-# ``ResultCache.put_and_notify`` as one command: a pipeline of a SET per result cost the worker
-# more CPU than the rest of a tiny job's commit (redis-py builds each command in Python).
+# ``ResultCache.put_and_notify`` (and so ``put_many`` and ``notify``) as one command: a pipeline
+# of a SET per result cost the worker more CPU than the rest of a tiny job's commit (redis-py
+# builds each command in Python).
 # KEYS: the result keys, then the reply lists. ARGV: the TTL of results, that of reply lists,
 # the number of results, each result's value, then per reply list its number of notices and
 # the notices.
@@ -142,14 +143,8 @@ class ResultCache:
             return list(cast("list[bytes | None]", values))
 
     def put_many(self, results: Mapping[str, bytes], ttl_s: int) -> None:
-        """Store results with a TTL in one pipeline."""
-        if not results:
-            return
-        with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            for key, value in results.items():
-                pipe.set(self.result_key(key), value, ex=ttl_s)
-            pipe.execute()
+        """Store results with a TTL in one command (the commit's script, with no notices)."""
+        self.put_and_notify(results, ttl_s, {})
 
     def put_unless_cancelled(self, results: Mapping[str, bytes],
                              produced: Mapping[str, str | None], ttl_s: int) -> set[str]:
