@@ -41,11 +41,29 @@ IDLE_IN_TRANSACTION_S = 60
 PING_AFTER_IDLE_S = 1.0
 
 
+# Postgres keeps a prepared statement's generic plan for the connection's life, or until the
+# table is analyzed again, and makes it from the table's size when it makes it. The hot
+# statements (``db.statements``) are prepared after their fifth run: on a young table that is
+# when the table is a few rows, where a sequential scan and a hash join are the cheapest plan,
+# and autovacuum analyzes it again only after a minute or more. Meanwhile the table grew, and
+# every claim and finish read all of it (auto_explain on a fresh database: a finish of 128 jobs
+# read 21,888 rows instead of 128; Postgres CPU per single-message job 500 -> 3,800 µs over four
+# rounds of 2,000 jobs, flat at 300-400 with an ANALYZE before each). So each pooled connection
+# drops its plans (DISCARD PLANS: the statements stay prepared, each is planned again on its next
+# run, from the table as it is then) once it is REPLAN_FIRST_S old, and again each time its age
+# doubles, then every REPLAN_EVERY_MAX_S: a plan in use is never older than half the
+# connection's age, and the replanning costs a few milliseconds of server CPU per 5 minutes.
+REPLAN_FIRST_S = 1.0
+REPLAN_EVERY_MAX_S = 300.0
+
+
 def create_store_engine(database_url: str, connect_timeout_s: float = 5.0, *,
-                        ping_after_idle_s: float = PING_AFTER_IDLE_S) -> Engine:
+                        ping_after_idle_s: float = PING_AFTER_IDLE_S,
+                        replan_first_s: float | None = REPLAN_FIRST_S) -> Engine:
     """An engine with a short connect timeout and a ping of connections that sat idle, so a dead
-    server fails fast, and sessions the server ends when left idle in a transaction, so a dead
-    client's locks go."""
+    server fails fast, sessions the server ends when left idle in a transaction, so a dead
+    client's locks go, and plans made again as connections age, so none outlives the table size
+    it was made for (``replan_first_s=None``: never; 0: at every checkout)."""
     options = str(make_url(database_url).query.get("options") or "")
     if "idle_in_transaction_session_timeout" not in options:  # the URL's own choice wins
         options = f"{options} -c idle_in_transaction_session_timeout=" \
@@ -58,7 +76,37 @@ def create_store_engine(database_url: str, connect_timeout_s: float = 5.0, *,
     )
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", partial(_ping_if_idle, engine.dialect, ping_after_idle_s))
+    if replan_first_s is not None:
+        event.listen(engine, "connect", partial(_schedule_replan, replan_first_s))
+        event.listen(engine, "checkout", _replan_when_due)
     return engine
+
+
+def _schedule_replan(first_s: float, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    now = time.monotonic()
+    record.info["connected"] = now
+    record.info["replan_at"] = now + first_s
+
+
+def _replan_when_due(dbapi_connection: Any, record: ConnectionPoolEntry,
+                     proxy: PoolProxiedConnection) -> None:
+    """DISCARD PLANS on a connection whose replan is due (``REPLAN_FIRST_S``), in autocommit
+    (the pool hands out connections outside a transaction, and leaves them so); a connection
+    that does not answer is replaced, as a failed ping is."""
+    due = record.info.get("replan_at")
+    now = time.monotonic()
+    if due is None or now < due:
+        return
+    age = now - record.info["connected"]
+    record.info["replan_at"] = now + min(age, REPLAN_EVERY_MAX_S)
+    before = dbapi_connection.autocommit
+    try:
+        dbapi_connection.autocommit = True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("DISCARD PLANS")
+        dbapi_connection.autocommit = before
+    except Exception as exc:
+        raise DisconnectionError(f"a pooled connection did not answer: {exc}") from exc
 
 
 def _note_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

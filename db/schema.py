@@ -84,8 +84,8 @@ class JobRow(Base):
                                     "'cancelled'::text, 'expired'::text])")),
         Index("ix_jobs_unfinished", "status", "created_at",
               postgresql_where=text("finished_at IS NULL")),
-        Index("ix_jobs_result_key", "cache_key",  # durable results only: migration 0010
-              postgresql_where=text("status = 'succeeded' AND result IS NOT NULL")),
+        Index("ix_jobs_result_key", "cache_key",  # durable results only: migrations 0010, 0012
+              postgresql_where=text("result IS NOT NULL")),
         Index("ix_jobs_unsent", "created_at",
               postgresql_where=text("status = 'queued' AND sent_at IS NULL")),
         Index("ix_jobs_running_followers", "follows",

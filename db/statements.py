@@ -78,6 +78,9 @@ MARK_SENT = (
 # follows that job (``follows``) and takes its end state and result when it finishes. One
 # identical to a job that has succeeded since it was submitted says so (``twin_stored``, from
 # ix_jobs_result_key), and its run takes that result from Redis instead of running the model.
+# That probe asks for a result and not for a status: only a succeeded row holds a result, and a
+# `status = 'succeeded'` would let the planner read every succeeded row through ix_jobs_ended
+# (migration 0012).
 _OWN = "(jobs.status = 'running' AND jobs.worker = %(worker)s AND jobs.step = u.step)"
 _TAKES_OVER = ("(u.takeover AND jobs.status = 'running' AND jobs.step = u.step "
                "AND (u.holder IS NULL OR jobs.worker = u.holder))")
@@ -119,7 +122,7 @@ CLAIM = (
               CASE WHEN jobs.status = 'running' AND jobs.follows IS NULL
                    THEN EXISTS (SELECT 1 FROM jobs AS twin
                                 WHERE twin.cache_key = jobs.cache_key
-                                  AND twin.status = 'succeeded' AND twin.result IS NOT NULL)
+                                  AND twin.result IS NOT NULL)
                    ELSE false END AS twin_stored
     """
 )

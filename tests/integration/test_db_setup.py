@@ -56,7 +56,7 @@ def test_upgraded_jobs_table_has_the_design_columns(scratch_database_url: str) -
             assert columns[optional]["nullable"] is True, optional
         with engine.connect() as connection:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert revision == "0011"
+        assert revision == "0012"
     finally:
         engine.dispose()
 
