@@ -179,6 +179,7 @@ class MessageBatcher:
             return
         for item in held:
             self._event("started", item)
+        self.hooks.messages_handled()
         if self.background is not None:
             self.background.submit(held, alone)
             self._drain_soon()
@@ -214,11 +215,13 @@ class MessageBatcher:
             for item in held:
                 _settle_one(item.message, "requeue")
                 self._event("retried", item, exception=outcome.requeue)
+            self.hooks.messages_handled()
             return
         if outcome.dead is not None:
             for item in held:
                 _settle_one(item.message, "dead")
                 self._event("failed", item, exception=outcome.dead)
+            self.hooks.messages_handled()
             return
         parked: list[_Held] = []
         for item in held:
@@ -244,6 +247,7 @@ class MessageBatcher:
         if parked:
             self.call_after(PARK_S, lambda: self._retry_parked(parked))
         self.batches += 1
+        self.hooks.messages_handled()
 
     def _retry_parked(self, parked: list[_Held]) -> None:
         """Try parked messages again: their jobs have finished (skipped, acked), their worker

@@ -119,6 +119,10 @@ class WorkerHook:
         """A batched message was received, started, succeeded, failed or retried (Celery's
         task event names, without the ``task-`` prefix)."""
 
+    def messages_handled(self) -> None:
+        """The batcher is through with a group of message events (a flush handed over, a
+        batch settled): a hook that gathers something per message sends it now."""
+
 
 class Hooks:
     """The hooks of one worker, called in order; what a hook raises is logged, not raised."""
@@ -156,6 +160,9 @@ class Hooks:
 
     def message_event(self, event: str, message: Any, **fields: Any) -> None:
         self._each("message_event", event, message, fields)
+
+    def messages_handled(self) -> None:
+        self._each("messages_handled")
 
     @contextmanager
     def flush(self, entries: Sequence[JobEntry]) -> Iterator[list[BatchReport]]:

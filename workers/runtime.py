@@ -27,7 +27,7 @@ from db.blob_base import BlobStore
 from db.blobs import open_blob_store_for
 from db.interfaces import JobStoreLike, ResultCacheLike
 from models import LoadContext, ModelSpec, Registry, Runner, build_registry
-from models.threads import set_torch_threads, torch_threads
+from models.threads import set_torch_threads
 from workers.hooks import Hooks
 
 log = logging.getLogger("aidist.worker")
@@ -94,7 +94,7 @@ class WorkerRuntime:
     dtype_override: str | None = None
     batch_threads: int = 1
     in_flight: InFlight = field(default_factory=InFlight)
-    _batch_pool: ThreadPoolExecutor | None = None
+    _pools: dict[str, ThreadPoolExecutor] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def map_batches(self, run: Callable[[Batch], Result], batches: list[Batch],
@@ -102,21 +102,38 @@ class WorkerRuntime:
         """``run`` over ``batches``, in order: on up to ``threads`` (at most ``batch_threads``)
         pool threads side by side, or on this thread when one would do."""
         if len(batches) == 1 and threads > 1 and self.batch_threads > 1:
-            # one batch (a lone job at low load): on this thread, with every core's threads
-            with torch_threads(self.batch_threads * max(self.context.torch_threads, 1)):
-                return [run(batches[0])]
+            # One batch (a lone job at low load) has nothing to share out: it runs with every
+            # core's torch threads, always on the same thread (``_pool``).
+            return [self._pool("lone").submit(run, batches[0]).result()]
         if min(threads, self.batch_threads) <= 1 or len(batches) <= 1:
             return [run(batch) for batch in batches]
+        return list(self._pool("side by side").map(run, batches))
+
+    def _pool(self, kind: str) -> ThreadPoolExecutor:
+        """The model-call threads: ``side by side`` (``batch_threads`` of them, one torch
+        thread each) or ``lone`` (one, with every core's torch threads). Each thread sets its
+        torch threads once, when it starts, and keeps them.
+
+        Lone batches keep to one thread because of how OpenMP (libgomp) waits: a thread that
+        runs torch with n threads gets a team of n - 1 OpenMP threads of its own, and once a
+        process holds more OpenMP threads than cores, every team's threads stop spinning
+        between operators and sleep, so each operator of a forward pays their wake-up. Lone
+        batches on whichever runner thread had the flush made one team per runner thread: a
+        lone minilm sentence ran no faster on two threads than on one (measured on 2 cores:
+        17-18 ms, using 1.37 cores, against 12-13 ms with one such team in the process, using
+        1.97)."""
         with self._lock:
-            if self._batch_pool is None:
-                # Each pool thread sets its own torch threads: a thread takes the count last
-                # set anywhere when it starts, which may be a lone batch's (see above).
-                self._batch_pool = ThreadPoolExecutor(
-                    self.batch_threads, thread_name_prefix="aidist-model",
+            pool = self._pools.get(kind)
+            if pool is None:
+                lone = kind == "lone"
+                pool = ThreadPoolExecutor(
+                    1 if lone else self.batch_threads,
+                    thread_name_prefix="aidist-lone" if lone else "aidist-model",
                     initializer=set_torch_threads,
-                    initargs=(max(self.context.torch_threads, 1),))
-            pool = self._batch_pool
-        return list(pool.map(run, batches))
+                    initargs=((self.batch_threads if lone else 1)
+                              * max(self.context.torch_threads, 1),))
+                self._pools[kind] = pool
+            return pool
 
     def forward(self, queue: str, entries: list[dict[str, Any]]) -> None:
         """Publish pipeline continuations and split redeliveries (confirmed) to a job queue."""
@@ -175,8 +192,8 @@ class WorkerRuntime:
 
     def close(self) -> None:
         """Close connections and the model-call threads."""
-        if self._batch_pool is not None:
-            self._batch_pool.shutdown(wait=False)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False)
         self.store.close()
         self.cache.close()
         self.publisher.close()

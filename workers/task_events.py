@@ -7,8 +7,10 @@ empty while a batch runs and ``stats.total`` stays ``{}`` after thousands of job
 ``BatchedRequest`` in Celery's worker state for each held message (reserved when taken, active when
 its batch starts, gone when it is settled) and sends the ``task-*`` events Celery would send:
 received, started, then succeeded, failed (a message some of whose jobs failed: the event names
-them, so Flower does not show "Failed 0" while jobs failed) or retried. The cpu pool runs ordinary
-Celery tasks, whose state and events Celery keeps itself (``workers.requests``). Events are sent
+them, so Flower does not show "Failed 0" while jobs failed) or retried. They go gathered, a
+flush's or a settled batch's in one message (Celery's ``task.multi``), not a message each. The
+cpu pool runs ordinary Celery tasks, whose state and events Celery keeps itself
+(``workers.requests``). Events are sent
 only if the worker sends events (``AIDIST_TASK_EVENTS``, on by default); the worker state is kept
 either way (it costs a few set operations per message). Every moment runs on the consumer's
 thread, as Celery's own state updates do.
@@ -25,6 +27,9 @@ from celery.worker import state as worker_state
 from workers.hooks import WorkerHook
 
 LISTED_FAILURES = 5  # job ids a failure event names; the rest are counted
+#: Task events sent together at most (a flush of 256 one-job messages makes 256 ``task-started``
+#: events; about 300 bytes each).
+EVENTS_PER_MESSAGE = 512
 
 
 class _LateAck:
@@ -91,6 +96,17 @@ class TaskEvents(WorkerHook):
     def consumer_ready(self, consumer: Any) -> None:
         self.dispatcher = getattr(consumer, "event_dispatcher", None)
         self.hostname = str(getattr(consumer, "hostname", "") or "")
+        if self.dispatcher is not None:
+            # Celery's own buffering of an event group: ``task-*`` events wait in the
+            # dispatcher and go as one ``task.multi`` message (a list, which Celery's event
+            # receivers, Flower's included, unpack) when the batcher is through with a group
+            # of messages (``messages_handled``), instead of one message per event.
+            self.dispatcher.buffer_group = frozenset({"task"})
+            self.dispatcher.buffer_limit = EVENTS_PER_MESSAGE
+
+    def messages_handled(self) -> None:
+        if self.enabled:
+            self.dispatcher.flush(errors=False, groups=True)
 
     def message_event(self, event: str, message: Any, fields: dict[str, Any]) -> None:
         self._track(event, message)

@@ -14,6 +14,7 @@ from aidist.config import Settings
 from aidist.jobs import JobKind
 from models import LoadContext, ModelSpec, Runner
 from tests.unit.doubles import Harness
+from workers.launch import openmp_wait
 from workers.runtime import batch_parallelism
 
 CORES = os.cpu_count() or 1
@@ -161,12 +162,14 @@ class TorchThreads:
 
     def __init__(self) -> None:
         self.counts: list[int] = []
+        self.threads: list[int] = []
 
     def load(self, context: LoadContext) -> Runner:
         torch = pytest.importorskip("torch")
 
         def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
             self.counts.append(torch.get_num_threads())
+            self.threads.append(threading.get_ident())
             return list(inputs)
 
         return run
@@ -189,3 +192,28 @@ def test_a_lone_job_gets_every_cores_threads_and_a_shared_flush_one_each(
     harness.run([harness.entry("threads", f"s{i}") for i in range(4)])
     assert model.counts == [1, 1]  # two calls side by side, one thread each
     harness.runtime.close()
+
+
+def test_lone_jobs_run_on_one_thread_whichever_runner_had_them(harness: Harness) -> None:
+    """Every thread that runs torch with n threads holds n - 1 OpenMP threads; past the
+    cores, OpenMP stops spinning and a lone job ran at one thread's speed. So lone batches of
+    every runner thread go to the same one thread."""
+    pytest.importorskip("torch")
+    model = TorchThreads()
+    _with_model(harness, "threads", model.load, thread_safe=True, threads=2)
+    harness.runtime.context = LoadContext(device="cpu", torch_threads=1)
+    runners = [threading.Thread(target=harness.run,
+                                args=([harness.entry("threads", f"alone {i}")],))
+               for i in range(3)]
+    for runner in runners:  # one after the other, each on a thread of its own
+        runner.start()
+        runner.join()
+    assert model.counts == [2, 2, 2]
+    assert len(set(model.threads)) == 1
+    assert model.threads[0] not in {runner.ident for runner in runners}
+    harness.runtime.close()
+
+
+def test_openmp_threads_spin_briefly_side_by_side_and_sleep_at_once_otherwise() -> None:
+    assert openmp_wait(2) == ("GOMP_SPINCOUNT", "10000")  # only lone batches use OpenMP threads
+    assert openmp_wait(1) == ("OMP_WAIT_POLICY", "PASSIVE")  # every call uses one per core
