@@ -145,10 +145,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How often each worker runs the sweeper.")
     task_events: bool = Field(
         default=True,
-        description="Workers send Celery task events, so Flower shows their tasks: three small "
-                    "messages per job message (a packed message carries up to pack_size jobs); "
-                    "their cost on throughput is measured in `make bench` (events scenario). "
-                    "A running Flower does not turn them on: this setting decides.")
+        description="Workers send Celery task events, so Flower shows their tasks: three per "
+                    "job message (a packed message carries up to pack_size jobs), a gpu worker "
+                    "sending a flush's together in one message; their cost on throughput is "
+                    "measured in `make bench` (events scenario). A running Flower does not turn "
+                    "them on: this setting decides.")
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Worker log lines: text, or json (one object per line, for log shippers).")
