@@ -210,18 +210,20 @@ class MessageBatcher:
             self._drain_soon()
 
     def _settle(self, held: list[_Held], outcome: _Outcome) -> None:
+        self._settle_each(held, outcome)
+        self.hooks.messages_handled()
+
+    def _settle_each(self, held: list[_Held], outcome: _Outcome) -> None:
         if outcome.requeue is not None:
             log.error("requeueing %d messages, a service is down: %s", len(held), outcome.requeue)
             for item in held:
                 _settle_one(item.message, "requeue")
                 self._event("retried", item, exception=outcome.requeue)
-            self.hooks.messages_handled()
             return
         if outcome.dead is not None:
             for item in held:
                 _settle_one(item.message, "dead")
                 self._event("failed", item, exception=outcome.dead)
-            self.hooks.messages_handled()
             return
         parked: list[_Held] = []
         for item in held:
@@ -247,7 +249,6 @@ class MessageBatcher:
         if parked:
             self.call_after(PARK_S, lambda: self._retry_parked(parked))
         self.batches += 1
-        self.hooks.messages_handled()
 
     def _retry_parked(self, parked: list[_Held]) -> None:
         """Try parked messages again: their jobs have finished (skipped, acked), their worker
