@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 _VERSION_7 = 0x7 << 76
 _VARIANT_RFC = 0x2 << 62
@@ -24,4 +23,5 @@ def new_job_id() -> str:
     """A fresh job id: a version-7 UUID (milliseconds since the epoch, then random bits)."""
     millis = time.time_ns() // 1_000_000
     value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
-    return str(uuid.UUID(int=(value & _KEEP) | _VERSION_7 | _VARIANT_RFC))
+    digits = f"{(value & _KEEP) | _VERSION_7 | _VARIANT_RFC:032x}"  # str(UUID), without one
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
