@@ -77,3 +77,39 @@ def test_a_long_lived_client_keeps_a_bounded_number_of_statuses() -> None:
     waiter = tracker.iter_finished(["job-new"], timeout_s=WAIT_S)
     tracker.record("job-new", JobStatus.FAILED, "boom")
     assert [(f.job_id, f.error) for f in waiter] == [("job-new", "boom")]
+
+
+def _finished_row(store: InMemoryStore) -> str:
+    row = NewJob(id=str(uuid.uuid4()), kind=JobKind.INFER, target="t", version="1",
+                 cache_key="k", payload=None, status=JobStatus.SUCCEEDED)
+    store.insert_jobs([row])  # finished with no notice: a wait learns it from Postgres alone
+    return row.id
+
+
+def test_a_quiet_reply_list_sends_a_wait_to_postgres_soon(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(waiting, "POLL_START_S", 0.01)
+    monkeypatch.setattr(waiting, "POLL_MAX_S", 600.0)
+    cache, store = InMemoryCache(), InMemoryStore()
+    tracker = CompletionTracker(cache, store, cache.reply_key("client"))
+    job_id = _finished_row(store)
+    assert [f.job_id for f in tracker.iter_finished([job_id], timeout_s=WAIT_S)] == [job_id]
+    assert tracker.polls == 1
+
+
+def test_notices_of_other_jobs_put_off_asking_postgres(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Notices are coming, so a job without one is taken to be still queued in a busy queue:
+    # before, each wait asked Postgres after POLL_START_S; now only after POLL_MAX_S.
+    monkeypatch.setattr(waiting, "POLL_START_S", 0.01)
+    monkeypatch.setattr(waiting, "POLL_MAX_S", 600.0)
+    cache, store = InMemoryCache(), InMemoryStore()
+    reply_to = cache.reply_key("client")
+    tracker = CompletionTracker(cache, store, reply_to)
+    cache.notify({reply_to: [Notice("job-a", JobStatus.SUCCEEDED.value)]})
+    assert [f.job_id for f in tracker.iter_finished(["job-a"], timeout_s=WAIT_S)] == ["job-a"]
+    job_id = _finished_row(store)
+    waiter = tracker.iter_finished([job_id], timeout_s=0.3)
+    # found by the final look when the wait's time is up, with no poll before it
+    assert [f.job_id for f in waiter] == [job_id]
+    assert tracker.polls == 0
