@@ -28,15 +28,21 @@ def _until(condition: Callable[[], object], what: str) -> None:
         pause.wait(0.001)
 
 
+def _tracker(monkeypatch: pytest.MonkeyPatch, **waits: float
+             ) -> tuple[InMemoryCache, InMemoryStore, CompletionTracker]:
+    """A tracker on in-memory doubles, with ``producers.waiting``'s timings set to ``waits``."""
+    for name, seconds in waits.items():
+        monkeypatch.setattr(waiting, name, seconds)
+    cache, store = InMemoryCache(), InMemoryStore()
+    return cache, store, CompletionTracker(cache, store, cache.reply_key("client"))
+
+
 def test_a_notice_read_by_another_thread_ends_a_wait_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Waits so long that only the hand-over can end B's wait within the test's deadline (before
     # it, B blocked on the reader's turn, then on the next notice, up to these).
-    monkeypatch.setattr(waiting, "POLL_START_S", 600.0)
-    monkeypatch.setattr(waiting, "NOTICE_WAIT_MAX_S", 600.0)
-    cache, store = InMemoryCache(), InMemoryStore()
-    reply_to = cache.reply_key("client")
-    tracker = CompletionTracker(cache, store, reply_to)
+    cache, _, tracker = _tracker(monkeypatch, POLL_START_S=600.0, NOTICE_WAIT_MAX_S=600.0)
+    reply_to = tracker.reply_to
     got: dict[str, list[str]] = {"a": [], "b": []}
 
     def wait_on(name: str, job_id: str) -> None:
@@ -88,10 +94,7 @@ def _finished_row(store: InMemoryStore) -> str:
 
 def test_a_quiet_reply_list_sends_a_wait_to_postgres_soon(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(waiting, "POLL_START_S", 0.01)
-    monkeypatch.setattr(waiting, "POLL_MAX_S", 600.0)
-    cache, store = InMemoryCache(), InMemoryStore()
-    tracker = CompletionTracker(cache, store, cache.reply_key("client"))
+    _, store, tracker = _tracker(monkeypatch, POLL_START_S=0.01, POLL_MAX_S=600.0)
     job_id = _finished_row(store)
     assert [f.job_id for f in tracker.iter_finished([job_id], timeout_s=WAIT_S)] == [job_id]
     assert tracker.polls == 1
@@ -101,11 +104,8 @@ def test_notices_of_other_jobs_put_off_asking_postgres(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Notices are coming, so a job without one is taken to be still queued in a busy queue:
     # before, each wait asked Postgres after POLL_START_S; now only after POLL_MAX_S.
-    monkeypatch.setattr(waiting, "POLL_START_S", 0.01)
-    monkeypatch.setattr(waiting, "POLL_MAX_S", 600.0)
-    cache, store = InMemoryCache(), InMemoryStore()
-    reply_to = cache.reply_key("client")
-    tracker = CompletionTracker(cache, store, reply_to)
+    cache, store, tracker = _tracker(monkeypatch, POLL_START_S=0.01, POLL_MAX_S=600.0)
+    reply_to = tracker.reply_to
     cache.notify({reply_to: [Notice("job-a", JobStatus.SUCCEEDED.value)]})
     assert [f.job_id for f in tracker.iter_finished(["job-a"], timeout_s=WAIT_S)] == ["job-a"]
     job_id = _finished_row(store)
