@@ -63,7 +63,7 @@ class CompletionTracker:
         self._learned = threading.Condition(self._state_lock)
         self._reading = False  # one thread at a time reads the reply list
         self._outage = threading.Event()  # never set: a pause while Redis is unreachable
-        self.polls = 0  # how many times a wait asked Postgres (tests, the bench)
+        self.polls = 0  # how many times a wait asked Postgres before its time was up (tests)
         self._notice_at = -POLL_MAX_S  # when the last notice came (monotonic)
         self._results: OrderedDict[str, bytes] = OrderedDict()  # job id -> result in hand
         self._result_bytes = 0

@@ -37,6 +37,13 @@ def _tracker(monkeypatch: pytest.MonkeyPatch, **waits: float
     return cache, store, CompletionTracker(cache, store, cache.reply_key("client"))
 
 
+def _finished_row(store: InMemoryStore) -> str:
+    row = NewJob(id=str(uuid.uuid4()), kind=JobKind.INFER, target="t", version="1",
+                 cache_key="k", payload=None, status=JobStatus.SUCCEEDED)
+    store.insert_jobs([row])  # finished with no notice: a wait learns it from Postgres alone
+    return row.id
+
+
 def test_a_notice_read_by_another_thread_ends_a_wait_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Waits so long that only the hand-over can end B's wait within the test's deadline (before
@@ -67,29 +74,20 @@ def test_a_notice_read_by_another_thread_ends_a_wait_at_once(
 def test_a_long_lived_client_keeps_a_bounded_number_of_statuses() -> None:
     cache, store = InMemoryCache(), InMemoryStore()
     tracker = CompletionTracker(cache, store, cache.reply_key("client"), known_max=10)
-    old = NewJob(id=str(uuid.uuid4()), kind=JobKind.INFER, target="t", version="1",
-                 cache_key="k", payload=None, status=JobStatus.SUCCEEDED)
-    store.insert_jobs([old])
-    tracker.record(old.id, JobStatus.SUCCEEDED)
+    old_id = _finished_row(store)
+    tracker.record(old_id, JobStatus.SUCCEEDED)
     later = [f"job-{i}" for i in range(30)]
     for job_id in later:
         tracker.record(job_id, JobStatus.SUCCEEDED)
     assert len(tracker._finished) <= 10 and len(tracker._order) <= 10
     assert tracker.known(later[-1]) is not None
-    assert tracker.known(old.id) is None  # forgotten...
+    assert tracker.known(old_id) is None  # forgotten...
     # ...so a wait on it asks Postgres (here its double), and still ends
-    assert [f.job_id for f in tracker.iter_finished([old.id], timeout_s=WAIT_S)] == [old.id]
+    assert [f.job_id for f in tracker.iter_finished([old_id], timeout_s=WAIT_S)] == [old_id]
     # and what is learned after the forgetting is found as before
     waiter = tracker.iter_finished(["job-new"], timeout_s=WAIT_S)
     tracker.record("job-new", JobStatus.FAILED, "boom")
     assert [(f.job_id, f.error) for f in waiter] == [("job-new", "boom")]
-
-
-def _finished_row(store: InMemoryStore) -> str:
-    row = NewJob(id=str(uuid.uuid4()), kind=JobKind.INFER, target="t", version="1",
-                 cache_key="k", payload=None, status=JobStatus.SUCCEEDED)
-    store.insert_jobs([row])  # finished with no notice: a wait learns it from Postgres alone
-    return row.id
 
 
 def test_a_quiet_reply_list_sends_a_wait_to_postgres_soon(
