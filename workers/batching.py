@@ -32,6 +32,7 @@ from workers.redelivery import look_again, split_lost
 from workers.runners import BackgroundRunner, _Held, _Outcome, execute_held
 from workers.runtime import WorkerRuntime
 from workers.task_events import failure_text
+from workers.wakeup import Wakeup
 
 log = logging.getLogger("aidist.worker")
 DRAIN_EVERY_S = 0.002
@@ -74,6 +75,7 @@ class MessageBatcher:
     _timer: Any = None
     _deadline: float = 0.0
     _draining: bool = False  # a drain is scheduled on the consumer's timer
+    woken: bool = False  # the runners wake the consumer's loop as a batch ends: no drain timer
     batches: int = 0
 
     def add(self, message: Any) -> None:
@@ -160,7 +162,7 @@ class MessageBatcher:
         if self.background is not None and not self.background.has_free_runner():
             # Every runner is busy: a flush handed over now would wait in line, and the
             # messages that come meanwhile would make flushes of their own. Held here instead,
-            # they all go to the first runner that frees up, as one flush (``_drain_tick``):
+            # they all go to the first runner that frees up, as one flush (``on_batch_ended``):
             # under load, flushes grow to what arrived during a batch, not to what arrived
             # during the idle wait (measured: single-message flushes of 1-10 jobs before).
             return
@@ -194,20 +196,26 @@ class MessageBatcher:
 
     def _drain_soon(self) -> None:
         """Look for finished batches every ``DRAIN_EVERY_S`` while any is in flight, and not at
-        all when none is: a timer that fired for ever cost an idle worker about 5 % of a core."""
-        if not self._draining:
+        all when none is (a timer that fired for ever cost an idle worker about 5 % of a core).
+        Not at all either where the runner threads wake the loop when a batch ends
+        (``woken``: the consumer's event loop watches a ``workers.wakeup.Wakeup``)."""
+        if not self._draining and not self.woken:
             self._draining = True
             self.call_after(DRAIN_EVERY_S, self._drain_tick)
 
     def _drain_tick(self) -> None:
         self._draining = False
-        self.drain()
-        if self.background is None:
-            return
-        if self._held and self._timer is None and self.background.has_free_runner():
-            self.flush()  # messages held for a runner: one is free now
-        if self.background.in_flight():
+        self.on_batch_ended()
+        if self.background is not None and self.background.in_flight():
             self._drain_soon()
+
+    def on_batch_ended(self) -> None:
+        """Settle what the runners finished, and hand messages held for a runner to one that is
+        free now (on the consumer's thread: the loop's wake-up, or the drain timer)."""
+        self.drain()
+        if (self.background is not None and self._held and self._timer is None
+                and self.background.has_free_runner()):
+            self.flush()
 
     def _settle(self, held: list[_Held], outcome: _Outcome) -> None:
         self._settle_each(held, outcome)
@@ -286,6 +294,7 @@ class BatchingStrategy:
         # new handler after a broker reconnect): a flush that must run alone waits for the ones
         # still running from before the reconnect too, whose messages come back redelivered.
         self.background: BackgroundRunner | None = None
+        self._wakeup: Wakeup | None = None
 
     def __call__(self, task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
         self.hooks.consumer_ready(consumer)
@@ -295,6 +304,26 @@ class BatchingStrategy:
         batcher = MessageBatcher(self.runtime, self.policy, consumer.timer.call_after, self.hooks,
                                  background)
         self.batchers.append(batcher)
+        hub = getattr(consumer, "hub", None)
+        if background is not None and hub is not None:
+            # The consumer's event loop (kombu's hub) watches a pipe the runner threads write
+            # to as each batch ends: no timer polls for them (``workers.wakeup``). After a
+            # reconnect the newest handler takes the pipe over; it settles batches of every
+            # handler before it too (each message acks on its own channel).
+            if self._wakeup is None:
+                self._wakeup = Wakeup()
+                background.on_done = self._wakeup.set
+            wakeup = self._wakeup
+            batcher.woken = True
+
+            def on_wake() -> None:
+                wakeup.clear()
+                try:
+                    batcher.on_batch_ended()
+                except Exception:  # as the timer did: log, and keep the consumer's loop going
+                    log.exception("settling finished batches failed")
+
+            hub.add_reader(wakeup.fileno(), on_wake)
 
         def on_message(message: Any, payload: Any, ack: Any, reject: Any, callbacks: Any,
                        **__: Any) -> None:

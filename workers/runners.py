@@ -64,8 +64,12 @@ class BackgroundRunner:
     process) waits until nothing else runs, and nothing else starts until it is done (the one
     case where the consumer's thread waits: rare, after a worker died)."""
 
-    def __init__(self, runtime: Callable[[], WorkerRuntime], threads: int = 1) -> None:
+    def __init__(self, runtime: Callable[[], WorkerRuntime], threads: int = 1,
+                 on_done: Callable[[], None] | None = None) -> None:
         self.runtime = runtime
+        #: Called on the runner thread after each flush ends and is counted as ended (the
+        #: consumer's loop is woken by it: ``workers.wakeup``); None: the consumer looks itself.
+        self.on_done = on_done
         # Not bounded here: the prefetch window bounds what the consumer holds, and a bound here
         # would block the consumer's thread (its heartbeats, acks and control replies) until a
         # flush ends.
@@ -162,6 +166,8 @@ class BackgroundRunner:
                     if alone:
                         self._alone_running = False
                     self._cond.notify_all()
+                if self.on_done is not None:
+                    self.on_done()
 
     def stop(self) -> None:
         """End the threads after the batches already queued."""

@@ -3,6 +3,7 @@ run alone (a redelivered job), and the pipelining default follows where model ca
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -146,6 +147,66 @@ class _Consumer:
 
     def call_repeatedly(self, every: float, fn: Callable[[], None]) -> Entry:
         return Entry()
+
+
+class _Hub:
+    """What the strategy uses of kombu's event loop: the readers it watches."""
+
+    def __init__(self) -> None:
+        self.readers: dict[int, Callable[[], None]] = {}
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.readers[fd] = callback
+
+    def wait_readable(self, fd: int) -> None:
+        """Until the loop would wake: the fd has something to read (select, with a deadline)."""
+        readable, _, _ = select.select([fd], [], [], WAIT_S)
+        assert readable, "the runner did not wake the loop"
+
+
+class _LoopConsumer(_Consumer):
+    """A consumer with an event loop, as Celery's gpu worker has, and a timer that records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub = _Hub()
+        self.timers = Timers()
+        self.call_after = self.timers.call_after  # type: ignore[method-assign]
+
+
+def test_a_batch_that_ends_wakes_the_consumers_loop_and_no_timer_polls(
+        harness: Harness) -> None:
+    """With an event loop, the runner thread writes to a pipe the loop watches as each batch
+    ends: the loop acks it then, and hands held messages to the free runner; no drain timer
+    polls while a batch is out."""
+    gate = Gate()
+    _register(harness, gate)
+    strategy = BatchingStrategy(lambda: harness.runtime, BatchPolicy(max_jobs=64, runners=1))
+    consumer = _LoopConsumer()
+    on_message = strategy(SimpleNamespace(send_events=False), None, consumer)
+    ((fd, on_wake),) = consumer.hub.readers.items()
+    log: list[str] = []
+    first, first_id = _message(harness, log, "m1", "hold")
+    on_message(first, None, None, None, None)  # an idle worker: flushed at once
+    assert gate.entered.wait(WAIT_S)
+    second, second_id = _message(harness, log, "m2", "b")
+    on_message(second, None, None, None, None)  # held: the runner is busy
+    consumer.timers.fire()  # its idle wait ends with no free runner: still held
+    assert consumer.timers.live == []  # and no timer looks for the running batch
+    gate.release.set()
+    consumer.hub.wait_readable(fd)
+    on_wake()  # m1 is acked, m2 goes to the runner that freed up
+    assert log == ["ack m1"]
+    consumer.hub.wait_readable(fd)
+    on_wake()
+    assert log == ["ack m1", "ack m2"]
+    assert gate.calls == [["hold"], ["b"]]
+    assert harness.store.status[first_id] is JobStatus.SUCCEEDED
+    assert harness.store.status[second_id] is JobStatus.SUCCEEDED
+    assert select.select([fd], [], [], 0)[0] == []  # every wake-up was read
+    assert consumer.timers.live == []
+    assert strategy.background is not None
+    strategy.background.stop()
 
 
 def test_a_consumer_restart_keeps_the_same_runner_threads(harness: Harness) -> None:
