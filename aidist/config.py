@@ -113,7 +113,7 @@ class Settings(BaseSettings):
                     "and result writes overlap the other's model calls.")
     batch_flush_batches: int = Field(
         default=4, ge=1, le=64,
-        description="gpu pool: model batches gathered per flush; sorted by length, less padding.")
+        description="gpu pool: batches of its own model a flush gathers (sorted by length).")
     batch_max_chars: int = Field(
         default=400_000, gt=0, description="gpu pool: flush once inputs total this many chars.")
     batch_prefetch: int = Field(

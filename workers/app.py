@@ -35,18 +35,24 @@ def queues_for(settings: Settings, registry: Registry, targets: list[str]) -> li
 
 def batch_policy(settings: Settings, registry: Registry, targets: list[str],
                  side_by_side: int = 1) -> BatchPolicy:
-    """The gpu pool's flush rules: a few of the largest batches any served model takes (sorted by
-    length into model batches, so less padding); each model's jobs wait for company at most its
-    own ``max_delay_ms`` (default ``AIDIST_BATCH_MAX_DELAY_MS``). Flushes always run off the
-    consumer's thread, so a long batch never stops its heartbeats, control replies (``celery
-    inspect``, Flower) and acks; several at once where ``batch_pipeline`` says so (by default
-    where the worker makes ``side_by_side`` model calls at once, i.e. on a CPU), else one."""
+    """The gpu pool's flush rules: each model's jobs gather ``batch_flush_batches`` of its own
+    batches per flush (sorted by length into model batches, so less padding), and wait for
+    company at most its own ``max_delay_ms`` (default ``AIDIST_BATCH_MAX_DELAY_MS``). Flushes
+    always run off the consumer's thread, so a long batch never stops its heartbeats, control
+    replies (``celery inspect``, Flower) and acks; several at once where ``batch_pipeline`` says
+    so (by default where the worker makes ``side_by_side`` model calls at once, i.e. on a CPU),
+    else one."""
     specs = [registry.get(target) for target in targets]
     default_s = settings.batch_max_delay_ms / 1000.0
     pipelined = (side_by_side > 1 if settings.batch_pipeline is None
                  else settings.batch_pipeline)
     return BatchPolicy(
         max_jobs=max((s.max_batch_size for s in specs), default=1) * settings.batch_flush_batches,
+        # Each model's own: minilm (batches of 64) served beside a model of batches of 256 used
+        # to gather 1,024 jobs a flush, so a job under load waited ~7 s on 2 cores from its
+        # flush's start to its result, and results came back in bursts of 1,024.
+        flush_jobs={s.name: max(s.max_batch_size, 1) * settings.batch_flush_batches
+                    for s in specs},
         max_chars=settings.batch_max_chars,
         max_delay_s=default_s,
         delays={s.name: s.max_delay_ms / 1000.0 for s in specs if s.max_delay_ms is not None},

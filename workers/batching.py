@@ -3,13 +3,13 @@
 Celery runs one task per message; a model runs many times faster per item on a batch. So the gpu
 pool's ``aidist.run_jobs`` task gets this strategy (Celery's per-task hook for how a received
 message is handled): messages are buffered, and the buffer is flushed through the executor when it
-holds ``max_jobs`` jobs, when its inputs reach ``max_chars`` characters, at once when a message
-reaches a worker with no batch in flight (a lone job waits for nobody), when no message has come
-for ``idle_s``, or at the latest when the oldest message has waited ``max_delay_s``, and then only
-once a runner thread is free to start it:
-while every runner is busy, the next messages pile up (in the prefetch window, bounded) and go
-to the first runner that frees up as one flush, so batches grow with load and stay small and
-prompt when load is light.
+holds as many jobs as its models gather per flush (``flush_jobs``), when its inputs reach
+``max_chars`` characters, at once when a message reaches a worker with no batch in flight (a lone
+job waits for nobody), when no message has come for ``idle_s``, or at the latest when the oldest
+message has waited ``max_delay_s``, and then only once a runner thread is free to start it: while
+every runner is busy, the next messages pile up (in the prefetch window, bounded) and go to the
+first runner that frees up as one flush, so batches grow with load and stay small and prompt when
+load is light.
 
 Each message is acked only after its jobs' results and states are stored (the executor returns);
 a message that cannot be understood is rejected to the dead-letter queue; if a service stays down,
@@ -43,18 +43,25 @@ SHUTDOWN_GRACE_S = 60.0  # a warm shutdown waits this long for running batches t
 class BatchPolicy:
     """When a buffer of messages is flushed into a batch run."""
 
-    max_jobs: int = 64
+    max_jobs: int = 64  # for a target without a size of its own in ``flush_jobs``
     max_chars: int = 200_000
     max_delay_s: float = 0.010  # for a target without a delay of its own in ``delays``
     idle_s: float = 0.002
     runners: int = 0  # flushes run on this many threads of their own; 0: on the consumer's
     delays: Mapping[str, float] = field(default_factory=dict)  # target -> its longest wait
+    flush_jobs: Mapping[str, int] = field(default_factory=dict)  # target -> its flush size
 
     def delay_of(self, entries: Sequence[JobEntry]) -> float:
         """The longest the jobs of a message may wait for others: the shortest delay among
         their models (a message normally holds one model's jobs)."""
         return min((self.delays.get(e.target, self.max_delay_s) for e in entries),
                    default=self.max_delay_s)
+
+    def jobs_of(self, entries: Sequence[JobEntry]) -> int:
+        """How many jobs a flush holding these may gather: the smallest flush size among
+        their models."""
+        return min((self.flush_jobs.get(e.target, self.max_jobs) for e in entries),
+                   default=self.max_jobs)
 
 
 @dataclass
@@ -72,6 +79,7 @@ class MessageBatcher:
     _held: list[_Held] = field(default_factory=list)
     _jobs: int = 0
     _chars: int = 0
+    _max_jobs: int = 0  # the held messages' smallest flush size (0: nothing held)
     _timer: Any = None
     _deadline: float = 0.0
     _draining: bool = False  # a drain is scheduled on the consumer's timer
@@ -140,7 +148,9 @@ class MessageBatcher:
         self.hooks.message_event("received", message)
         self._jobs += len(entries) + len(problems)
         self._chars += sum(len(e.input) if isinstance(e.input, str) else 0 for e in entries)
-        if self._jobs >= self.policy.max_jobs or self._chars >= self.policy.max_chars:
+        limit = self.policy.jobs_of(entries)
+        self._max_jobs = limit if not self._max_jobs else min(self._max_jobs, limit)
+        if self._jobs >= self._max_jobs or self._chars >= self.policy.max_chars:
             self.flush()
             return
         if self.background is not None and not self.background.in_flight():
@@ -176,7 +186,7 @@ class MessageBatcher:
             self._timer.cancel()
             self._timer = None
         held, self._held = self._held, []
-        self._jobs = self._chars = 0
+        self._jobs = self._chars = self._max_jobs = 0
         if not held:
             return
         for item in held:

@@ -97,6 +97,30 @@ def test_each_model_waits_at_most_its_own_delay(harness: Harness,
     assert log == ["ack m1", "ack m2", "ack m3"]
 
 
+def test_each_model_gathers_its_own_batches_per_flush(harness: Harness) -> None:
+    """A flush gathers a few batches of its own model, not of the largest-batch model served
+    beside it; a buffer holding two models' jobs flushes at the smaller size."""
+    harness.registry.register(ModelSpec(name="wide", kind=JobKind.INFER,
+                                        loader=harness.recorder.load, version="w-1",
+                                        max_batch_size=8))
+    harness.registry.register(ModelSpec(name="narrow", kind=JobKind.INFER,
+                                        loader=harness.recorder.load, version="n-1",
+                                        max_batch_size=2))
+    policy = batch_policy(Settings(batch_flush_batches=2), harness.registry, ["wide", "narrow"])
+    assert policy.flush_jobs == {"wide": 16, "narrow": 4}
+    timers = Timers()
+    batcher = MessageBatcher(lambda: harness.runtime, policy, timers.call_after)
+    log: list[str] = []
+    batcher.add(_message(harness, log, "m1", "a", "b", "c", target="narrow")[0])
+    assert log == []  # 3 of narrow's 4
+    batcher.add(_message(harness, log, "m2", "d", target="narrow")[0])
+    assert log == ["ack m1", "ack m2"]  # 4: flushed without a timer
+    batcher.add(_message(harness, log, "m3", *"efghijkl", target="wide")[0])
+    assert log == ["ack m1", "ack m2"]  # 8 of wide's 16: held
+    batcher.add(_message(harness, log, "m4", "m", target="narrow")[0])
+    assert log == ["ack m1", "ack m2", "ack m3", "ack m4"]  # narrow's 4 is the limit now
+
+
 def test_batch_policy_keeps_each_models_own_delay(harness: Harness) -> None:
     harness.registry.register(ModelSpec(name="patient", kind=JobKind.INFER,
                                         loader=harness.recorder.load, version="p-1",
