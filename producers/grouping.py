@@ -4,16 +4,28 @@ Each ``infer()`` on its own costs a Redis lookup, an INSERT and a confirmed publ
 that dominate when many threads submit one job each. Calls that arrive while another thread is
 flushing are gathered and flushed together: one lookup, one INSERT, one message per queue. A lone
 caller flushes at once, so it waits for nobody; a caller only waits for a flush already under way.
+
+Under load the thread that flushes first gathers: when other threads have submitted in the last
+``RECENT_S``, it waits up to ``GATHER_S`` for as many callers as there are such threads. Without
+it, the threads that a flush has just answered are still on their way back (their next call's
+encoding, under the GIL) when the next flush starts, and with 4 threads a flush carried 2 jobs
+on average: every job paid half a commit and half a cache lookup.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+#: Threads that submitted this recently are counted as still submitting (a flush waits for them).
+RECENT_S = 0.005
+#: The longest a flush waits for those threads' next calls.
+GATHER_S = 0.002
 
 
 class _Slot(Generic[Item, Result]):
@@ -32,22 +44,31 @@ class GroupSubmitter(Generic[Item, Result]):
 
     def __init__(self, flush: Callable[[list[Item]], Sequence[Result]]) -> None:
         self._flush = flush
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
         self._pending: list[_Slot[Item, Result]] = []
         self._flushing = False
+        self._gathering = threading.Condition(lock)  # a flush gathering callers waits here
+        self._gatherer = False
+        self._seen: dict[int, float] = {}  # thread ident -> its last submit (monotonic)
         self.flushes = 0
 
     def submit(self, item: Item) -> Result:
         """Flush ``item`` (with whatever else is waiting) and return its result, or raise the
         error its flush raised."""
         slot: _Slot[Item, Result] = _Slot(item)
+        now = time.monotonic()
         with self._cond:
+            self._seen[threading.get_ident()] = now
             self._pending.append(slot)
+            if self._gatherer:
+                self._gathering.notify()
             while not slot.done:
                 if self._flushing:
                     self._cond.wait()
                     continue
                 self._flushing = True
+                self._gather(now)
                 batch, self._pending = self._pending, []
                 self._cond.release()
                 try:
@@ -60,6 +81,25 @@ class GroupSubmitter(Generic[Item, Result]):
             raise slot.error
         assert slot.result is not None
         return slot.result
+
+    def _gather(self, now: float) -> None:
+        """Called holding the lock, as this thread starts a flush: wait (at most ``GATHER_S``)
+        until the threads seen submitting in the last ``RECENT_S`` have each added a call."""
+        recent = [ident for ident, seen in self._seen.items() if now - seen < RECENT_S]
+        if len(recent) < len(self._seen):
+            self._seen = {ident: self._seen[ident] for ident in recent}
+        if len(self._pending) >= len(recent):
+            return
+        deadline = now + GATHER_S
+        self._gatherer = True
+        try:
+            while len(self._pending) < len(recent):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._gathering.wait(left)
+        finally:
+            self._gatherer = False
 
     def _run(self, batch: list[_Slot[Item, Result]]) -> None:
         self.flushes += 1

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from producers import grouping
 from producers.grouping import GroupSubmitter
 
 
@@ -70,3 +71,45 @@ def test_a_failed_flush_raises_in_every_caller_of_that_flush() -> None:
         group.submit(1)
     group._flush = lambda items: [7 for _ in items]
     assert group.submit(2) == 7  # the submitter is usable again
+
+
+def test_under_load_a_flush_waits_briefly_for_the_other_submitting_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # So long a gathering that only the other thread's call can end it within the deadline.
+    monkeypatch.setattr(grouping, "RECENT_S", 600.0)
+    monkeypatch.setattr(grouping, "GATHER_S", 600.0)
+    batches: list[list[int]] = []
+
+    def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        return [item * 10 for item in items]
+
+    group: GroupSubmitter[int, int] = GroupSubmitter(flush)
+    assert group.submit(1) == 10  # a lone thread: at once
+    results: dict[int, int] = {}
+    other = threading.Thread(target=lambda: results.update({2: group.submit(2)}))
+    other.start()  # this thread submitted recently: the other's flush waits for its next call
+    _wait_until(lambda: group._gatherer)
+    assert batches == [[1]]
+    assert group.submit(3) == 30
+    other.join(10)
+    assert batches == [[1], [2, 3]] and results == {2: 20}
+
+
+def test_a_gathering_flush_goes_without_a_thread_that_does_not_call_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grouping, "RECENT_S", 600.0)
+    monkeypatch.setattr(grouping, "GATHER_S", 0.01)
+    batches: list[list[int]] = []
+
+    def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        return [item * 10 for item in items]
+
+    group: GroupSubmitter[int, int] = GroupSubmitter(flush)
+    assert group.submit(1) == 10
+    results: dict[int, int] = {}
+    other = threading.Thread(target=lambda: results.update({2: group.submit(2)}))
+    other.start()
+    other.join(10)
+    assert batches == [[1], [2]] and results == {2: 20}

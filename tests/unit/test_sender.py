@@ -103,7 +103,7 @@ def test_inline_publishes_before_send_returns() -> None:
     assert broker.calls[0][3] is threading.current_thread()
 
 
-def test_under_load_jobs_wait_briefly_for_company_and_an_idle_sender_publishes_at_once(
+def test_jobs_recorded_during_a_publish_wait_briefly_for_company_and_others_go_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # So long a linger that only the count can end it within the test's deadline.
     monkeypatch.setattr(sender_module, "LINGER_S", 600.0)
@@ -112,9 +112,16 @@ def test_under_load_jobs_wait_briefly_for_company_and_an_idle_sender_publishes_a
     sender, sent, _ = _sender(broker)
     sender.send([_item("a")])  # an idle sender: published at once, no linger
     assert sender.wait_sent(WAIT_S) and sent == ["a"]
-    sender.send([_item("b")])  # just after a publish: "b" waits for company
-    assert not sender.wait_sent(0.05)
-    sender.send([_item("c")])  # two waiting: published together
+    sender.send([_item("b")])  # nothing came in during "a"'s publish: no load, no linger
+    assert sender.wait_sent(WAIT_S) and sent == ["a", "b"]
+    broker.release.clear()
+    broker.entered.clear()
+    sender.send([_item("c")])
+    assert broker.entered.wait(WAIT_S)  # "c" is being published
+    sender.send([_item("d")])  # recorded during a publish: under load
+    broker.release.set()
+    assert not sender.wait_sent(0.05)  # "d" waits for company
+    sender.send([_item("e")])  # two waiting: published together
     assert sender.wait_sent(WAIT_S)
-    assert [ids for _, ids, _, _ in broker.calls] == [["a"], ["b", "c"]]
+    assert [ids for _, ids, _, _ in broker.calls] == [["a"], ["b"], ["c"], ["d", "e"]]
     sender.close()
