@@ -73,18 +73,23 @@ def test_a_failed_flush_raises_in_every_caller_of_that_flush() -> None:
     assert group.submit(2) == 7  # the submitter is usable again
 
 
-def test_under_load_a_flush_waits_briefly_for_the_other_submitting_threads(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # So long a gathering that only the other thread's call can end it within the deadline.
-    monkeypatch.setattr(grouping, "RECENT_S", 600.0)
-    monkeypatch.setattr(grouping, "GATHER_S", 600.0)
+def _recording_group() -> tuple[GroupSubmitter[int, int], list[list[int]]]:
+    """A submitter whose flushes are recorded and answer each item times ten."""
     batches: list[list[int]] = []
 
     def flush(items: list[int]) -> list[int]:
         batches.append(items)
         return [item * 10 for item in items]
 
-    group: GroupSubmitter[int, int] = GroupSubmitter(flush)
+    return GroupSubmitter(flush), batches
+
+
+def test_under_load_a_flush_waits_briefly_for_the_other_submitting_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # So long a gathering that only the other thread's call can end it within the deadline.
+    monkeypatch.setattr(grouping, "RECENT_S", 600.0)
+    monkeypatch.setattr(grouping, "GATHER_S", 600.0)
+    group, batches = _recording_group()
     assert group.submit(1) == 10  # a lone thread: at once
     results: dict[int, int] = {}
     other = threading.Thread(target=lambda: results.update({2: group.submit(2)}))
@@ -100,13 +105,7 @@ def test_a_gathering_flush_goes_without_a_thread_that_does_not_call_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(grouping, "RECENT_S", 600.0)
     monkeypatch.setattr(grouping, "GATHER_S", 0.01)
-    batches: list[list[int]] = []
-
-    def flush(items: list[int]) -> list[int]:
-        batches.append(items)
-        return [item * 10 for item in items]
-
-    group: GroupSubmitter[int, int] = GroupSubmitter(flush)
+    group, batches = _recording_group()
     assert group.submit(1) == 10
     results: dict[int, int] = {}
     other = threading.Thread(target=lambda: results.update({2: group.submit(2)}))
