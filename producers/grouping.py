@@ -83,8 +83,10 @@ class GroupSubmitter(Generic[Item, Result]):
         return slot.result
 
     def _gather(self, now: float) -> None:
-        """Called holding the lock, as this thread starts a flush: wait (at most ``GATHER_S``)
-        until the threads seen submitting in the last ``RECENT_S`` have each added a call."""
+        """Called holding the lock, as this thread starts a flush: wait until the threads seen
+        submitting in the last ``RECENT_S`` have each added a call, at most until ``GATHER_S``
+        after this thread's own call came in (``now``): a caller that already waited for an
+        earlier flush does not wait again."""
         recent = [ident for ident, seen in self._seen.items() if now - seen < RECENT_S]
         if len(recent) < len(self._seen):
             self._seen = {ident: self._seen[ident] for ident in recent}
