@@ -9,22 +9,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
-
 from aidist import codec
 from aidist.config import Settings
 from aidist.errors import (
     IdempotencyConflict,
     InvalidInput,
     JobTimeout,
-    ServiceUnavailable,
 )
 from aidist.jobs import (
     JobKind,
     JobStatus,
     Step,
     cache_key,
-    message_packs,
     pipeline_key,
 )
 from aidist.transport import JobPublisher, Publisher
@@ -38,18 +34,17 @@ from producers.job import Job, raise_for_status
 from producers.outbox import SentMarker, mark_after
 from producers.payloads import offload
 from producers.progress import job_progress
+from producers.publishing import RecordedJobPublisher
 from producers.reading import ResultReader
 from producers.recompute import Recomputer
 from producers.rows import new_rows, outgoing_entries
 from producers.sender import BackgroundSender
 from producers.submission import (
     Deadline,
-    Outgoing,
     Plan,
     Plans,
     Request,
     SubmitOptions,
-    by_destination,
     entry_sizes,
     submit_options,
 )
@@ -95,8 +90,10 @@ class Client:
         self._group: GroupSubmitter[Request, Job] = GroupSubmitter(self._enqueue_singles)
         self.sent = SentMarker(self.store, after_s=mark_after(self.settings.sweep_after_s),
                                unfinished=self.tracker.unfinished)
-        self.sender = BackgroundSender(self._publish, self.sent.add, self._refused,
-                                       inline=not background_publish)
+        self.publishing = RecordedJobPublisher(self.settings, self.publisher, self.store,
+                                               self.sent, self.tracker)
+        self.sender = BackgroundSender(self.publishing.publish, self.sent.add,
+                                       self.publishing.refused, inline=not background_publish)
         self._reader = ResultReader(
             self.tracker, self.cache, self.store, self.blobs,
             Recomputer(self.store, self.cache, self.registry, self._enqueue_requests,
@@ -237,13 +234,6 @@ class Client:
         background sender (``producers.sender``), packed with other calls' jobs."""
         return self._enqueue_requests(requests, background=True)
 
-    def _refused(self, job_ids: list[str], error: str) -> None:
-        """The broker refused the message of recorded jobs: they fail, and their waiters learn
-        it here."""
-        self.store.fail_unsent(job_ids, error)
-        for job_id in job_ids:
-            self.tracker.record(job_id, JobStatus.FAILED, error)
-
     def _enqueue_requests(self, requests: list[Request], background: bool = False) -> list[Job]:
         """Cache lookup, large inputs to the blob store, one INSERT for every row, packed
         confirmed publishing of the misses (``background``: by the sender's thread)."""
@@ -274,48 +264,9 @@ class Client:
         if background:
             self.sender.send(outgoing)
         else:
-            self._publish_now(outgoing)
+            self.publishing.publish_now(outgoing)
         return [Job(self, row.id, r.plan.kind, r.plan.label, row.cache_key)
                 for row, r in zip(rows, requests, strict=True)]
-
-    def _publish_now(self, outgoing: list[Outgoing]) -> None:
-        """Publish recorded jobs before returning, per queue and priority."""
-        sent: set[str] = set()
-        for (queue, priority), items in by_destination(outgoing).items():
-            entries = [item.entry for item in items]
-            try:
-                self._publish(queue, entries, [item.size for item in items], priority)
-            except ServiceUnavailable as exc:
-                # The rows are the commit point: jobs recorded but not yet sent stay queued and
-                # unsent, and a worker's sweeper publishes them once the broker is back.
-                log.warning("%d jobs recorded but not yet published (%s); a worker's sweeper "
-                            "publishes them once the broker is back", len(outgoing) - len(sent),
-                            exc)
-                break
-            except Exception:
-                unsent = [item.entry["id"] for item in outgoing
-                          if item.entry["id"] not in sent]
-                self.store.fail_unsent(unsent, "not published: the broker refused the message")
-                raise
-            sent.update(entry["id"] for entry in entries)
-        self.sent.add(list(sent))
-
-    def _publish(self, queue: str, entries: list[dict[str, Any]], sizes: Sequence[int],
-                 priority: int) -> None:
-        """Publish packed (``pack_size`` jobs, at most ``max_message_bytes``, per message), each
-        message confirmed; a broker that fails mid-submit (a restart) is retried with backoff
-        for ``publish_retry_s`` (a duplicate from a lost confirm is harmless: the claim fencing
-        runs each job once)."""
-        for pack in message_packs(sizes, self.settings.pack_size,
-                                  self.settings.max_message_bytes):
-            try:  # a broker that answers needs no retry loop (~25 µs of set-up a message)
-                self.publisher.publish(queue, entries[pack], priority)
-            except ServiceUnavailable:
-                retrying = Retrying(retry=retry_if_exception_type(ServiceUnavailable),
-                                    wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
-                                    stop=stop_after_delay(self.settings.publish_retry_s),
-                                    reraise=True)
-                retrying(self.publisher.publish, queue, entries[pack], priority)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every single submission made so far is published (they are sent from a
