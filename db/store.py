@@ -174,10 +174,11 @@ class JobStore(JobReads):
         claims while holding rows they wait for deadlocked (measured: a 6 s stall of two flushes
         at the 1 s deadlock timeout). A row left unmarked that stays queued is sent again by the
         sweeper, which the claim fencing makes harmless."""
-        if not job_ids:
+        ids = [job_id for job_id in job_ids if is_uuid(job_id)]  # no UUID object per id
+        if not ids:
             return
         with driver_cursor(self.engine) as cursor:
-            cursor.execute(MARK_SENT, {"ids": text_array(as_uuids(job_ids))})
+            cursor.execute(MARK_SENT, {"ids": text_array(ids)})
 
     def sweep_unsent(self, older_than_s: float, limit: int,
                      publish: Callable[[list[UnsentJob]], Sequence[str]]) -> int:

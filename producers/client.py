@@ -4,6 +4,7 @@ results."""
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -223,7 +224,8 @@ class Client:
 
     def _enqueue(self, plan: Plan, inputs: list[Any], payloads: list[bytes], keys: list[str],
                  options: SubmitOptions) -> list[Job]:
-        requests = [Request(plan, value, payload, key, options)
+        thread = threading.get_ident()
+        requests = [Request(plan, value, payload, key, options, thread)
                     for value, payload, key in zip(inputs, payloads, keys, strict=True)]
         if len(requests) == 1 and options.idempotency_key is None:
             return [self._group.submit(requests[0])]

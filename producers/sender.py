@@ -3,8 +3,8 @@
 ``client.infer()`` returns once its row is committed: the row is the commit point (the sweeper
 publishes a row whose message never went out), so the confirmed publish need not happen on the
 caller's thread. This thread takes everything recorded while its last publish was in flight (and,
-when something was, for up to ``LINGER_S`` after it) and sends it packed, per queue and
-priority, in as few messages as ``pack_size`` and ``max_message_bytes`` allow. With several
+when something was, what comes a little later: see ``LINGER_S``) and sends it packed, per queue
+and priority, in as few messages as ``pack_size`` and ``max_message_bytes`` allow. With several
 threads submitting one job each, a message then carries the jobs of several calls instead of the
 two or three of one group commit, and every message saved is a publish, a confirm, a delivery,
 an ack and three task events fewer. Each call also returns sooner: after one round trip to Redis
@@ -31,13 +31,20 @@ log = logging.getLogger("aidist.client")
 
 
 #: Under load (jobs were recorded while the previous publish was out), the next publish waits
-#: until this long after the previous one ended for company, unless ``LINGER_UP_TO`` jobs are
-#: already waiting. Measured on 2 cores with 4 threads calling ``infer()``: at 2 ms, 0.43
-#: messages per job and RabbitMQ's CPU per job 12% lower than with none; at 5 ms (with the group
-#: commit's gathering) 0.18-0.27 messages per job and RabbitMQ's CPU per job 45-67% lower than at
-#: 2 ms. A sender that is not under load publishes at once: a lone call, or one thread calling
-#: one job at a time, waits for nobody.
+#: ``LINGER_S`` after the previous one ended for company, unless ``LINGER_UP_TO`` jobs are
+#: already waiting. Where callers do not wait for their jobs (a thread submitted again while a
+#: job of its own was still waiting here: it submits a stream, as ``map`` does but one call at a
+#: time), the wait goes on while jobs keep coming, until none has come for ``LINGER_S``, at most
+#: ``LINGER_MAX_S`` after the publish: the message fills up. Callers that each wait for their job
+#: (a closed loop: a web handler, ``infer().result()`` in a loop) never submit again while their
+#: job waits here, so for them a linger lasts ``LINGER_S`` at most, however many they are.
+#: Measured on 2 cores with 4 threads calling ``infer()``: a 2 ms linger made 0.43 messages per
+#: job; 5 ms (with the group commit's gathering) 0.18-0.27 and RabbitMQ's CPU per job 45-67%
+#: lower; going on while a stream keeps coming, up to 25 ms: see the README (Performance). A
+#: sender that is not under load publishes at once: a lone call, or one thread calling one job
+#: at a time, waits for nobody.
 LINGER_S = 0.005
+LINGER_MAX_S = 0.025
 LINGER_UP_TO = 64
 Publish = Callable[[str, list[dict[str, Any]], list[int], int], None]
 
@@ -55,6 +62,9 @@ class BackgroundSender:
         self._failed = failed
         self._pending: list[Outgoing] = []
         self._busy = False  # a publish is under way (what is pending waits for the next)
+        self._last_in = 0.0  # monotonic: when ``send`` last queued jobs
+        self._waiting_threads: set[int] = set()  # submitters of what is pending
+        self._stream = False  # one of them submitted again while its job was pending
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -69,6 +79,11 @@ class BackgroundSender:
             return
         with self._cond:
             self._pending.extend(items)
+            self._last_in = time.monotonic()
+            threads = {item.thread for item in items if item.thread}
+            if not self._stream and not threads.isdisjoint(self._waiting_threads):
+                self._stream = True
+            self._waiting_threads |= threads
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="aidist-sender",
                                                 daemon=True)
@@ -89,18 +104,25 @@ class BackgroundSender:
             self._thread.join(timeout_s)
 
     def _loop(self) -> None:
-        linger_until = 0.0  # monotonic; set after a publish that jobs came in during
+        lingering_from = 0.0  # monotonic: the end of a publish that jobs came in during; 0: none
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending or self._closed)
                 if not self._pending:
                     return  # closed, nothing left
-                while not self._closed and len(self._pending) < LINGER_UP_TO:
-                    left = linger_until - time.monotonic()
+                while (lingering_from and not self._closed
+                       and len(self._pending) < LINGER_UP_TO):
+                    until = lingering_from + LINGER_S
+                    if self._stream:
+                        until = min(lingering_from + LINGER_MAX_S,
+                                    max(until, self._last_in + LINGER_S))
+                    left = until - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
                 batch, self._pending = self._pending, []
+                self._waiting_threads = set()
+                self._stream = False
                 self._busy = True
             try:
                 self._send(batch)
@@ -108,7 +130,7 @@ class BackgroundSender:
                 ended = time.monotonic()
                 with self._cond:
                     self._busy = False
-                    linger_until = ended + LINGER_S if self._pending else 0.0
+                    lingering_from = ended if self._pending else 0.0
                     self._cond.notify_all()
 
     def _send(self, batch: list[Outgoing]) -> None:

@@ -42,6 +42,7 @@ class Request:
     payload: bytes
     key: str
     options: SubmitOptions
+    thread: int = 0  # the submitting thread's ident (0: not known): see producers.sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ class Outgoing:
     priority: int
     entry: dict[str, Any]
     size: int
+    thread: int = 0  # the submitting thread's ident (0: not known)
 
 
 

@@ -37,8 +37,8 @@ class Broker:
                            threading.current_thread()))
 
 
-def _item(job_id: str, queue: str = "q", priority: int = 0) -> Outgoing:
-    return Outgoing(queue, priority, {"id": job_id}, 10)
+def _item(job_id: str, queue: str = "q", priority: int = 0, thread: int = 0) -> Outgoing:
+    return Outgoing(queue, priority, {"id": job_id}, 10, thread)
 
 
 def _sender(broker: Broker, inline: bool = False
@@ -107,6 +107,7 @@ def test_jobs_recorded_during_a_publish_wait_briefly_for_company_and_others_go_a
         monkeypatch: pytest.MonkeyPatch) -> None:
     # So long a linger that only the count can end it within the test's deadline.
     monkeypatch.setattr(sender_module, "LINGER_S", 600.0)
+    monkeypatch.setattr(sender_module, "LINGER_MAX_S", 600.0)
     monkeypatch.setattr(sender_module, "LINGER_UP_TO", 2)
     broker = Broker()
     sender, sent, _ = _sender(broker)
@@ -124,4 +125,85 @@ def test_jobs_recorded_during_a_publish_wait_briefly_for_company_and_others_go_a
     sender.send([_item("e")])  # two waiting: published together
     assert sender.wait_sent(WAIT_S)
     assert [ids for _, ids, _, _ in broker.calls] == [["a"], ["b"], ["c"], ["d", "e"]]
+    sender.close()
+
+
+def _under_load(sender: BackgroundSender, broker: Broker, sent: list[str]) -> None:
+    """Publish "a" while "b" (thread 1's) is recorded: the sender lingers for company after
+    "a"."""
+    broker.release.clear()
+    sender.send([_item("a")])
+    assert broker.entered.wait(WAIT_S)
+    sender.send([_item("b", thread=1)])
+    broker.release.set()
+    assert _wait_until(lambda: "a" in sent)
+
+
+def _wait_until(condition: Any, timeout_s: float = WAIT_S) -> bool:
+    done = threading.Event()
+    deadline = threading.Timer(timeout_s, done.set)
+    deadline.start()
+    try:
+        while not condition():
+            if done.wait(0.005):
+                return bool(condition())
+        return True
+    finally:
+        deadline.cancel()
+
+
+def _keep_sending(sender: BackgroundSender, sent: list[str], thread: Any) -> Any:
+    """A condition for ``_wait_until`` that records one more job (from ``thread(n)``) at each
+    look, until "b" is published."""
+    count = 0
+
+    def look() -> bool:
+        nonlocal count
+        count += 1
+        sender.send([_item(f"k{count}", thread=thread(count))])
+        return "b" in sent
+
+    return look
+
+
+def test_a_stream_keeps_a_linger_going_up_to_its_longest(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Thread 1 submits again while its "b" waits: a stream. The quiet gap alone would never end
+    # this linger within the test: only its longest does.
+    monkeypatch.setattr(sender_module, "LINGER_S", 600.0)
+    monkeypatch.setattr(sender_module, "LINGER_MAX_S", 0.05)
+    monkeypatch.setattr(sender_module, "LINGER_UP_TO", 10_000)
+    broker = Broker(hold_first=True)
+    sender, sent, _ = _sender(broker)
+    _under_load(sender, broker, sent)
+    assert _wait_until(_keep_sending(sender, sent, lambda n: 1))
+    assert [ids[0] for _, ids, _, _ in broker.calls[:2]] == ["a", "b"]
+    sender.close()
+
+
+def test_a_streams_linger_ends_once_no_job_has_come_for_a_while(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its longest would never end this linger within the test: only the quiet gap does.
+    monkeypatch.setattr(sender_module, "LINGER_S", 0.02)
+    monkeypatch.setattr(sender_module, "LINGER_MAX_S", 600.0)
+    monkeypatch.setattr(sender_module, "LINGER_UP_TO", 10_000)
+    broker = Broker(hold_first=True)
+    sender, sent, _ = _sender(broker)
+    _under_load(sender, broker, sent)
+    sender.send([_item("c", thread=1)])  # a stream, if it comes before "b" went
+    assert sender.wait_sent(WAIT_S)  # within the test's deadline, not the linger's longest
+    assert sorted(sent) == ["a", "b", "c"]
+    sender.close()
+
+
+def test_callers_waiting_for_their_jobs_never_keep_a_linger_going(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every job from a thread with none waiting (a closed loop): however many keep coming, the
+    # linger ends LINGER_S after the publish, never at its (unreachable) longest.
+    monkeypatch.setattr(sender_module, "LINGER_S", 0.02)
+    monkeypatch.setattr(sender_module, "LINGER_MAX_S", 600.0)
+    monkeypatch.setattr(sender_module, "LINGER_UP_TO", 10_000)
+    broker = Broker(hold_first=True)
+    sender, sent, _ = _sender(broker)
+    _under_load(sender, broker, sent)
+    assert _wait_until(_keep_sending(sender, sent, lambda n: 100 + n))
     sender.close()
