@@ -19,7 +19,17 @@ from db.interfaces import JobStoreLike, ResultCacheLike
 from models import ModelInfo, Registry
 from producers.client import Client
 from producers.job import Job
-from producers.submission import Deadline
+from producers.submission import SUBMITTER, Deadline
+
+
+def name_submitter() -> None:
+    """This task's single submissions run on whichever of the loop's worker threads is free:
+    name the task as their submitter, so that the sender's linger tells a task that streams jobs
+    from tasks that each wait for theirs (``producers.sender``). ``asyncio.to_thread`` runs the
+    call in a copy of the task's context, where the name is seen."""
+    task = asyncio.current_task()
+    if task is not None:
+        SUBMITTER.set(id(task))
 
 
 class AsyncJob:
@@ -85,6 +95,7 @@ class AsyncClient:
                     priority: int = 0, deadline: Deadline = None,
                     idempotency_key: str | None = None, tenant: str | None = None) -> AsyncJob:
         """See ``Client.infer``."""
+        name_submitter()
         job = await asyncio.to_thread(self.client.infer, model, input, params, priority=priority,
                                       deadline=deadline, idempotency_key=idempotency_key,
                                       tenant=tenant)
@@ -95,6 +106,7 @@ class AsyncClient:
                          idempotency_key: str | None = None,
                          tenant: str | None = None) -> AsyncJob:
         """See ``Client.preprocess``."""
+        name_submitter()
         job = await asyncio.to_thread(self.client.preprocess, op, input, params,
                                       priority=priority, deadline=deadline,
                                       idempotency_key=idempotency_key, tenant=tenant)
@@ -139,6 +151,7 @@ class AsyncClient:
                        params: dict[str, dict[str, Any]] | None = None, *, priority: int = 0,
                        deadline: Deadline = None, tenant: str | None = None) -> AsyncJob:
         """See ``Client.pipeline``: one job that runs ``steps`` in order on the workers."""
+        name_submitter()
         job = await asyncio.to_thread(self.client.pipeline, list(steps), input, params,
                                       priority=priority, deadline=deadline, tenant=tenant)
         return AsyncJob(job)

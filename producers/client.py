@@ -4,7 +4,6 @@ results."""
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -48,6 +47,7 @@ from producers.submission import (
     SubmitOptions,
     entry_sizes,
     submit_options,
+    submitter,
 )
 from producers.waiting import CompletionTracker
 
@@ -224,8 +224,8 @@ class Client:
 
     def _enqueue(self, plan: Plan, inputs: list[Any], payloads: list[bytes], keys: list[str],
                  options: SubmitOptions) -> list[Job]:
-        thread = threading.get_ident()
-        requests = [Request(plan, value, payload, key, options, thread)
+        who = submitter()
+        requests = [Request(plan, value, payload, key, options, who)
                     for value, payload, key in zip(inputs, payloads, keys, strict=True)]
         if len(requests) == 1 and options.idempotency_key is None:
             return [self._group.submit(requests[0])]

@@ -46,5 +46,5 @@ def outgoing_entries(rows: Sequence[NewJob], requests: Sequence[Request], sizes:
         wire = JobEntry(row.id, first.kind, first.target, first.version, r.input, row.cache_key,
                         first.params, reply_to, steps=r.plan.rest).to_wire(r.payload)
         out.append(Outgoing(queue_name(namespace, first.kind, first.target), r.options.priority,
-                            wire, size, r.thread))
+                            wire, size, r.submitter))
     return out

@@ -32,17 +32,17 @@ log = logging.getLogger("aidist.client")
 
 #: Under load (jobs were recorded while the previous publish was out), the next publish waits
 #: ``LINGER_S`` after the previous one ended for company, unless ``LINGER_UP_TO`` jobs are
-#: already waiting. Where callers do not wait for their jobs (a thread submitted again while a
-#: job of its own was still waiting here: it submits a stream, as ``map`` does but one call at a
-#: time), the wait goes on while jobs keep coming, until none has come for ``LINGER_S``, at most
-#: ``LINGER_MAX_S`` after the publish: the message fills up. Callers that each wait for their job
-#: (a closed loop: a web handler, ``infer().result()`` in a loop) never submit again while their
-#: job waits here, so for them a linger lasts ``LINGER_S`` at most, however many they are.
-#: Measured on 2 cores with 4 threads calling ``infer()``: a 2 ms linger made 0.43 messages per
-#: job; 5 ms (with the group commit's gathering) 0.18-0.27 and RabbitMQ's CPU per job 45-67%
-#: lower; going on while a stream keeps coming, up to 25 ms: see the README (Performance). A
-#: sender that is not under load publishes at once: a lone call, or one thread calling one job
-#: at a time, waits for nobody.
+#: already waiting. Where a caller does not wait for its jobs (it submitted again while a job of
+#: its own still waited here: a stream, as ``map`` is but one call at a time; a caller is a
+#: thread, or an ``AsyncClient``'s task), the wait goes on while jobs keep coming, until none
+#: has come for ``LINGER_S``, at most ``LINGER_MAX_S`` after the publish: the message fills up.
+#: Callers that each wait for their job (a closed loop: a web handler, ``infer().result()`` in a
+#: loop) never submit again while it waits here, so for them a linger lasts ``LINGER_S`` at
+#: most, however many they are. Measured on 2 cores with 4 threads calling ``infer()``: a 2 ms
+#: linger made 0.43 messages per job; 5 ms (with the group commit's gathering) 0.18-0.27 and
+#: RabbitMQ's CPU per job 45-67% lower; going on while a stream keeps coming, up to 25 ms: see
+#: the README (Performance). A sender that is not under load publishes at once: a lone call,
+#: or one thread calling one job at a time, waits for nobody.
 LINGER_S = 0.005
 LINGER_MAX_S = 0.025
 LINGER_UP_TO = 64
@@ -63,7 +63,7 @@ class BackgroundSender:
         self._pending: list[Outgoing] = []
         self._busy = False  # a publish is under way (what is pending waits for the next)
         self._last_in = 0.0  # monotonic: when ``send`` last queued jobs
-        self._waiting_threads: set[int] = set()  # submitters of what is pending
+        self._waiting_submitters: set[int] = set()  # who submitted what is pending
         self._stream = False  # one of them submitted again while its job was pending
         self._cond = threading.Condition()
         self._closed = False
@@ -80,10 +80,10 @@ class BackgroundSender:
         with self._cond:
             self._pending.extend(items)
             self._last_in = time.monotonic()
-            threads = {item.thread for item in items if item.thread}
-            if not self._stream and not threads.isdisjoint(self._waiting_threads):
+            who = {item.submitter for item in items if item.submitter}
+            if not self._stream and not who.isdisjoint(self._waiting_submitters):
                 self._stream = True
-            self._waiting_threads |= threads
+            self._waiting_submitters |= who
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="aidist-sender",
                                                 daemon=True)
@@ -121,7 +121,7 @@ class BackgroundSender:
                         break
                     self._cond.wait(left)
                 batch, self._pending = self._pending, []
-                self._waiting_threads = set()
+                self._waiting_submitters = set()
                 self._stream = False
                 self._busy = True
             try:

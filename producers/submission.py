@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +21,17 @@ from aidist.jobs import (
 )
 
 Deadline = float | datetime | None
+
+#: Who is submitting, as the sender's linger needs to know (``producers.sender``): the calling
+#: thread, unless the caller names itself here (``AsyncClient`` names its asyncio task, whose
+#: calls run on whichever of the loop's worker threads is free).
+SUBMITTER: ContextVar[int | None] = ContextVar("aidist_submitter", default=None)
+
+
+def submitter() -> int:
+    """The current submitter: ``SUBMITTER`` if set, else the thread's ident."""
+    named = SUBMITTER.get()
+    return named if named is not None else threading.get_ident()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +55,7 @@ class Request:
     payload: bytes
     key: str
     options: SubmitOptions
-    thread: int = 0  # the submitting thread's ident (0: not known): see producers.sender
+    submitter: int = 0  # who submitted it (``submitter()``; 0: not known): producers.sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +162,7 @@ class Outgoing:
     priority: int
     entry: dict[str, Any]
     size: int
-    thread: int = 0  # the submitting thread's ident (0: not known)
+    submitter: int = 0  # who submitted it (0: not known)
 
 
 

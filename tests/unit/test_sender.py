@@ -3,6 +3,7 @@ packed across calls, with refused and unreachable publishes handled."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -10,8 +11,9 @@ import pytest
 
 from aidist.errors import ServiceUnavailable
 from producers import sender as sender_module
+from producers.async_client import name_submitter
 from producers.sender import BackgroundSender
-from producers.submission import Outgoing
+from producers.submission import Outgoing, submitter
 
 WAIT_S = 10.0
 
@@ -37,8 +39,8 @@ class Broker:
                            threading.current_thread()))
 
 
-def _item(job_id: str, queue: str = "q", priority: int = 0, thread: int = 0) -> Outgoing:
-    return Outgoing(queue, priority, {"id": job_id}, 10, thread)
+def _item(job_id: str, queue: str = "q", priority: int = 0, submitter: int = 0) -> Outgoing:
+    return Outgoing(queue, priority, {"id": job_id}, 10, submitter)
 
 
 def _sender(broker: Broker, inline: bool = False
@@ -129,12 +131,12 @@ def test_jobs_recorded_during_a_publish_wait_briefly_for_company_and_others_go_a
 
 
 def _under_load(sender: BackgroundSender, broker: Broker, sent: list[str]) -> None:
-    """Publish "a" while "b" (thread 1's) is recorded: the sender lingers for company after
+    """Publish "a" while "b" (submitter 1's) is recorded: the sender lingers for company after
     "a"."""
     broker.release.clear()
     sender.send([_item("a")])
     assert broker.entered.wait(WAIT_S)
-    sender.send([_item("b", thread=1)])
+    sender.send([_item("b", submitter=1)])
     broker.release.set()
     assert _wait_until(lambda: "a" in sent)
 
@@ -152,22 +154,22 @@ def _wait_until(condition: Any, timeout_s: float = WAIT_S) -> bool:
         deadline.cancel()
 
 
-def _keep_sending(sender: BackgroundSender, sent: list[str], thread: Any) -> Any:
-    """A condition for ``_wait_until`` that records one more job (from ``thread(n)``) at each
-    look, until "b" is published."""
+def _keep_sending(sender: BackgroundSender, sent: list[str], submitter: Any) -> Any:
+    """A condition for ``_wait_until`` that records one more job (from ``submitter(n)``) at
+    each look, until "b" is published."""
     count = 0
 
     def look() -> bool:
         nonlocal count
         count += 1
-        sender.send([_item(f"k{count}", thread=thread(count))])
+        sender.send([_item(f"k{count}", submitter=submitter(count))])
         return "b" in sent
 
     return look
 
 
 def test_a_stream_keeps_a_linger_going_up_to_its_longest(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Thread 1 submits again while its "b" waits: a stream. The quiet gap alone would never end
+    # Submitter 1 submits again while its "b" waits: a stream. The quiet gap alone would never end
     # this linger within the test: only its longest does.
     monkeypatch.setattr(sender_module, "LINGER_S", 600.0)
     monkeypatch.setattr(sender_module, "LINGER_MAX_S", 0.05)
@@ -189,7 +191,7 @@ def test_a_streams_linger_ends_once_no_job_has_come_for_a_while(
     broker = Broker(hold_first=True)
     sender, sent, _ = _sender(broker)
     _under_load(sender, broker, sent)
-    sender.send([_item("c", thread=1)])  # a stream, if it comes before "b" went
+    sender.send([_item("c", submitter=1)])  # a stream, if it comes before "b" went
     assert sender.wait_sent(WAIT_S)  # within the test's deadline, not the linger's longest
     assert sorted(sent) == ["a", "b", "c"]
     sender.close()
@@ -197,7 +199,7 @@ def test_a_streams_linger_ends_once_no_job_has_come_for_a_while(
 
 def test_callers_waiting_for_their_jobs_never_keep_a_linger_going(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every job from a thread with none waiting (a closed loop): however many keep coming, the
+    # Every job from a submitter with none waiting (a closed loop): however many keep coming, the
     # linger ends LINGER_S after the publish, never at its (unreachable) longest.
     monkeypatch.setattr(sender_module, "LINGER_S", 0.02)
     monkeypatch.setattr(sender_module, "LINGER_MAX_S", 600.0)
@@ -207,3 +209,22 @@ def test_callers_waiting_for_their_jobs_never_keep_a_linger_going(
     _under_load(sender, broker, sent)
     assert _wait_until(_keep_sending(sender, sent, lambda n: 100 + n))
     sender.close()
+
+
+def test_a_submitter_is_its_thread_or_the_asyncio_task_that_names_itself() -> None:
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(submitter()))
+    thread.start()
+    thread.join()
+    assert seen == [thread.ident] and submitter() == threading.get_ident()
+
+    async def one() -> tuple[int, int]:
+        name_submitter()
+        return await asyncio.to_thread(submitter), id(asyncio.current_task())
+
+    async def two() -> list[tuple[int, int]]:
+        return list(await asyncio.gather(one(), one()))
+
+    pairs = asyncio.run(two())
+    assert all(inside == task for inside, task in pairs)  # the task, whichever thread ran it
+    assert pairs[0][0] != pairs[1][0]
