@@ -25,6 +25,16 @@ class Runner(Protocol):
     def __call__(self, inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]: ...
 
 
+class MeasuresInputs(Protocol):
+    """A runner may also say how long each input is in the units it pads by (tokens, for a text
+    model): a worker sorts a flush by that before cutting it into batches, so the inputs of one
+    batch pad alike. Without it, texts are sorted by characters, a poor proxy for tokens on short
+    texts (measured on the bench's sentences: 7.8 % of a flush's tokens were padding sorted by
+    characters, 2.7 % sorted by tokens). ``workers.model_runs`` finds it with ``getattr``."""
+
+    def lengths(self, inputs: Sequence[Any]) -> list[int]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LoadContext:
     """What a loader needs to place the model: device, threads, dtype."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,16 +81,42 @@ def _length(item: tuple[int, int, Any]) -> int:
     return len(item[2]) if isinstance(item[2], str | list) else 0
 
 
-def _buckets(items: list[tuple[int, int, Any]]) -> list[list[tuple[int, int, Any]]]:
+def _sort_key(runner: Runner, items: list[tuple[int, int, Any]]
+              ) -> Callable[[tuple[int, int, Any]], int]:
+    """How a flush's items are sorted: by the runner's own ``lengths`` where it has them
+    (``models.registry.MeasuresInputs``: tokens, what the model pads by), else by characters. A
+    lone item needs no order; a ``lengths`` that fails or miscounts falls back to characters (it
+    only orders the batches, and every input still runs)."""
+    measure = getattr(runner, "lengths", None)
+    if measure is None or len(items) < 2:
+        return _length
+    try:
+        counted = list(measure([value for _, _, value in items]))
+    except Exception:
+        log.warning("lengths() of a runner failed; its flush is sorted by characters",
+                    exc_info=True)
+        return _length
+    if len(counted) != len(items):
+        log.warning("lengths() of a runner gave %d lengths for %d inputs; its flush is sorted by "
+                    "characters", len(counted), len(items))
+        return _length
+    by_item = {(index, position): int(n)
+               for (index, position, _), n in zip(items, counted, strict=True)}
+    return lambda item: by_item[(item[0], item[1])]
+
+
+def _buckets(items: list[tuple[int, int, Any]],
+             key: Callable[[tuple[int, int, Any]], int] = _length
+             ) -> list[list[tuple[int, int, Any]]]:
     """Items split by layout (arrays of one dtype and shape together, never stacked with
-    others), each bucket sorted by length: similar lengths share a batch, so less padding and
-    more items per second on the same model."""
+    others), each bucket sorted by length (``key``): similar lengths share a batch, so less
+    padding and more items per second on the same model."""
     by_layout: dict[tuple[str, tuple[int, ...]] | None, list[tuple[int, int, Any]]] = {}
     for item in items:
         by_layout.setdefault(_layout(item[2]), []).append(item)
     buckets = list(by_layout.values())
     for bucket in buckets:
-        bucket.sort(key=_length)
+        bucket.sort(key=key)
     return buckets
 
 
@@ -142,7 +168,8 @@ def run_group(runtime: WorkerRuntime, target: str, version: str, group: list[Job
     size = max(spec.max_batch_size, 1)
     if threads > 1:  # a small flush is shared out too, so every core has a part of it
         size = max(1, min(size, -(-len(items) // threads)))
-    batches = [bucket[start : start + size] for bucket in _buckets(items)
+    buckets = _buckets(items, _sort_key(runner, items))
+    batches = [bucket[start : start + size] for bucket in buckets
                for start in range(0, len(bucket), size)]
 
     def run(batch: list[tuple[int, int, Any]]) -> list[tuple[Any, str | None]]:

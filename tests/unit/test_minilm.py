@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 from aidist.demo import make_corpus
 from models import build_registry
 from models.minilm import CPU_SUB_BATCH, DIMENSION
+from models.ops import load_tokenizer
 from models.registry import LoadContext, Runner
 from models.weights import minilm_dir
 
@@ -98,3 +99,17 @@ def test_embeddings_carry_meaning(runner: Runner) -> None:
         ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Postgres stores rows."], {}
     )
     assert float(cat @ kitten) > float(cat @ database) + 0.2
+
+
+def test_lengths_count_the_tokens_a_run_pads_and_the_run_after_them_matches(
+        runner: Runner, ours: np.ndarray) -> None:
+    """``lengths`` (the worker sorts a flush by it) counts each input's tokens with [CLS] and
+    [SEP], truncated as the run truncates; a run of inputs it counted takes the kept ids and
+    gives the same embeddings as one that tokenizes them itself."""
+    tokenizer = load_tokenizer()
+    counted = runner.lengths(SENTENCES)  # type: ignore[attr-defined]
+    assert counted == [len(tokenizer.encode(text).ids) for text in SENTENCES]
+    assert counted[0] == 3 and counted[-1] == 256  # "hi" with [CLS]/[SEP]; truncated at 256
+    again = np.stack(runner(SENTENCES, {}))
+    np.testing.assert_allclose(again, ours, atol=1e-6)
+    assert not any(text in runner._ids for text in SENTENCES)  # type: ignore[attr-defined]

@@ -217,3 +217,50 @@ def test_lone_jobs_run_on_one_thread_whichever_runner_had_them(harness: Harness)
 def test_openmp_threads_spin_briefly_side_by_side_and_sleep_at_once_otherwise() -> None:
     assert openmp_wait(2) == ("GOMP_SPINCOUNT", "10000")  # only lone batches use OpenMP threads
     assert openmp_wait(1) == ("OMP_WAIT_POLICY", "PASSIVE")  # every call uses one per core
+
+
+class Measured:
+    """A model that says its inputs' lengths (``lengths``: here the number of "x"s, which
+    character counts do not follow) and records the batches it is called with."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.batches: list[list[str]] = []
+
+    def load(self, context: LoadContext) -> Runner:
+        model = self
+
+        class Run:
+            def __call__(self, inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+                model.batches.append(list(inputs))
+                return [f"{text}!" for text in inputs]
+
+            def lengths(self, inputs: Sequence[Any]) -> list[int]:
+                if model.fail:
+                    raise RuntimeError("no count")
+                return [text.count("x") for text in inputs]
+
+        return Run()
+
+
+# Long in characters, short in "x"s, and the other way round.
+MEASURED = ["aaaaaaaax", "x", "aaaaaaxxx", "xxxx", "aaaaaxx", "xx"]
+
+
+def test_a_flush_is_sorted_by_the_runners_own_lengths(harness: Harness) -> None:
+    model = Measured()
+    _with_model(harness, "measured", model.load, thread_safe=False, threads=1)
+    entries = [harness.entry("measured", text) for text in MEASURED]
+    report = harness.run(entries)
+    assert report.succeeded == len(MEASURED)
+    assert [[text.count("x") for text in batch] for batch in model.batches] == [
+        [1, 1, 2, 2], [3, 4]]  # batches of 4, by "x"s, not by characters
+    assert [harness.result(e) for e in entries] == [f"{text}!" for text in MEASURED]
+
+
+def test_a_runner_whose_lengths_fail_is_sorted_by_characters(harness: Harness) -> None:
+    model = Measured(fail=True)
+    _with_model(harness, "measured", model.load, thread_safe=False, threads=1)
+    entries = [harness.entry("measured", text) for text in MEASURED]
+    assert harness.run(entries).succeeded == len(MEASURED)
+    assert [len(text) for batch in model.batches for text in batch] == sorted(map(len, MEASURED))
