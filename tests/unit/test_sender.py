@@ -168,15 +168,23 @@ def _keep_sending(sender: BackgroundSender, sent: list[str], submitter: Any) -> 
     return look
 
 
-def test_a_stream_keeps_a_linger_going_up_to_its_longest(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Submitter 1 submits again while its "b" waits: a stream. The quiet gap alone would never end
-    # this linger within the test: only its longest does.
-    monkeypatch.setattr(sender_module, "LINGER_S", 600.0)
-    monkeypatch.setattr(sender_module, "LINGER_MAX_S", 0.05)
+def _lingering(monkeypatch: pytest.MonkeyPatch, linger_s: float, longest_s: float
+               ) -> tuple[BackgroundSender, Broker, list[str]]:
+    """A sender with these linger times (no count ends a linger), lingering after "a" with
+    submitter 1's "b" waiting."""
+    monkeypatch.setattr(sender_module, "LINGER_S", linger_s)
+    monkeypatch.setattr(sender_module, "LINGER_MAX_S", longest_s)
     monkeypatch.setattr(sender_module, "LINGER_UP_TO", 10_000)
     broker = Broker(hold_first=True)
     sender, sent, _ = _sender(broker)
     _under_load(sender, broker, sent)
+    return sender, broker, sent
+
+
+def test_a_stream_keeps_a_linger_going_up_to_its_longest(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Submitter 1 submits again while its "b" waits: a stream. The quiet gap alone would never end
+    # this linger within the test: only its longest does.
+    sender, broker, sent = _lingering(monkeypatch, 600.0, 0.05)
     assert _wait_until(_keep_sending(sender, sent, lambda n: 1))
     assert [ids[0] for _, ids, _, _ in broker.calls[:2]] == ["a", "b"]
     sender.close()
@@ -185,12 +193,7 @@ def test_a_stream_keeps_a_linger_going_up_to_its_longest(monkeypatch: pytest.Mon
 def test_a_streams_linger_ends_once_no_job_has_come_for_a_while(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Its longest would never end this linger within the test: only the quiet gap does.
-    monkeypatch.setattr(sender_module, "LINGER_S", 0.02)
-    monkeypatch.setattr(sender_module, "LINGER_MAX_S", 600.0)
-    monkeypatch.setattr(sender_module, "LINGER_UP_TO", 10_000)
-    broker = Broker(hold_first=True)
-    sender, sent, _ = _sender(broker)
-    _under_load(sender, broker, sent)
+    sender, _, sent = _lingering(monkeypatch, 0.02, 600.0)
     sender.send([_item("c", submitter=1)])  # a stream, if it comes before "b" went
     assert sender.wait_sent(WAIT_S)  # within the test's deadline, not the linger's longest
     assert sorted(sent) == ["a", "b", "c"]
@@ -201,12 +204,7 @@ def test_callers_waiting_for_their_jobs_never_keep_a_linger_going(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Every job from a submitter with none waiting (a closed loop): however many keep coming, the
     # linger ends LINGER_S after the publish, never at its (unreachable) longest.
-    monkeypatch.setattr(sender_module, "LINGER_S", 0.02)
-    monkeypatch.setattr(sender_module, "LINGER_MAX_S", 600.0)
-    monkeypatch.setattr(sender_module, "LINGER_UP_TO", 10_000)
-    broker = Broker(hold_first=True)
-    sender, sent, _ = _sender(broker)
-    _under_load(sender, broker, sent)
+    sender, _, sent = _lingering(monkeypatch, 0.02, 600.0)
     assert _wait_until(_keep_sending(sender, sent, lambda n: 100 + n))
     sender.close()
 
