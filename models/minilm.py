@@ -25,11 +25,11 @@ from models.weights import minilm_dir
 DIMENSION = 384
 #: On a CPU, a batch runs as forwards of at most this many inputs, sorted by token count first.
 #: Callers that sort by characters (sentence-transformers' ``encode``; the gpu worker sorts a
-#: flush by ``lengths``, in tokens) use a poor proxy for tokens on short sentences: one forward over a length-sorted batch of 64-128 of the
-#: bench's sentences computes 19-21% padding, sub-batches of 32 sorted by tokens 5-9%, and their
-#: smaller activations stay in cache. Measured on 2 cores, against one forward over the same
-#: batch: +9-17% at batch 64, +18-46% at batch 128, with one torch thread or two (16 was no
-#: better with one thread, worse with two).
+#: flush by ``lengths``, in tokens) use a poor proxy for tokens on short sentences: one forward
+#: over a length-sorted batch of 64-128 of the bench's sentences computes 19-21% padding,
+#: sub-batches of 32 sorted by tokens 5-9%, and their smaller activations stay in cache.
+#: Measured on 2 cores, against one forward over the same batch: +9-17% at batch 64, +18-46% at
+#: batch 128, with one torch thread or two (16 was no better with one thread, worse with two).
 CPU_SUB_BATCH = 32
 #: On a GPU, pad to a multiple of 16 tokens: far fewer distinct shapes, so fp16/bf16 kernels are
 #: chosen once per shape instead of on most batches (measured on an H200, fp16 at batch 256:
