@@ -91,7 +91,7 @@ def _sort_key(runner: Runner, items: list[tuple[int, int, Any]]
     if measure is None or len(items) < 2:
         return _length
     try:
-        counted = list(measure([value for _, _, value in items]))
+        counted = [int(n) for n in measure([value for _, _, value in items])]
     except Exception:
         log.warning("lengths() of a runner failed; its flush is sorted by characters",
                     exc_info=True)
@@ -100,7 +100,7 @@ def _sort_key(runner: Runner, items: list[tuple[int, int, Any]]
         log.warning("lengths() of a runner gave %d lengths for %d inputs; its flush is sorted by "
                     "characters", len(counted), len(items))
         return _length
-    by_item = {(index, position): int(n)
+    by_item = {(index, position): n
                for (index, position, _), n in zip(items, counted, strict=True)}
     return lambda item: by_item[(item[0], item[1])]
 
