@@ -8,6 +8,7 @@ write. Every write of the store and the cache lands in one timeline, ``Harness.e
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -23,6 +24,17 @@ from workers.executor import BatchReport, execute
 
 TTL_S = 321
 T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = 10.0) -> bool:
+    """Whether ``condition()`` turned true within ``timeout_s`` (looked at every millisecond):
+    the tests' wait on a condition with a deadline, never a sleep for synchronisation."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return bool(condition())
+        time.sleep(0.001)
+    return True
 
 
 class Column(Mapping[str, T], Generic[T]):

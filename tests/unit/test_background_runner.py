@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import select
 import threading
-import time
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -293,14 +292,6 @@ def test_the_signal_handler_waits_for_nothing_and_the_consumer_stop_acks_what_fi
 def _held(message: Message) -> Any:
     entries, problems = parse_entries(message.decode()[0][0])
     return _Held(message, entries, problems)
-
-
-def _wait_until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    pause = threading.Event()  # never set
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        pause.wait(0.001)
 
 
 def _one_runner(harness: Harness, max_jobs: int

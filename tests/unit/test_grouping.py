@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from producers import grouping
 from producers.grouping import GroupSubmitter
-
-
-def _wait_until(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached")
-        time.sleep(0.001)
+from tests.unit.doubles import wait_until
 
 
 def test_lone_submit_flushes_at_once() -> None:
@@ -50,11 +42,11 @@ def test_callers_arriving_during_a_flush_share_the_next_one() -> None:
 
     first = threading.Thread(target=call, args=(0,))
     first.start()
-    _wait_until(lambda: len(batches) == 1)
+    assert wait_until(lambda: len(batches) == 1)
     others = [threading.Thread(target=call, args=(item,)) for item in (1, 2, 3)]
     for thread in others:
         thread.start()
-    _wait_until(lambda: len(group._pending) == 3)
+    assert wait_until(lambda: len(group._pending) == 3)
     release.set()
     for thread in [first, *others]:
         thread.join(10)
@@ -94,7 +86,7 @@ def test_under_load_a_flush_waits_briefly_for_the_other_submitting_threads(
     results: dict[int, int] = {}
     other = threading.Thread(target=lambda: results.update({2: group.submit(2)}))
     other.start()  # this thread submitted recently: the other's flush waits for its next call
-    _wait_until(lambda: group._gatherer)
+    assert wait_until(lambda: group._gatherer)
     assert batches == [[1]]
     assert group.submit(3) == 30
     other.join(10)

@@ -14,6 +14,7 @@ from producers import sender as sender_module
 from producers.async_client import name_submitter
 from producers.sender import BackgroundSender
 from producers.submission import Outgoing, submitter
+from tests.unit.doubles import wait_until
 
 WAIT_S = 10.0
 
@@ -138,24 +139,11 @@ def _under_load(sender: BackgroundSender, broker: Broker, sent: list[str]) -> No
     assert broker.entered.wait(WAIT_S)
     sender.send([_item("b", submitter=1)])
     broker.release.set()
-    assert _wait_until(lambda: "a" in sent)
-
-
-def _wait_until(condition: Any, timeout_s: float = WAIT_S) -> bool:
-    done = threading.Event()
-    deadline = threading.Timer(timeout_s, done.set)
-    deadline.start()
-    try:
-        while not condition():
-            if done.wait(0.005):
-                return bool(condition())
-        return True
-    finally:
-        deadline.cancel()
+    assert wait_until(lambda: "a" in sent)
 
 
 def _keep_sending(sender: BackgroundSender, sent: list[str], submitter: Any) -> Any:
-    """A condition for ``_wait_until`` that records one more job (from ``submitter(n)``) at
+    """A condition for ``wait_until`` that records one more job (from ``submitter(n)``) at
     each look, until "b" is published."""
     count = 0
 
@@ -185,7 +173,7 @@ def test_a_stream_keeps_a_linger_going_up_to_its_longest(monkeypatch: pytest.Mon
     # Submitter 1 submits again while its "b" waits: a stream. The quiet gap alone would never end
     # this linger within the test: only its longest does.
     sender, broker, sent = _lingering(monkeypatch, 600.0, 0.05)
-    assert _wait_until(_keep_sending(sender, sent, lambda n: 1))
+    assert wait_until(_keep_sending(sender, sent, lambda n: 1))
     assert [ids[0] for _, ids, _, _ in broker.calls[:2]] == ["a", "b"]
     sender.close()
 
@@ -205,7 +193,7 @@ def test_callers_waiting_for_their_jobs_never_keep_a_linger_going(
     # Every job from a submitter with none waiting (a closed loop): however many keep coming, the
     # linger ends LINGER_S after the publish, never at its (unreachable) longest.
     sender, _, sent = _lingering(monkeypatch, 0.02, 600.0)
-    assert _wait_until(_keep_sending(sender, sent, lambda n: 100 + n))
+    assert wait_until(_keep_sending(sender, sent, lambda n: 100 + n))
     sender.close()
 
 
