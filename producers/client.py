@@ -46,6 +46,7 @@ from producers.submission import (
     Request,
     SubmitOptions,
     entry_sizes,
+    slices,
     submit_options,
     submitter,
 )
@@ -199,15 +200,34 @@ class Client:
                              [pipeline_key(list(chain), p) for p in payloads], options)
 
     def _submit(self, kind: JobKind, target: str, inputs: list[Any],
-                params: dict[str, Any] | None, options: SubmitOptions) -> list[Job]:
+                params: dict[str, Any] | None, options: SubmitOptions, *,
+                in_slices: bool = False) -> list[Job]:
+        """Validate every input, then record and publish the jobs: all in one go, or
+        ``in_slices`` (``producers.submission.slices``: the first slice is published before the
+        next is written, so workers start at once; a call that fails part-way leaves the slices
+        before it submitted)."""
         spec = self.registry.get(target, kind)
         checked = self.registry.validate_params(spec, params)
         items = self._checked_inputs(spec, inputs)
         version = self.registry.version(target)
-        payloads = [codec.encode(value) for value in items]
-        keys = [cache_key(kind, target, version, checked, payload) for payload in payloads]
         plan = self._plans.single(kind, target, version, checked)
-        return self._enqueue(plan, items, payloads, keys, options)
+        jobs: list[Job] = []
+        for start, stop in slices(len(items)) if in_slices else [(0, len(items))]:
+            part = items[start:stop]
+            payloads = [codec.encode(value) for value in part]
+            keys = [cache_key(kind, target, version, checked, payload) for payload in payloads]
+            jobs.extend(self._enqueue(plan, part, payloads, keys, options))
+        return jobs
+
+    def _submit_for_outputs(self, target: str, inputs: list[Any], params: dict[str, Any] | None,
+                            priority: int, tenant: str | None) -> list[Job]:
+        """``map``'s and ``imap``'s jobs, submitted in slices. Slicing is safe here as it is not
+        for ``submit_many``, whose caller gets every job or none: these calls return outputs,
+        and if one raises part-way, the jobs it had submitted still run and cache their results,
+        so the same call again takes those from the cache."""
+        kind = self.registry.get(target).kind
+        return self._submit(kind, target, inputs, params,
+                            submit_options(priority, None, None, tenant), in_slices=True)
 
     def _checked_inputs(self, spec: ModelSpec, inputs: list[Any]) -> list[Any]:
         if not inputs:
@@ -323,9 +343,11 @@ class Client:
             progress: bool = False, timeout: float | None = None, priority: int = 0,
             tenant: str | None = None) -> list[Any]:
         """Submit one job per input and return the outputs in input order, with an optional Rich
-        progress bar. Raises the first job's error if any failed."""
-        items = list(inputs)
-        jobs = self.submit_many(target, items, params, priority=priority, tenant=tenant)
+        progress bar. Raises the first job's error if any failed. The jobs are written and
+        published in slices (256, then doubling), so workers start on the first while the rest
+        are written; if a service fails part-way, the jobs already submitted still run and cache
+        their results, and calling ``map`` again takes those from the cache."""
+        jobs = self._submit_for_outputs(target, list(inputs), params, priority, tenant)
         if progress:
             with job_progress() as bar:
                 task = bar.add_task(f"{target}", total=len(jobs))
@@ -341,7 +363,7 @@ class Client:
              tenant: str | None = None) -> Iterator[Any]:
         """Like ``map``, but yields each output in input order as soon as it and every output
         before it are done, so a consumer can start on the first results while the rest run."""
-        jobs = self.submit_many(target, list(inputs), params, priority=priority, tenant=tenant)
+        jobs = self._submit_for_outputs(target, list(inputs), params, priority, tenant)
         position = {job.id: index for index, job in enumerate(jobs)}
         done = [False] * len(jobs)
         next_index = 0

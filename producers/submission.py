@@ -28,6 +28,27 @@ Deadline = float | datetime | None
 SUBMITTER: ContextVar[int | None] = ContextVar("aidist_submitter", default=None)
 
 
+#: ``Client.map`` and ``imap`` record and publish their jobs in slices: the first this many, so
+#: workers start on them while the rest are still written, each next one twice the last, up to
+#: ``LARGEST_SLICE`` (a handful of statements for a large call; each is one INSERT and packed
+#: messages). 256 is one flush of a gpu worker (4 batches of 64, the built-in models' size).
+FIRST_SLICE = 256
+LARGEST_SLICE = 8192
+
+
+def slices(total: int, first: int = FIRST_SLICE, largest: int = LARGEST_SLICE
+           ) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each slice of ``total`` items: ``first``, then doubling up to
+    ``largest``, the last one what is left."""
+    cuts: list[tuple[int, int]] = []
+    start, size = 0, max(first, 1)
+    while start < total:
+        stop = min(total, start + size)
+        cuts.append((start, stop))
+        start, size = stop, min(size * 2, max(largest, first, 1))
+    return cuts
+
+
 def submitter() -> int:
     """The current submitter: ``SUBMITTER`` if set, else the thread's ident."""
     named = SUBMITTER.get()
