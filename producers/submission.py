@@ -31,7 +31,7 @@ SUBMITTER: ContextVar[int | None] = ContextVar("aidist_submitter", default=None)
 #: ``Client.map`` and ``imap`` record and publish their jobs in slices: the first this many, so
 #: workers start on them while the rest are still written, each next one twice the last, up to
 #: ``LARGEST_SLICE`` (a handful of statements for a large call; each is one INSERT and packed
-#: messages). 256 is one flush of a gpu worker (4 batches of 64, the built-in models' size).
+#: messages). 256 is one flush of a gpu worker for minilm (4 batches of its 64).
 FIRST_SLICE = 256
 LARGEST_SLICE = 8192
 
