@@ -143,16 +143,18 @@ def test_a_bad_input_in_a_later_slice_fails_the_call_with_nothing_written(
 def test_a_call_that_fails_part_way_leaves_its_first_slice_to_run_and_cache(echo: Echo) -> None:
     store = FailingInserts([], fail_at=2)
     stack = _stack(echo, store)
-    client = stack.client()
-    texts = [f"doc {i}" for i in range(FIRST_SLICE + 50)]
-    with pytest.raises(ServiceUnavailable):
-        client.map("echo", texts, timeout=WAIT_S)
-    waiting = [entry["id"] for queue in stack.broker.queues()
-               for message in stack.broker.messages(queue) for entry in message.entries]
-    assert len(waiting) == FIRST_SLICE  # the first slice was recorded and published
-    stack.run_queued()
-    assert sorted(echo.ran) == sorted(texts[:FIRST_SLICE])
-    with stack.worker_thread():
-        assert client.map("echo", texts, timeout=WAIT_S) == [text.upper() for text in texts]
-    assert sorted(echo.ran) == sorted(texts)  # the first slice came from the cache: run once
-    stack.close()
+    try:
+        client = stack.client()
+        texts = [f"doc {i}" for i in range(FIRST_SLICE + 50)]
+        with pytest.raises(ServiceUnavailable):
+            client.map("echo", texts, timeout=WAIT_S)
+        waiting = [entry["id"] for queue in stack.broker.queues()
+                   for message in stack.broker.messages(queue) for entry in message.entries]
+        assert len(waiting) == FIRST_SLICE  # the first slice was recorded and published
+        stack.run_queued()
+        assert sorted(echo.ran) == sorted(texts[:FIRST_SLICE])
+        with stack.worker_thread():
+            assert client.map("echo", texts, timeout=WAIT_S) == [text.upper() for text in texts]
+        assert sorted(echo.ran) == sorted(texts)  # the first slice came from the cache: run once
+    finally:
+        stack.close()
