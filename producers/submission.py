@@ -41,11 +41,11 @@ def slices(total: int, first: int = FIRST_SLICE, largest: int = LARGEST_SLICE
     """``(start, stop)`` of each slice of ``total`` items: ``first``, then doubling up to
     ``largest``, the last one what is left."""
     cuts: list[tuple[int, int]] = []
-    start, size = 0, max(first, 1)
+    start, size, cap = 0, max(first, 1), max(largest, first, 1)
     while start < total:
         stop = min(total, start + size)
         cuts.append((start, stop))
-        start, size = stop, min(size * 2, max(largest, first, 1))
+        start, size = stop, min(size * 2, cap)
     return cuts
 
 

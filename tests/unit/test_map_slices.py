@@ -15,8 +15,9 @@ from aidist.errors import InvalidInput, ServiceUnavailable
 from aidist.jobs import JobKind
 from aidist.testing import InMemoryBroker, InMemoryStack, InMemoryStore
 from db import NewJob
-from models import LoadContext, ModelSpec, Runner, build_registry
+from models import ModelSpec, build_registry
 from producers.submission import FIRST_SLICE, LARGEST_SLICE, slices
+from tests.unit.doubles import Recorder
 
 WAIT_S = 10.0
 
@@ -50,39 +51,30 @@ class FailingInserts(InMemoryStore):
         super().insert_jobs(jobs)
 
 
-class Echo:
-    """A model that returns its inputs upper-cased and counts what it ran."""
-
-    def __init__(self) -> None:
-        self.ran: list[str] = []
-
-    def load(self, context: LoadContext) -> Runner:
-        def run(inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
-            self.ran.extend(inputs)
-            return [str(text).upper() for text in inputs]
-
-        return run
-
-
-def _stack(echo: Echo, store: InMemoryStore | None = None) -> InMemoryStack:
+def _stack(model: Recorder, store: InMemoryStore | None = None) -> InMemoryStack:
     registry = build_registry([])
-    registry.register(ModelSpec(name="echo", kind=JobKind.INFER, loader=echo.load,
-                                version="echo-1", max_batch_size=64))
+    registry.register(ModelSpec(name="recorder", kind=JobKind.INFER, loader=model.load,
+                                version="recorder-1", max_batch_size=64))
     journal = store.journal if store is not None else []
     return InMemoryStack(Settings(), registry=registry, store=store, journal=journal,
                          broker=JournalBroker(journal))
 
 
 @pytest.fixture
-def echo() -> Echo:
-    return Echo()
+def recorder() -> Recorder:
+    return Recorder()
 
 
 @pytest.fixture
-def stack(echo: Echo) -> Iterator[InMemoryStack]:
-    built = _stack(echo)
+def stack(recorder: Recorder) -> Iterator[InMemoryStack]:
+    built = _stack(recorder)
     yield built
     built.close()
+
+
+def _ran(texts: list[str]) -> list[str]:
+    """What ``Recorder`` returns for ``texts`` (no params), in order."""
+    return [f"{text}:" for text in texts]
 
 
 def _sizes(total: int, **bounds: int) -> list[int]:
@@ -106,8 +98,8 @@ def test_map_publishes_its_first_slice_before_it_writes_the_next(
         stack: InMemoryStack) -> None:
     texts = [f"text {i}" for i in range(FIRST_SLICE + 300)]
     with stack.worker_thread():
-        outputs = stack.client().map("echo", texts, timeout=WAIT_S)
-    assert outputs == [text.upper() for text in texts]
+        outputs = stack.client().map("recorder", texts, timeout=WAIT_S)
+    assert outputs == _ran(texts)
     steps = [step for step in stack.journal if step == "insert_jobs" or step.startswith("publish")]
     assert steps.count("insert_jobs") == 2
     second_insert = steps.index("insert_jobs", 1)
@@ -119,13 +111,13 @@ def test_map_publishes_its_first_slice_before_it_writes_the_next(
 def test_imap_is_sliced_too_and_yields_every_output_in_order(stack: InMemoryStack) -> None:
     texts = [f"line {i}" for i in range(FIRST_SLICE * 2)]
     with stack.worker_thread():
-        outputs = list(stack.client().imap("echo", texts, timeout=WAIT_S))
-    assert outputs == [text.upper() for text in texts]
+        outputs = list(stack.client().imap("recorder", texts, timeout=WAIT_S))
+    assert outputs == _ran(texts)
     assert stack.journal.count("insert_jobs") == 2
 
 
 def test_submit_many_stays_one_insert(stack: InMemoryStack) -> None:
-    jobs = stack.client().submit_many("echo", [f"row {i}" for i in range(FIRST_SLICE * 3)])
+    jobs = stack.client().submit_many("recorder", [f"row {i}" for i in range(FIRST_SLICE * 3)])
     assert len(jobs) == FIRST_SLICE * 3
     assert stack.journal.count("insert_jobs") == 1
 
@@ -135,26 +127,28 @@ def test_a_bad_input_in_a_later_slice_fails_the_call_with_nothing_written(
     texts: list[Any] = [f"ok {i}" for i in range(FIRST_SLICE + 10)]
     texts.append({"not": "text"})
     with pytest.raises(InvalidInput):
-        stack.client().map("echo", texts, timeout=WAIT_S)
+        stack.client().map("recorder", texts, timeout=WAIT_S)
     assert "insert_jobs" not in stack.journal
     assert stack.broker.queued() == 0
 
 
-def test_a_call_that_fails_part_way_leaves_its_first_slice_to_run_and_cache(echo: Echo) -> None:
+def test_a_call_that_fails_part_way_leaves_its_first_slice_to_run_and_cache(
+        recorder: Recorder) -> None:
     store = FailingInserts([], fail_at=2)
-    stack = _stack(echo, store)
+    stack = _stack(recorder, store)
     try:
         client = stack.client()
         texts = [f"doc {i}" for i in range(FIRST_SLICE + 50)]
         with pytest.raises(ServiceUnavailable):
-            client.map("echo", texts, timeout=WAIT_S)
+            client.map("recorder", texts, timeout=WAIT_S)
         waiting = [entry["id"] for queue in stack.broker.queues()
                    for message in stack.broker.messages(queue) for entry in message.entries]
         assert len(waiting) == FIRST_SLICE  # the first slice was recorded and published
         stack.run_queued()
-        assert sorted(echo.ran) == sorted(texts[:FIRST_SLICE])
+        assert sorted(recorder.inputs) == sorted(texts[:FIRST_SLICE])
         with stack.worker_thread():
-            assert client.map("echo", texts, timeout=WAIT_S) == [text.upper() for text in texts]
-        assert sorted(echo.ran) == sorted(texts)  # the first slice came from the cache: run once
+            assert client.map("recorder", texts, timeout=WAIT_S) == _ran(texts)
+        # the first slice came from the cache: every input ran once
+        assert sorted(recorder.inputs) == sorted(texts)
     finally:
         stack.close()
